@@ -1,0 +1,185 @@
+//! Judging the gateway: the process as the service manager sees it, plus the
+//! configured HTTP probes. The status probe's JSON body tells the running
+//! version and the config revision the gateway has loaded.
+
+use std::time::{Duration, Instant};
+
+use crate::config::HealthSection;
+use crate::procfs;
+use crate::service::{ProcessStatus, Service};
+
+/// Longest body excerpt kept for failure reports.
+const EXCERPT: usize = 256;
+
+/// The result of one HTTP probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub name: &'static str,
+    pub url: String,
+    pub ok: bool,
+    pub http_status: u16,
+    pub error: String,
+    pub latency: Duration,
+    pub body_excerpt: String,
+}
+
+/// One look at the gateway.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub process: ProcessStatus,
+    pub probes: Vec<Probe>,
+    pub running_version: Option<String>,
+    pub config_revision: Option<i64>,
+    pub rss_bytes: u64,
+}
+
+impl Observation {
+    /// Healthy: running, and every probe answered 2xx.
+    pub fn healthy(&self) -> bool {
+        matches!(self.process, ProcessStatus::Running { .. }) && self.probes.iter().all(|p| p.ok)
+    }
+
+    /// One line for failure reports: what was wrong.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match &self.process {
+            ProcessStatus::Running { pid } => format!("process running (pid {pid})"),
+            ProcessStatus::Stopped => "process not running".to_string(),
+            ProcessStatus::Unknown(why) => format!("process state unknown: {why}"),
+        }];
+        for p in &self.probes {
+            if p.ok {
+                parts.push(format!("{} ok ({})", p.name, p.http_status));
+            } else if p.http_status != 0 {
+                parts.push(format!(
+                    "{} answered {}: {}",
+                    p.name, p.http_status, p.body_excerpt
+                ));
+            } else {
+                parts.push(format!("{} failed: {}", p.name, p.error));
+            }
+        }
+        if let Some(v) = &self.running_version {
+            parts.push(format!("reports version {v}"));
+        }
+        parts.join("; ")
+    }
+}
+
+/// Runs the configured probes.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: reqwest::Client,
+    status_url: Option<String>,
+    ready_url: Option<String>,
+    version_pointer: String,
+    revision_pointer: String,
+}
+
+impl Prober {
+    pub fn new(cfg: &HealthSection) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(cfg.probe_timeout)
+            .connect_timeout(cfg.probe_timeout)
+            // Probes go to the gateway on this host, never through a proxy.
+            .no_proxy()
+            // A fresh connection per probe: a kept-alive connection to a gateway
+            // that is draining would delay its stop.
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(Prober {
+            client,
+            status_url: cfg.status_url.clone(),
+            ready_url: cfg.ready_url.clone(),
+            version_pointer: cfg.version_pointer.clone(),
+            revision_pointer: cfg.revision_pointer.clone(),
+        })
+    }
+
+    /// Looks at the gateway once. Probes run only while the process runs: a
+    /// stopped gateway's port may be answered by something else.
+    pub async fn observe(&self, service: &Service) -> Observation {
+        let process = service.status().await;
+        let mut obs = Observation {
+            rss_bytes: process
+                .pid()
+                .and_then(procfs::stat)
+                .map(|s| s.rss_pages * procfs::page_size())
+                .unwrap_or(0),
+            process,
+            probes: Vec::new(),
+            running_version: None,
+            config_revision: None,
+        };
+        let running = matches!(obs.process, ProcessStatus::Running { .. });
+        if let Some(url) = &self.status_url {
+            let (probe, body) = self.probe("status", url, running).await;
+            if let Some(json) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+                obs.running_version = json
+                    .pointer(&self.version_pointer)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                obs.config_revision = json.pointer(&self.revision_pointer).and_then(|v| v.as_i64());
+            }
+            obs.probes.push(probe);
+        }
+        if let Some(url) = &self.ready_url {
+            obs.probes.push(self.probe("ready", url, running).await.0);
+        }
+        obs
+    }
+
+    async fn probe(&self, name: &'static str, url: &str, running: bool) -> (Probe, Option<Vec<u8>>) {
+        let start = Instant::now();
+        let mut p = Probe {
+            name,
+            url: url.to_string(),
+            ok: false,
+            http_status: 0,
+            error: String::new(),
+            latency: Duration::ZERO,
+            body_excerpt: String::new(),
+        };
+        if !running {
+            p.error = "not probed: the gateway is not running".into();
+            return (p, None);
+        }
+        let mut body = None;
+        match self.client.get(url).send().await {
+            Ok(resp) => {
+                p.http_status = resp.status().as_u16();
+                p.ok = resp.status().is_success();
+                match resp.bytes().await {
+                    Ok(b) => {
+                        p.body_excerpt = excerpt(&b);
+                        body = Some(b.to_vec());
+                    }
+                    Err(e) => {
+                        p.ok = false;
+                        p.error = format!("reading the body: {e}");
+                    }
+                }
+            }
+            Err(e) => p.error = error_chain(&e),
+        }
+        p.latency = start.elapsed();
+        (p, body)
+    }
+}
+
+fn excerpt(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(EXCERPT)]);
+    s.trim().to_string()
+}
+
+/// reqwest's top-level message hides the cause ("error sending request");
+/// the chain says "connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}

@@ -1,0 +1,128 @@
+//! rollgate-agent: runs on every CP and DP host, under systemd, and carries
+//! out the coordinator's steps with commands named only in its own config.
+#![forbid(unsafe_code)]
+
+mod config;
+mod facts;
+mod health;
+mod install_root;
+mod procfs;
+mod server;
+mod service;
+mod state;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use rollgate::exit;
+use rollgate::pb::agent_server::AgentServer;
+use rollgate::telemetry::{self, LogFormat};
+use rollgate::tls::AllowList;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "rollgate-agent", version, about = "The rollgate host agent")]
+struct Args {
+    /// The agent's configuration file.
+    #[arg(long, short = 'c', env = "ROLLGATE_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Check the configuration and exit without binding anything.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Args = match rollgate::cli::parse() {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    telemetry::init(args.log_format, "info");
+    rollgate::tls::install_crypto_provider();
+
+    // Everything is checked before a port is bound or a file is written.
+    let loaded = match config::load(&args.config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(file = %e.file.display(), "{e}");
+            eprintln!("rollgate-agent: bad configuration: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if args.check {
+        println!("{}: ok", loaded.path.display());
+        return ExitCode::from(exit::OK);
+    }
+    // One thread is plenty for an agent that mostly waits, and keeps it small.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollgate-agent: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    match rt.block_on(run(loaded)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "agent stopped with an error");
+            eprintln!("rollgate-agent: {e:#}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    let config::Loaded { config, tls, path } = loaded;
+    let listen = config.agent.listen;
+    let allow = AllowList::new(config.tls.allowed_clients.clone());
+    let name = config.agent.name.clone();
+    let role = config.agent.role;
+    std::fs::create_dir_all(&config.agent.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.agent.state_dir.display()))?;
+    let state = Arc::new(state::AgentState::new(config).map_err(anyhow::Error::msg)?);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<server::AgentService>>()
+        .await;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let bound = listener.local_addr()?;
+    let agent = AgentServer::new(server::AgentService::new(state));
+    let check = allow.clone();
+    let router = Server::builder()
+        .tls_config(tls.server_config())
+        .context("bad TLS material")?
+        .add_service(InterceptedService::new(health_service, move |r| allow.check(r)))
+        .add_service(InterceptedService::new(agent, move |r| check.check(r)));
+
+    tracing::info!(host = %name, %role, addr = %bound, config = %path.display(), version = rollgate::VERSION, "agent serving");
+    // systemd (Type=notify) starts dependants only once we really serve.
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::debug!(error = %e, "sd_notify READY not sent (not under systemd?)");
+    }
+    router
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let sig = rollgate::shutdown::signalled().await;
+                tracing::info!(signal = sig, "stopping");
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+            },
+        )
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! What the agent reads from /proc: a process's state, start time and memory.
+//!
+//! A zombie counts as exited: on hosts whose PID 1 does not reap orphans, a
+//! gateway whose parent died stays in state `Z` after it ends.
+
+use std::path::Path;
+
+/// The fields of /proc/PID/stat the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// R, S, D, Z, T, X, ...
+    pub state: char,
+    /// Clock ticks after boot when the process started; with the pid it
+    /// identifies a process across pid reuse.
+    pub start_ticks: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+}
+
+impl ProcStat {
+    /// Alive in the sense that matters: not a zombie, not dead.
+    pub fn is_alive(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Reads /proc/PID/stat; None when the process does not exist.
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    stat_at(&Path::new("/proc").join(pid.to_string()).join("stat"))
+}
+
+fn stat_at(path: &Path) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Parses the stat line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted after the last ')'.
+pub fn parse_stat(line: &str) -> Option<ProcStat> {
+    let rest = &line[line.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); starttime is field 22, rss field 24.
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+        rss_pages: fields.get(21)?.parse().ok()?,
+    })
+}
+
+/// Bytes per page, for turning `rss_pages` into bytes.
+pub fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_stat_line_with_a_tricky_name() {
+        let line = "4242 (gate way) (x)) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 3 0 987654 12345678 321 18446744073709551615";
+        let s = parse_stat(line).unwrap();
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.start_ticks, 987654);
+        assert_eq!(s.rss_pages, 321);
+        assert!(s.is_alive());
+    }
+
+    #[test]
+    fn zombies_are_not_alive() {
+        let line = "7 (gw) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0 0";
+        assert!(!parse_stat(line).unwrap().is_alive());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = stat(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        assert!(me.rss_pages > 0);
+    }
+}

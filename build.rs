@@ -1,0 +1,26 @@
+//! Compiles the agent contract (`proto/rollgate/v1/*.proto`) into Rust.
+//!
+//! protox parses the .proto files in pure Rust, so building rollgate needs no
+//! system `protoc`; tonic-prost-build turns the descriptor set into messages,
+//! the client and the server trait, written to OUT_DIR and included by `src/pb.rs`.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = PathBuf::from("proto/rollgate/v1");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    files.sort();
+    println!("cargo:rerun-if-changed=proto");
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Calls to one agent over mutual TLS, with per-call deadlines and retries.
+//!
+//! backon does the retrying (the `backoff` crate is unmaintained,
+//! RUSTSEC-2025-0012): exponential delays with jitter, only for failures a
+//! retry can cure (no connection, deadline passed, agent unavailable).
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use rollgate::convert::{self, WireError};
+use rollgate::pb;
+use rollgate::pb::agent_client::AgentClient;
+use rollgate::role::Role;
+use rollgate::version::Version;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::inventory::{Host, Inventory};
+
+/// Why a call to an agent failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("agent answered {code:?}: {message}")]
+    Status { code: tonic::Code, message: String },
+    #[error("agent sent {0}")]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl CallError {
+    /// Failures worth another attempt.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CallError::Connect { .. } | CallError::Timeout(_) => true,
+            CallError::Status { code, .. } => {
+                matches!(code, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+            }
+            CallError::Wire(_) | CallError::Mismatch(_) => false,
+        }
+    }
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        CallError::Status {
+            code: s.code(),
+            message: s.message().to_string(),
+        }
+    }
+}
+
+/// Renders an error with its causes: tonic's top-level message alone says
+/// "transport error", the causes say which certificate was refused.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        src = cause.source();
+    }
+    s
+}
+
+/// How calls are made: from the inventory's `[coordinator]` section.
+#[derive(Debug, Clone)]
+pub struct CallPolicy {
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub retries: usize,
+}
+
+impl CallPolicy {
+    pub fn from_inventory(inv: &Inventory) -> Self {
+        CallPolicy {
+            connect_timeout: inv.coordinator.connect_timeout,
+            call_timeout: inv.coordinator.call_timeout,
+            retries: inv.coordinator.retries,
+        }
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(self.retries)
+            .with_jitter()
+    }
+}
+
+/// What an agent says about its host (Hello), as domain types.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub host_name: String,
+    pub role: Role,
+    pub agent_version: String,
+    pub installed: Option<Version>,
+    pub releases: Vec<Version>,
+    pub disk_free_bytes: u64,
+    pub custom_plugin_dirs: Vec<String>,
+    pub database_backup: bool,
+}
+
+impl TryFrom<pb::HelloResponse> for Hello {
+    type Error = WireError;
+
+    fn try_from(h: pb::HelloResponse) -> Result<Self, WireError> {
+        let releases = h
+            .releases
+            .iter()
+            .map(|r| convert::optional_version(r, "HelloResponse", "releases"))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Hello {
+            role: convert::role_from_wire(h.role, "HelloResponse")?,
+            installed: convert::optional_version(
+                &h.installed_version,
+                "HelloResponse",
+                "installed_version",
+            )?,
+            releases,
+            host_name: h.host_name,
+            agent_version: h.agent_version,
+            disk_free_bytes: h.disk_free_bytes,
+            custom_plugin_dirs: h.custom_plugin_dirs,
+            database_backup: h.features.is_some_and(|f| f.database_backup),
+        })
+    }
+}
+
+/// A connection to one agent.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub host: Host,
+    pub client: AgentClient<Channel>,
+    policy: CallPolicy,
+}
+
+impl Agent {
+    /// Opens a verified mTLS channel: the agent's certificate must be issued
+    /// by the fleet CA for `host.name`.
+    pub async fn connect(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Result<Self, CallError> {
+        let addr = format!("https://{}", host.address);
+        let cerr = |reason: String| CallError::Connect {
+            addr: host.address.to_string(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| cerr(error_chain(&e)))?
+            .connect_timeout(policy.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .tls_config(inv.tls.client_config(&host.name))
+            .map_err(|e| cerr(error_chain(&e)))?;
+        let channel = tokio::time::timeout(policy.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_| CallError::Timeout(policy.connect_timeout))?
+            .map_err(|e| cerr(error_chain(&e)))?;
+        Ok(Agent {
+            host: host.clone(),
+            client: AgentClient::new(channel),
+            policy: policy.clone(),
+        })
+    }
+
+    /// Connects with retries.
+    pub async fn connect_retrying(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Result<Self, CallError> {
+        (|| Agent::connect(host, inv, policy))
+            .retry(policy.backoff())
+            .when(CallError::is_transient)
+            .notify(|e, after| tracing::debug!(host = %host.name, error = %e, retry_in = ?after, "connect failed; retrying"))
+            .await
+    }
+
+    /// Hello, checked against the inventory: the agent must say it is the
+    /// host, with the role, that the inventory names.
+    pub async fn hello(&self) -> Result<Hello, CallError> {
+        let call = || async {
+            let mut c = self.client.clone();
+            let resp = tokio::time::timeout(self.policy.call_timeout, c.hello(pb::HelloRequest {}))
+                .await
+                .map_err(|_| CallError::Timeout(self.policy.call_timeout))??;
+            Ok::<_, CallError>(resp.into_inner())
+        };
+        let raw = call
+            .retry(self.policy.backoff())
+            .when(CallError::is_transient)
+            .await?;
+        let hello = Hello::try_from(raw)?;
+        if hello.host_name != self.host.name {
+            return Err(CallError::Mismatch(format!(
+                "agent at {} calls itself {:?}, the inventory says {:?}",
+                self.host.address, hello.host_name, self.host.name
+            )));
+        }
+        if hello.role != self.host.role {
+            return Err(CallError::Mismatch(format!(
+                "agent {} has role {}, the inventory says {}",
+                self.host.name, hello.role, self.host.role
+            )));
+        }
+        Ok(hello)
+    }
+
+    /// One health report: the first of a WatchHealth stream.
+    pub async fn health_once(&self) -> Result<pb::HealthReport, CallError> {
+        let call = || async {
+            let mut c = self.client.clone();
+            let fut = async {
+                let mut stream = c
+                    .watch_health(pb::WatchHealthRequest { interval_ms: 1000 })
+                    .await?
+                    .into_inner();
+                stream.message().await?.ok_or_else(|| CallError::Status {
+                    code: tonic::Code::Unavailable,
+                    message: "health stream ended without a report".into(),
+                })
+            };
+            tokio::time::timeout(self.policy.call_timeout, fut)
+                .await
+                .map_err(|_| CallError::Timeout(self.policy.call_timeout))?
+        };
+        call.retry(self.policy.backoff())
+            .when(CallError::is_transient)
+            .await
+    }
+}

@@ -1,0 +1,292 @@
+//! The fleet inventory (`fleet.toml`): hosts, TLS files, coordinator settings
+//! and the rollout policy. Read and checked in full before any agent is called.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rollgate::ids::check_host_name;
+use rollgate::role::Role;
+use rollgate::tls::TlsMaterial;
+use serde::Deserialize;
+
+use crate::batch::BatchSize;
+
+/// An inventory that cannot be used: the file and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct InventoryError {
+    pub file: PathBuf,
+    pub problem: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    tls: TlsFiles,
+    #[serde(default)]
+    coordinator: CoordinatorSettings,
+    #[serde(default)]
+    policy: Policy,
+    #[serde(default)]
+    hosts: Vec<Host>,
+}
+
+/// `[tls]`: the coordinator's client identity and the fleet CA.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[coordinator]`: how the coordinator talks to agents and where it keeps state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSettings {
+    /// Rollout journals, the fleet lock, copies of backups.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Agents called at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Deadline of one read-only call (Hello, one health report).
+    #[serde(default = "default_call_timeout", with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Retries of a call that failed to connect or timed out (backoff between).
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        CoordinatorSettings {
+            state_dir: default_state_dir(),
+            concurrency: default_concurrency(),
+            connect_timeout: default_connect_timeout(),
+            call_timeout: default_call_timeout(),
+            retries: default_retries(),
+        }
+    }
+}
+
+/// `[policy]`: how a rollout proceeds. Command-line flags override it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// DPs per batch after the canary: a count ("2") or a share ("25%").
+    #[serde(default = "default_batch")]
+    pub batch: BatchSize,
+    /// DPs in the first (canary) batch.
+    #[serde(default = "default_canary")]
+    pub canary: usize,
+    /// How long a host, and then its whole batch, must stay healthy.
+    #[serde(default = "default_min_healthy", with = "humantime_serde")]
+    pub min_healthy: Duration,
+    /// Failed DPs that may be quarantined before the rollout halts.
+    #[serde(default)]
+    pub max_failures: usize,
+    /// How long a drain waits for connections to finish.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How long a started gateway may take to become healthy.
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// How long an agent may stay silent (no health report, no step progress)
+    /// before the rollout treats it as lost and halts.
+    #[serde(default = "default_agent_silence", with = "humantime_serde")]
+    pub agent_silence: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            batch: default_batch(),
+            canary: default_canary(),
+            min_healthy: default_min_healthy(),
+            max_failures: 0,
+            drain_timeout: default_drain_timeout(),
+            health_timeout: default_health_timeout(),
+            agent_silence: default_agent_silence(),
+        }
+    }
+}
+
+/// `[[hosts]]`: one gateway host and its agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Unique; the name in the agent's certificate.
+    pub name: String,
+    /// The agent's gRPC address.
+    pub address: SocketAddr,
+    pub role: Role,
+    /// Free-form labels (zone, gateway group), shown and usable for ordering.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    "rollgate-state".into()
+}
+fn default_concurrency() -> usize {
+    32
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retries() -> usize {
+    2
+}
+fn default_batch() -> BatchSize {
+    BatchSize::Percent(25)
+}
+fn default_canary() -> usize {
+    1
+}
+fn default_min_healthy() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_agent_silence() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A checked inventory.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    pub path: PathBuf,
+    pub tls_files: TlsFiles,
+    pub tls: TlsMaterial,
+    pub coordinator: CoordinatorSettings,
+    pub policy: Policy,
+    pub hosts: Vec<Host>,
+}
+
+impl Inventory {
+    /// Reads and checks `path` and loads the TLS files it names. Relative
+    /// paths inside are relative to its directory.
+    pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
+        let err = |problem: String| InventoryError {
+            file: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parsed = parse(&text, base).map_err(err)?;
+        let tls = TlsMaterial::load(&parsed.tls.ca, &parsed.tls.cert, &parsed.tls.key)
+            .map_err(|e| err(format!("key `tls`: {e}")))?;
+        Ok(Inventory {
+            path: path.to_path_buf(),
+            tls_files: parsed.tls,
+            tls,
+            coordinator: parsed.coordinator,
+            policy: parsed.policy,
+            hosts: parsed.hosts,
+        })
+    }
+
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    pub fn by_role(&self, role: Role) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(move |h| h.role == role)
+    }
+}
+
+/// Parses and checks inventory text; relative paths are joined to `base`.
+fn parse(text: &str, base: &Path) -> Result<RawInventory, String> {
+    let mut raw: RawInventory =
+        toml::from_str(text).map_err(|e| rollgate::tomlerr::describe(text, &e))?;
+    let abs = |p: &Path| if p.is_relative() { base.join(p) } else { p.to_path_buf() };
+    raw.tls = TlsFiles {
+        ca: abs(&raw.tls.ca),
+        cert: abs(&raw.tls.cert),
+        key: abs(&raw.tls.key),
+    };
+    raw.coordinator.state_dir = abs(&raw.coordinator.state_dir);
+    validate(&raw.hosts, &raw.coordinator, &raw.policy)?;
+    Ok(raw)
+}
+
+fn validate(hosts: &[Host], c: &CoordinatorSettings, p: &Policy) -> Result<(), String> {
+    if hosts.is_empty() {
+        return Err("key `hosts`: the inventory lists no hosts".into());
+    }
+    let mut names = HashSet::new();
+    let mut addrs = HashSet::new();
+    for (i, h) in hosts.iter().enumerate() {
+        check_host_name(&h.name).map_err(|e| format!("key `hosts[{i}].name`: {e}"))?;
+        if !names.insert(h.name.as_str()) {
+            return Err(format!(
+                "key `hosts[{i}].name`: host {:?} is listed twice",
+                h.name
+            ));
+        }
+        if !addrs.insert(h.address) {
+            return Err(format!(
+                "key `hosts[{i}].address`: {} is already the address of another host",
+                h.address
+            ));
+        }
+    }
+    if c.concurrency == 0 {
+        return Err("key `coordinator.concurrency`: must be at least 1".into());
+    }
+    if c.call_timeout.is_zero() || c.connect_timeout.is_zero() {
+        return Err("key `coordinator.call_timeout`: timeouts must be above zero".into());
+    }
+    if p.canary == 0 {
+        return Err("key `policy.canary`: the canary batch needs at least 1 host".into());
+    }
+    if p.agent_silence < Duration::from_millis(500) {
+        return Err("key `policy.agent_silence`: must be at least 500ms".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_inventory_in_deploy_is_valid() {
+        let inv = parse(include_str!("../deploy/fleet.toml"), Path::new("/etc/rollgate")).unwrap();
+        assert_eq!(inv.hosts.len(), 3);
+        assert_eq!(inv.tls.ca, Path::new("/etc/rollgate/certs/ca.pem"));
+        assert_eq!(inv.policy.batch, BatchSize::Percent(25));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = include_str!("../deploy/fleet.toml");
+        let cases = [
+            (base.replace("name = \"dp-2\"", "name = \"dp-1\""), "hosts[2].name"),
+            (base.replace("10.0.2.12:7443", "10.0.1.11:7443"), "hosts[2].address"),
+            (base.replace("batch = \"25%\"", "batch = \"0%\""), "batch"),
+            (base.replace("role = \"cp\"", "role = \"master\""), "unknown variant"),
+            (base.replace("canary = 1", "canary = 1\ncanary_size = 2"), "unknown field `canary_size`"),
+            (base.replace("address = \"10.0.0.10:7443\"", "address = \"nowhere\""), "socket address"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text, Path::new("/")).unwrap_err();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `rollgate status`: one row per host, asked of every agent at once.
+
+use futures::StreamExt;
+use rollgate::compat::{self, Compat};
+use rollgate::role::Role;
+use rollgate::version::Version;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::client::{Agent, CallPolicy, Hello};
+use crate::inventory::{Host, Inventory};
+
+/// One host as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub role: Role,
+    pub address: String,
+    /// The release the host's install root points at.
+    pub version: Option<String>,
+    /// The version the running gateway reports.
+    pub running_version: Option<String>,
+    pub healthy: Option<bool>,
+    /// DPs: compatible with every CP's version; CPs: true once their version
+    /// is known. None when it cannot be judged.
+    pub compatible: Option<bool>,
+    pub reachable: bool,
+    /// Why the host is unreachable, or what is inconsistent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Why a host is incompatible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What one agent answered.
+struct Probe {
+    host: Host,
+    result: Result<(Hello, rollgate::pb::HealthReport), String>,
+}
+
+async fn probe(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Probe {
+    let result = async {
+        let agent = Agent::connect_retrying(host, inv, policy).await?;
+        let hello = agent.hello().await?;
+        let health = agent.health_once().await?;
+        Ok::<_, crate::client::CallError>((hello, health))
+    }
+    .instrument(tracing::info_span!("status", host = %host.name, addr = %host.address))
+    .await
+    .map_err(|e| {
+        tracing::warn!(host = %host.name, error = %e, "agent not reachable");
+        e.to_string()
+    });
+    Probe {
+        host: host.clone(),
+        result,
+    }
+}
+
+/// Asks every agent (at most `coordinator.concurrency` at once) and judges
+/// compatibility from the CP versions found.
+pub async fn collect(inv: &Inventory) -> Vec<HostStatus> {
+    let policy = CallPolicy::from_inventory(inv);
+    let probes: Vec<Probe> = futures::stream::iter(inv.hosts.iter())
+        .map(|h| probe(h, inv, &policy))
+        .buffered(inv.coordinator.concurrency)
+        .collect()
+        .await;
+    let cp_versions: Vec<Version> = probes
+        .iter()
+        .filter(|p| p.host.role == Role::Cp)
+        .filter_map(|p| p.result.as_ref().ok()?.0.installed.clone())
+        .collect();
+    probes.into_iter().map(|p| row(p, &cp_versions)).collect()
+}
+
+fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
+    let mut s = HostStatus {
+        name: p.host.name.clone(),
+        role: p.host.role,
+        address: p.host.address.to_string(),
+        version: None,
+        running_version: None,
+        healthy: None,
+        compatible: None,
+        reachable: false,
+        error: None,
+        reason: None,
+    };
+    let (hello, health) = match p.result {
+        Ok(ok) => ok,
+        Err(e) => {
+            s.error = Some(e);
+            return s;
+        }
+    };
+    s.reachable = true;
+    s.version = hello.installed.as_ref().map(ToString::to_string);
+    s.running_version = Some(health.running_version).filter(|v| !v.is_empty());
+    s.healthy = Some(health.healthy);
+    let (compatible, reason) = judge(p.host.role, hello.installed.as_ref(), cp_versions);
+    s.compatible = compatible;
+    s.reason = reason;
+    s
+}
+
+/// The compatibility column. A DP must suit every CP, since during a CP
+/// upgrade it may talk to any of them.
+pub fn judge(role: Role, version: Option<&Version>, cps: &[Version]) -> (Option<bool>, Option<String>) {
+    let Some(v) = version else {
+        return (None, Some("no release installed".into()));
+    };
+    if role == Role::Cp {
+        return (Some(true), None);
+    }
+    if cps.is_empty() {
+        return (None, Some("no CP version known".into()));
+    }
+    for cp in cps {
+        if let Compat::Incompatible(why) = compat::dp_against_cp(cp, v, None) {
+            return (Some(false), Some(why));
+        }
+    }
+    (Some(true), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn judges_dps_against_every_cp() {
+        let cps = [v("3.4.0"), v("3.3.0")];
+        assert_eq!(judge(Role::Dp, Some(&v("3.3.0")), &cps).0, Some(true));
+        assert_eq!(judge(Role::Dp, Some(&v("3.4.0")), &cps).0, Some(false), "newer than one CP");
+        assert_eq!(judge(Role::Dp, Some(&v("3.3.0")), &[]).0, None);
+        assert_eq!(judge(Role::Dp, None, &cps).0, None);
+        assert_eq!(judge(Role::Cp, Some(&v("3.4.0")), &cps).0, Some(true));
+    }
+}

@@ -1,0 +1,1 @@
+//! A throwaway PostgreSQL cluster (placeholder until the testbed lands).

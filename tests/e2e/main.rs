@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `rollgate` and `rollgate-agent` binaries on
+//! loopback addresses, real certificates, real files.
+
+mod support;
+
+mod bad_config;
+mod deploy;
+mod mtls;
+mod status;

@@ -1,0 +1,172 @@
+//! Test harness: a sandbox directory per test with its own loopback network
+//! (127.A.B.x), certificates from the real `rollgate certs init`, agents
+//! spawned from the real `rollgate-agent` binary, and the real `rollgate` CLI.
+
+pub mod proc;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+pub use proc::{Proc, RunOutput, wait_until};
+
+pub const ROLLGATE: &str = env!("CARGO_BIN_EXE_rollgate");
+pub const AGENT: &str = env!("CARGO_BIN_EXE_rollgate-agent");
+
+/// One test's world: a temp dir and a /16 of loopback addresses nobody else
+/// in this test run uses.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    net: (u8, u8),
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        // Tests run as separate processes (nextest) or threads (cargo test):
+        // mix the pid and a counter so concurrent tests get distinct networks.
+        let n = std::process::id().wrapping_mul(31).wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let a = (n % 250) as u8 + 2;
+        let b = ((n / 250) % 250) as u8 + 2;
+        Sandbox {
+            dir: tempfile::Builder::new().prefix("rollgate-e2e-").tempdir().expect("temp dir"),
+            net: (a, b),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The loopback address of simulated host `n` (1..=254).
+    pub fn ip(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.net.0, self.net.1, n)
+    }
+
+    /// A port free on `ip` right now.
+    pub fn free_port(&self, ip: Ipv4Addr) -> u16 {
+        TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().unwrap().port()
+    }
+
+    pub fn certs_dir(&self) -> PathBuf {
+        self.path().join("certs")
+    }
+
+    /// `rollgate certs init` for the given agents (name, host number).
+    pub fn certs(&self, agents: &[(&str, u8)]) {
+        let mut args = vec!["certs".to_string(), "init".into(), "--dir".into()];
+        args.push(self.certs_dir().display().to_string());
+        for (name, n) in agents {
+            args.push("--agent".into());
+            args.push(format!("{name}={}", self.ip(*n)));
+        }
+        let out = self.rollgate(&args);
+        assert_eq!(out.code, Some(0), "certs init failed: {}", out.stderr);
+    }
+
+    /// Runs the coordinator CLI to completion (deadline: 120 s).
+    pub fn rollgate<S: AsRef<str>>(&self, args: &[S]) -> RunOutput {
+        proc::run(ROLLGATE, args, self.path(), Duration::from_secs(120))
+    }
+
+    /// Writes a fleet.toml listing `hosts` (name, role, agent address).
+    pub fn inventory(&self, hosts: &[(&str, &str, SocketAddr)], extra: &str) -> PathBuf {
+        let mut t = String::from(
+            "[tls]\nca = \"certs/ca.pem\"\ncert = \"certs/rollgate-coordinator.pem\"\nkey = \"certs/rollgate-coordinator.key\"\n\n[coordinator]\nstate_dir = \"state\"\nconnect_timeout = \"2s\"\ncall_timeout = \"5s\"\nretries = 1\n",
+        );
+        t.push_str(extra);
+        for (name, role, addr) in hosts {
+            t.push_str(&format!(
+                "\n[[hosts]]\nname = \"{name}\"\naddress = \"{addr}\"\nrole = \"{role}\"\n"
+            ));
+        }
+        let p = self.path().join("fleet.toml");
+        std::fs::write(&p, t).unwrap();
+        p
+    }
+}
+
+/// One simulated host: its directory, install root and agent config.
+pub struct Host {
+    pub name: String,
+    pub role: &'static str,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    pub agent_addr: SocketAddr,
+}
+
+impl Host {
+    /// Lays out `<sandbox>/<name>/` with releases/<v> for each version and
+    /// `current` pointing at `current` (when given), and an agent.toml using
+    /// the sandbox's certificates. `extra` is appended to agent.toml.
+    pub fn create(
+        sb: &Sandbox,
+        name: &str,
+        role: &'static str,
+        n: u8,
+        versions: &[&str],
+        current: Option<&str>,
+        extra: &str,
+    ) -> Host {
+        let ip = sb.ip(n);
+        let dir = sb.path().join(name);
+        let root = dir.join("root");
+        for v in versions {
+            std::fs::create_dir_all(root.join("releases").join(v)).unwrap();
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        if let Some(v) = current {
+            std::os::unix::fs::symlink(format!("releases/{v}"), root.join("current")).unwrap();
+        }
+        let agent_addr = SocketAddr::new(ip.into(), sb.free_port(ip));
+        let certs = sb.certs_dir();
+        let config = format!(
+            "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{agent_addr}\"\nstate_dir = \"state\"\n\n\
+             [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
+             [gateway]\ninstall_root = \"root\"\n\n\
+             [service]\nmanager = \"exec\"\ncommand = [\"bin/demo-gateway\", \"{role}\", \"--config\", \"{d}/gateway.toml\"]\n\n{extra}",
+            c = certs.display(),
+            d = dir.display(),
+        );
+        std::fs::write(dir.join("agent.toml"), config).unwrap();
+        Host {
+            name: name.into(),
+            role,
+            ip,
+            dir,
+            agent_addr,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+
+    /// Starts the agent and waits (deadline 20 s) until it accepts connections.
+    pub fn start_agent(&self) -> Proc {
+        let log = self.dir.join("agent.log");
+        let p = Proc::spawn(
+            AGENT,
+            &["--config".to_string(), self.config_path().display().to_string()],
+            &self.dir,
+            &log,
+        );
+        let addr = self.agent_addr;
+        wait_until(Duration::from_secs(20), &format!("agent {} listening", self.name), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        p
+    }
+
+    /// The inventory entry for this host.
+    pub fn entry(&self) -> (&str, &str, SocketAddr) {
+        (&self.name, self.role, self.agent_addr)
+    }
+}
+
+/// Parses a command's stdout as one JSON document.
+pub fn json(out: &RunOutput) -> serde_json::Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", out.stdout, out.stderr))
+}

@@ -1,0 +1,121 @@
+//! Child processes for tests: always killed and reaped, output kept in files,
+//! waits bounded by deadlines.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Polls `cond` until it holds, panicking with `what` after `deadline`.
+pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A long-running child (an agent); killed with SIGKILL and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Proc {
+    pub fn spawn<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, log: &Path) -> Proc {
+        let out = File::create(log).expect("log file");
+        let err = out.try_clone().unwrap();
+        let child = Command::new(program)
+            .args(args.iter().map(AsRef::as_ref))
+            .current_dir(cwd)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
+        Proc {
+            child,
+            log: log.into(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig).expect("kill");
+    }
+
+    /// Waits for exit within `deadline`; None if still running.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a finished command printed and how it exited.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command to completion; kills it and panics after `deadline`.
+pub fn run<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, deadline: Duration) -> RunOutput {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_p, err_p) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(program)
+        .args(args.iter().map(AsRef::as_ref))
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_p).unwrap())
+        .stderr(File::create(&err_p).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{program} {:?} did not finish within {deadline:?}; stderr:\n{}",
+                args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+                std::fs::read_to_string(&err_p).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    RunOutput {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out_p).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_p).unwrap_or_default(),
+    }
+}
