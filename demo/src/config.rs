@@ -72,12 +72,15 @@ pub enum ConfigError {
     },
 }
 
-fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+    })
+}
+
+fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|source| ConfigError::Parse {
         path: path.to_path_buf(),
         source,
     })
@@ -85,7 +88,12 @@ fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
 
 impl CpConfig {
     pub fn load(path: &Path) -> Result<CpConfig, ConfigError> {
-        let config: CpConfig = load(path)?;
+        CpConfig::parse(&read(path)?, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<CpConfig, ConfigError> {
+        let config: CpConfig = parse_toml(text, path)?;
         let invalid = |key, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key,
@@ -104,7 +112,12 @@ impl CpConfig {
 
 impl DpConfig {
     pub fn load(path: &Path) -> Result<DpConfig, ConfigError> {
-        let config: DpConfig = load(path)?;
+        DpConfig::parse(&read(path)?, path)
+    }
+
+    /// Parses and validates `text`; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<DpConfig, ConfigError> {
+        let config: DpConfig = parse_toml(text, path)?;
         let invalid = |key, reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
             key,
@@ -130,44 +143,37 @@ impl DpConfig {
 mod tests {
     use super::*;
 
-    fn write(text: &str) -> (PathBuf, impl Drop) {
-        struct Remove(PathBuf);
-        impl Drop for Remove {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_file(&self.0);
-            }
-        }
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "demo-gateway-config-test-{}-{n}.toml",
-            std::process::id()
-        ));
-        std::fs::write(&path, text).unwrap();
-        (path.clone(), Remove(path))
-    }
-
     #[test]
     fn dp_config_parses_durations_and_rejects_unknown_keys() {
-        let (path, _guard) = write(
+        let path = Path::new("DP.toml");
+        let config = DpConfig::parse(
             "listen = \"127.0.0.3:9080\"\ncp_url = \"http://127.0.0.2:7080\"\ninstance_id = \"dp-1\"\npoll_interval = \"250ms\"\ngraceful_timeout = \"3s\"\n",
-        );
-        let config = DpConfig::load(&path).unwrap();
+            path,
+        )
+        .unwrap();
         assert_eq!(config.poll_interval, Duration::from_millis(250));
         assert_eq!(config.graceful_timeout, Duration::from_secs(3));
 
-        let (path, _guard) = write(
+        let err = DpConfig::parse(
             "listen = \"127.0.0.3:9080\"\ncp_url = \"http://127.0.0.2:7080\"\ninstance_id = \"dp-1\"\npol_interval = \"1s\"\n",
+            path,
+        )
+        .unwrap_err();
+        let err = format!("{:#}", anyhow::Error::new(err));
+        assert!(
+            err.contains("pol_interval") && err.contains("DP.toml"),
+            "{err}"
         );
-        let err = format!("{:#}", anyhow::Error::new(DpConfig::load(&path).unwrap_err()));
-        assert!(err.contains("pol_interval"), "{err}");
     }
 
     #[test]
     fn cp_config_rejects_a_bad_database_url() {
-        let (path, _guard) =
-            write("listen = \"127.0.0.2:7080\"\ndatabase_url = \"host=127.0.0.1 port=notaport\"\n");
-        let err = CpConfig::load(&path).unwrap_err().to_string();
+        let err = CpConfig::parse(
+            "listen = \"127.0.0.2:7080\"\ndatabase_url = \"host=127.0.0.1 port=notaport\"\n",
+            Path::new("CP.toml"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("database_url"), "{err}");
     }
 }

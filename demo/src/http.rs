@@ -16,16 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body: small buffered ones and streamed upstream bodies alike.
 pub type Body = BoxBody<Bytes, BoxError>;
 /// The client the DP proxies with and polls the CP with (plain HTTP/1.1).
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Body,
->;
+pub type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
@@ -34,7 +32,9 @@ pub fn client() -> Client {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> Body {
@@ -53,13 +53,30 @@ pub fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Bo
     )
 }
 
-pub fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn with_type(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// An error and its sources on one line (`client error: connection refused`):
+/// hyper's own messages are terse without their causes.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +174,8 @@ where
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).keep_alive(true);
     let graceful = GracefulShutdown::new();
+    // Connection tasks log under the server's span (role, version).
+    let span = tracing::Span::current();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -179,11 +198,14 @@ where
                     async move { Ok::<_, Infallible>(response.await) }
                 });
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        debug!(%peer, error = %e, "connection ended with an error");
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = connection.await {
+                            debug!(%peer, error = %chain(&e), "connection ended with an error");
+                        }
                     }
-                });
+                    .instrument(span.clone()),
+                );
             }
         }
     }
@@ -202,7 +224,10 @@ mod tests {
     #[test]
     fn upstream_urls_are_host_and_port_only() {
         let url = UpstreamUrl::parse("http://127.0.0.1:8081").unwrap();
-        assert_eq!(url.uri("/a?b=1").unwrap().to_string(), "http://127.0.0.1:8081/a?b=1");
+        assert_eq!(
+            url.uri("/a?b=1").unwrap().to_string(),
+            "http://127.0.0.1:8081/a?b=1"
+        );
         assert!(UpstreamUrl::parse("http://127.0.0.1:8081/").is_ok());
         for bad in [
             "https://x:1",

@@ -80,7 +80,9 @@ impl Route {
             ));
         }
         if self.path_prefix.starts_with("/status") {
-            return Err(fail("path_prefix /status is reserved for the DP's own status".into()));
+            return Err(fail(
+                "path_prefix /status is reserved for the DP's own status".into(),
+            ));
         }
         UpstreamUrl::parse(&self.upstream).map_err(|e| fail(e.to_string()))?;
         if self.description.is_some() && schema_level < 2 {
@@ -198,7 +200,8 @@ mod tests {
 
     #[test]
     fn import_rejects_unknown_fields() {
-        let yaml = "routes:\n  - id: a\n    path_prefix: /a\n    upstream: http://h:1\n    colour: red\n";
+        let yaml =
+            "routes:\n  - id: a\n    path_prefix: /a\n    upstream: http://h:1\n    colour: red\n";
         assert!(Declarative::from_yaml(yaml).is_err());
     }
 }

@@ -9,7 +9,10 @@ use crate::model::Plugin;
 #[derive(Debug, Clone, PartialEq)]
 pub enum PluginSpec {
     /// Adds (or replaces) a header on every response of the route.
-    ResponseHeader { name: HeaderName, value: HeaderValue },
+    ResponseHeader {
+        name: HeaderName,
+        value: HeaderValue,
+    },
     /// Removes the route's `path_prefix` from the path before forwarding.
     StripPrefix,
 }
@@ -47,12 +50,13 @@ impl PluginSpec {
                 })
             }
             "strip-prefix" => {
-                let _: StripPrefixConfig = serde_json::from_value(plugin.config.clone()).map_err(
-                    |e| PluginError::Config {
-                        name: "strip-prefix",
-                        reason: e.to_string(),
-                    },
-                )?;
+                let _: StripPrefixConfig =
+                    serde_json::from_value(plugin.config.clone()).map_err(|e| {
+                        PluginError::Config {
+                            name: "strip-prefix",
+                            reason: e.to_string(),
+                        }
+                    })?;
                 Ok(PluginSpec::StripPrefix)
             }
             other => Err(PluginError::Unknown(other.to_owned())),
@@ -79,10 +83,19 @@ mod tests {
             PluginSpec::StripPrefix
         );
         assert!(matches!(
-            PluginSpec::parse(&plugin("response-header", json!({"name": "X-A", "value": "1"}))),
+            PluginSpec::parse(&plugin(
+                "response-header",
+                json!({"name": "X-A", "value": "1"})
+            )),
             Ok(PluginSpec::ResponseHeader { .. })
         ));
-        assert!(PluginSpec::parse(&plugin("response-header", json!({"name": "bad name", "value": "1"}))).is_err());
+        assert!(
+            PluginSpec::parse(&plugin(
+                "response-header",
+                json!({"name": "bad name", "value": "1"})
+            ))
+            .is_err()
+        );
         assert!(PluginSpec::parse(&plugin("response-header", json!({"name": "X-A"}))).is_err());
         assert!(PluginSpec::parse(&plugin("rate-limit", json!({}))).is_err());
     }

@@ -127,7 +127,10 @@ mod tests {
         assert!(dp_compatible(&v("3.4.0"), &v("3.4.0")));
         assert!(dp_compatible(&v("3.4.1"), &v("3.3.1")));
         assert!(dp_compatible(&v("3.4.0"), &v("3.4.0-never-ready")));
-        assert!(!dp_compatible(&v("3.5.0"), &v("3.3.1")), "two minors behind");
+        assert!(
+            !dp_compatible(&v("3.5.0"), &v("3.3.1")),
+            "two minors behind"
+        );
         assert!(!dp_compatible(&v("3.4.0"), &v("3.4.1")), "DP newer than CP");
         assert!(!dp_compatible(&v("3.4.0"), &v("3.5.0")), "DP minor newer");
         assert!(!dp_compatible(&v("4.0.0"), &v("3.9.0")), "other major");

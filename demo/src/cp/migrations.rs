@@ -82,7 +82,11 @@ pub enum MigrateError {
     #[error(
         "database schema version {db} is newer than this control plane ({version}) knows (highest: {known}); refusing to start: a downgrade needs a database restore"
     )]
-    TooNew { db: u32, known: u32, version: String },
+    TooNew {
+        db: u32,
+        known: u32,
+        version: String,
+    },
     #[error(
         "migration {version} ({name}) failed at statement {statement} of {total}; its transaction was rolled back and the database is unchanged at schema version {left_at}"
     )]
@@ -110,7 +114,10 @@ fn db(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> MigrateError
 /// The schema version recorded in the database (0 for an empty database).
 pub async fn current_level(client: &impl GenericClient) -> Result<u32, tokio_postgres::Error> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('public.schema_version') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('public.schema_version') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if !exists {
@@ -128,11 +135,16 @@ pub async fn migrate(client: &mut Client, release: &Release) -> Result<u32, Migr
     let known = release.manifest.migration_level;
     let break_newest = release.manifest.faults.cp_fail_migration;
     loop {
-        let tx = client.transaction().await.map_err(db("starting a migration"))?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db("starting a migration"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
             .await
             .map_err(db("locking the schema"))?;
-        let current = current_level(&tx).await.map_err(db("reading the schema version"))?;
+        let current = current_level(&tx)
+            .await
+            .map_err(db("reading the schema version"))?;
         if current > known {
             return Err(MigrateError::TooNew {
                 db: current,

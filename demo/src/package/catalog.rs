@@ -1,0 +1,39 @@
+//! `releases.toml`, the release catalog the coordinator reads. Its shape is a
+//! contract: the coordinator rejects unknown keys.
+
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "releases.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    pub releases: Vec<CatalogEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    pub version: String,
+    /// Relative to the catalog file's directory.
+    pub artifact: String,
+    /// Lower-case hex SHA-256 of the `.tar.gz`.
+    pub sha256: String,
+    /// Bytes of the `.tar.gz`.
+    pub size: u64,
+    pub breaking_changes: Vec<String>,
+}
+
+impl Catalog {
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let body = toml::to_string(self)?;
+        Ok(format!(
+            "# Release catalog written by `demo-gateway package`: one [[releases]] per artifact.\n\n{body}"
+        ))
+    }
+}
+
+/// The artifact file name of a version.
+pub fn artifact_name(version: &str) -> String {
+    format!("demo-gateway-{version}.tar.gz")
+}

@@ -1,0 +1,210 @@
+//! `demo-gateway package`: one binary in, every release artifact and the
+//! `releases.toml` catalog out.
+
+pub mod archive;
+pub mod catalog;
+pub mod releases;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tracing::info;
+
+use archive::{Entry, Source};
+use catalog::{Catalog, CatalogEntry};
+use releases::ReleaseSpec;
+
+/// Example host configs shipped in every release's `conf/`. The gateway reads its
+/// real config from a path given on the command line, outside the release.
+pub const EXAMPLE_CP_TOML: &str = r#"# demo-gateway control plane: an example host config.
+# Copy it outside the release directory and start: demo-gateway cp --config CP.toml
+listen = "127.0.0.2:7080"
+database_url = "host=127.0.0.1 port=5432 user=postgres dbname=gateway"
+log_level = "info"
+"#;
+
+pub const EXAMPLE_DP_TOML: &str = r#"# demo-gateway data plane: an example host config.
+# Copy it outside the release directory and start: demo-gateway dp --config DP.toml
+listen = "127.0.0.3:9080"
+cp_url = "http://127.0.0.2:7080"
+instance_id = "dp-1"
+poll_interval = "500ms"
+graceful_timeout = "10s"
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("cannot find the running executable")]
+    Executable(#[source] std::io::Error),
+    #[error("binary {path} is not a readable file")]
+    Binary {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serialise {what}")]
+    Serialise {
+        what: String,
+        #[source]
+        source: toml::ser::Error,
+    },
+}
+
+/// Builds every release into `out` and returns the catalog it wrote.
+pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
+    let binary = match binary {
+        Some(path) => path.to_path_buf(),
+        None => std::env::current_exe().map_err(PackageError::Executable)?,
+    };
+    let meta = std::fs::metadata(&binary).map_err(|source| PackageError::Binary {
+        path: binary.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(PackageError::Binary {
+            path: binary,
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(|source| PackageError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+
+    let specs = releases::all();
+    // The work is gzip of a large binary: one release per core.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(specs.len());
+    let results: Vec<Result<CatalogEntry, PackageError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                let (specs, binary) = (&specs, &binary);
+                scope.spawn(move || {
+                    specs
+                        .iter()
+                        .enumerate()
+                        .filter(|(index, _)| index % workers == worker)
+                        .map(|(index, spec)| (index, build(out, binary, spec)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut indexed: Vec<_> = handles
+            .into_iter()
+            .flat_map(|handle| handle.join().expect("packaging thread panicked"))
+            .collect();
+        indexed.sort_by_key(|(index, _)| *index);
+        indexed.into_iter().map(|(_, result)| result).collect()
+    });
+    let catalog = Catalog {
+        releases: results.into_iter().collect::<Result<_, _>>()?,
+    };
+
+    let text = catalog
+        .to_toml()
+        .map_err(|source| PackageError::Serialise {
+            what: catalog::FILE_NAME.into(),
+            source,
+        })?;
+    let path = out.join(catalog::FILE_NAME);
+    let tmp = out.join(format!(
+        ".{}.tmp-{}",
+        catalog::FILE_NAME,
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| PackageError::Write { path, source })?;
+    Ok(catalog)
+}
+
+fn build(out: &Path, binary: &Path, spec: &ReleaseSpec) -> Result<CatalogEntry, PackageError> {
+    let started = Instant::now();
+    let version = &spec.manifest.version;
+    let manifest = toml::to_string(&spec.manifest).map_err(|source| PackageError::Serialise {
+        what: format!("the manifest of {version}"),
+        source,
+    })?;
+    let manifest = format!(
+        "# demo-gateway release manifest: the binary takes its version and behaviour from here.\n{manifest}"
+    );
+    let file = |path: &str, text: &str| Entry {
+        path: path.into(),
+        mode: 0o644,
+        source: Source::Bytes(text.as_bytes().to_vec()),
+    };
+    let dir = |path: &str| Entry {
+        path: path.into(),
+        mode: 0o755,
+        source: Source::Dir,
+    };
+    let entries = vec![
+        dir("bin"),
+        Entry {
+            path: "bin/demo-gateway".into(),
+            mode: 0o755,
+            source: Source::File(binary.to_path_buf()),
+        },
+        dir("conf"),
+        file("conf/cp.toml", EXAMPLE_CP_TOML),
+        file("conf/dp.toml", EXAMPLE_DP_TOML),
+        file(crate::manifest::FILE_NAME, &manifest),
+    ];
+    let artifact = catalog::artifact_name(version);
+    let path = out.join(&artifact);
+    let written = archive::write(&path, entries).map_err(|source| PackageError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    info!(%version, %artifact, size = written.size, elapsed = ?started.elapsed(), "release packaged");
+    Ok(CatalogEntry {
+        version: version.clone(),
+        artifact,
+        sha256: written.sha256,
+        size: written.size,
+        breaking_changes: spec
+            .breaking_changes
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CpConfig, DpConfig};
+    use crate::manifest::Release;
+
+    #[test]
+    fn shipped_example_configs_load() {
+        CpConfig::parse(EXAMPLE_CP_TOML, Path::new("conf/cp.toml")).unwrap();
+        DpConfig::parse(EXAMPLE_DP_TOML, Path::new("conf/dp.toml")).unwrap();
+    }
+
+    #[test]
+    fn every_release_manifest_is_valid_and_faulty_ones_are_pre_releases() {
+        let dir =
+            std::env::temp_dir().join(format!("demo-gateway-manifest-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for spec in releases::all() {
+            let path = dir.join("manifest.toml");
+            std::fs::write(&path, toml::to_string(&spec.manifest).unwrap()).unwrap();
+            let release = Release::load(&path).unwrap();
+            assert_eq!(
+                release.version.pre.is_some(),
+                !spec.manifest.faults.is_none(),
+                "{}",
+                spec.manifest.version
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
