@@ -21,6 +21,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Serde on the wire types lets the agent journal results as readable
+        // JSON and the coordinator print them; conversion to domain types
+        // still happens at the edge.
+        .type_attribute(
+            ".rollgate.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
+        .message_attribute(".rollgate.v1", "#[serde(default)]")
         .compile_fds(fds)?;
     Ok(())
 }

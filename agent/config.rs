@@ -262,11 +262,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         file: path.to_path_buf(),
         problem,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-    let base = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let (text, base) = rollgate::tomlerr::read_file(path).map_err(err)?;
     let config = parse(&text, base).map_err(err)?;
     let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
         .map_err(|e| err(format!("key `tls`: {e}")))?;
@@ -349,7 +345,10 @@ impl AgentConfig {
             ("drain.drain_command", &self.drain.drain_command),
             ("drain.undrain_command", &self.drain.undrain_command),
         ] {
-            if cmd.as_ref().is_some_and(|c| c.is_empty() || c[0].is_empty()) {
+            if cmd
+                .as_ref()
+                .is_some_and(|c| c.is_empty() || c[0].is_empty())
+            {
                 return Err(format!("key `{key}`: must name a program"));
             }
         }
@@ -457,10 +456,18 @@ mod tests {
 
     #[test]
     fn example_configs_in_deploy_are_valid() {
-        let dp = parse(include_str!("../deploy/agent.toml"), Path::new("/etc/rollgate")).unwrap();
+        let dp = parse(
+            include_str!("../deploy/agent.toml"),
+            Path::new("/etc/rollgate"),
+        )
+        .unwrap();
         assert_eq!(dp.agent.role, Role::Dp);
         assert_eq!(dp.service.manager, ManagerKind::Systemd);
-        let cp = parse(include_str!("../deploy/agent-cp.toml"), Path::new("/etc/rollgate")).unwrap();
+        let cp = parse(
+            include_str!("../deploy/agent-cp.toml"),
+            Path::new("/etc/rollgate"),
+        )
+        .unwrap();
         assert!(cp.backup.is_some());
     }
 
@@ -495,13 +502,37 @@ command = ["bin/gw"]
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            (minimal().replace("role = \"dp\"", "role = \"edge\""), "unknown variant"),
-            (minimal().replace("[gateway]", "[gateway]\nkeep = 3"), "unknown field `keep`"),
-            (minimal().replace("name = \"dp-1\"", "name = \"dp_1\""), "agent.name"),
-            (minimal().replace("command = [\"bin/gw\"]", "command = []"), "service.command"),
-            (minimal().replace("allowed_clients = [\"rollgate-coordinator\"]", "allowed_clients = []"), "tls.allowed_clients"),
-            (minimal() + "[backup]\ndir = \"b\"\ndatabase_url = \"x\"\n", "key `backup`"),
-            (minimal().replace("[service]", "[health]\nstatus_url = \"ftp://x\"\n[service]"), "health.status_url"),
+            (
+                minimal().replace("role = \"dp\"", "role = \"edge\""),
+                "unknown variant",
+            ),
+            (
+                minimal().replace("[gateway]", "[gateway]\nkeep = 3"),
+                "unknown field `keep`",
+            ),
+            (
+                minimal().replace("name = \"dp-1\"", "name = \"dp_1\""),
+                "agent.name",
+            ),
+            (
+                minimal().replace("command = [\"bin/gw\"]", "command = []"),
+                "service.command",
+            ),
+            (
+                minimal().replace(
+                    "allowed_clients = [\"rollgate-coordinator\"]",
+                    "allowed_clients = []",
+                ),
+                "tls.allowed_clients",
+            ),
+            (
+                minimal() + "[backup]\ndir = \"b\"\ndatabase_url = \"x\"\n",
+                "key `backup`",
+            ),
+            (
+                minimal().replace("[service]", "[health]\nstatus_url = \"ftp://x\"\n[service]"),
+                "health.status_url",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&text, Path::new("/")).unwrap_err();
@@ -515,5 +546,4 @@ command = ["bin/gw"]
         assert_eq!(parse_signal("term").unwrap(), nix::sys::signal::SIGTERM);
         assert!(parse_signal("SIGNOPE").is_err());
     }
-
 }

@@ -113,12 +113,16 @@ impl Prober {
         let running = matches!(obs.process, ProcessStatus::Running { .. });
         if let Some(url) = &self.status_url {
             let (probe, body) = self.probe("status", url, running).await;
-            if let Some(json) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+            if let Some(json) =
+                body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            {
                 obs.running_version = json
                     .pointer(&self.version_pointer)
                     .and_then(|v| v.as_str())
                     .map(str::to_string);
-                obs.config_revision = json.pointer(&self.revision_pointer).and_then(|v| v.as_i64());
+                obs.config_revision = json
+                    .pointer(&self.revision_pointer)
+                    .and_then(|v| v.as_i64());
             }
             obs.probes.push(probe);
         }
@@ -128,7 +132,12 @@ impl Prober {
         obs
     }
 
-    async fn probe(&self, name: &'static str, url: &str, running: bool) -> (Probe, Option<Vec<u8>>) {
+    async fn probe(
+        &self,
+        name: &'static str,
+        url: &str,
+        running: bool,
+    ) -> (Probe, Option<Vec<u8>>) {
         let start = Instant::now();
         let mut p = Probe {
             name,

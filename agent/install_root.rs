@@ -61,14 +61,20 @@ impl InstallRoot {
     /// Free bytes for unprivileged use on the file system holding the root
     /// (or its nearest existing ancestor).
     pub fn free_bytes(&self) -> Option<u64> {
-        let mut p: &Path = &self.root;
-        loop {
-            if p.exists() {
-                let st = nix::sys::statvfs::statvfs(p).ok()?;
-                return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
-            }
-            p = p.parent()?;
+        free_bytes(&self.root)
+    }
+}
+
+/// Free bytes for unprivileged use on the file system holding `path` (or its
+/// nearest existing ancestor).
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            let st = nix::sys::statvfs::statvfs(p).ok()?;
+            return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
         }
+        p = p.parent()?;
     }
 }
 

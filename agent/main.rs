@@ -2,14 +2,22 @@
 //! out the coordinator's steps with commands named only in its own config.
 #![forbid(unsafe_code)]
 
+mod command;
 mod config;
+mod drain_state;
 mod facts;
+mod failpoint;
 mod health;
 mod install_root;
+mod journal;
+mod netstat;
+mod ops;
 mod procfs;
+mod recover;
 mod server;
 mod service;
 mod state;
+mod steps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +29,7 @@ use rollgate::telemetry::{self, LogFormat};
 use rollgate::tls::AllowList;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tracing::Instrument;
 
 #[derive(Debug, clap::Parser)]
 #[command(name = "rollgate-agent", version, about = "The rollgate host agent")]
@@ -86,9 +95,20 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     let allow = AllowList::new(config.tls.allowed_clients.clone());
     let name = config.agent.name.clone();
     let role = config.agent.role;
-    std::fs::create_dir_all(&config.agent.state_dir)
-        .with_context(|| format!("cannot create state dir {}", config.agent.state_dir.display()))?;
-    let state = Arc::new(state::AgentState::new(config).map_err(anyhow::Error::msg)?);
+    std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
+        format!(
+            "cannot create state dir {}",
+            config.agent.state_dir.display()
+        )
+    })?;
+    let agent_check = config.drain.agent_check_listen;
+    let state = Arc::new(state::AgentState::open(config).map_err(anyhow::Error::msg)?);
+    if let Some(addr) = agent_check {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for agent-check on {addr}"))?;
+        state.drain.clone().serve(l, addr);
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -99,15 +119,20 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
-    let agent = AgentServer::new(server::AgentService::new(state));
+    let agent = AgentServer::new(server::AgentService::new(state.clone()));
     let check = allow.clone();
     let router = Server::builder()
         .tls_config(tls.server_config())
         .context("bad TLS material")?
-        .add_service(InterceptedService::new(health_service, move |r| allow.check(r)))
+        .add_service(InterceptedService::new(health_service, move |r| {
+            allow.check(r)
+        }))
         .add_service(InterceptedService::new(agent, move |r| check.check(r)));
 
     tracing::info!(host = %name, %role, addr = %bound, config = %path.display(), version = rollgate::VERSION, "agent serving");
+    // Finish or undo what a crash cut off, then make sure the gateway runs;
+    // in the background, so a coordinator can follow the recovery.
+    tokio::spawn(recover::run(state).instrument(tracing::info_span!("recover")));
     // systemd (Type=notify) starts dependants only once we really serve.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY not sent (not under systemd?)");

@@ -2,11 +2,9 @@
 //! types. Read-only rpcs are answered here; steps that change the host live in
 //! their own modules.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::Stream;
 use rollgate::pb;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -14,11 +12,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::config::ManagerKind;
+use crate::drain_state::Drain;
 use crate::health::{Observation, Probe};
+use crate::ops::{self, EventStream, OpCtx};
 use crate::service::ProcessStatus;
-use crate::state::{AgentState, Drain};
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OperationEvent, Status>> + Send>>;
+use crate::state::AgentState;
+use crate::steps::install::{self, Plan};
+use crate::steps::{self, StepError, StepResult, backup, drain, pg, stage};
 
 /// Shortest health interval a client may ask for.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -59,7 +59,8 @@ impl AgentService {
                     .agent_check_listen
                     .map(|a| u32::from(a.port()))
                     .unwrap_or(0),
-                drain_hooks: cfg.drain.drain_command.is_some() || cfg.drain.undrain_command.is_some(),
+                drain_hooks: cfg.drain.drain_command.is_some()
+                    || cfg.drain.undrain_command.is_some(),
                 database_backup: cfg.backup.is_some(),
                 declarative_export: cfg
                     .backup
@@ -79,7 +80,13 @@ impl AgentService {
         let s = &self.state;
         let obs = s.prober.observe(&s.service).await;
         let facts = s.facts.read();
-        health_report(sequence, &obs, s, facts.load_average_1m, facts.memory_available_bytes)
+        health_report(
+            sequence,
+            &obs,
+            s,
+            facts.load_average_1m,
+            facts.memory_available_bytes,
+        )
     }
 }
 
@@ -104,11 +111,11 @@ fn health_report(
         installed_version: s.root.current().map(|v| v.to_string()).unwrap_or_default(),
         config_revision: obs.config_revision,
         healthy: obs.healthy(),
-        drain_state: drain_to_wire(*s.drain.borrow()) as i32,
+        drain_state: drain_to_wire(s.drain.get()) as i32,
         load_average_1m: load,
         memory_available_bytes: mem_available,
         gateway_rss_bytes: obs.rss_bytes,
-        active_operation_id: String::new(),
+        active_operation_id: s.ops.active().unwrap_or_default(),
     }
 }
 
@@ -138,10 +145,64 @@ pub fn unix_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented by this agent version; it changes nothing"
-    ))
+fn check_op(op: &str) -> Result<(), Status> {
+    rollgate::ids::check_operation_id(op).map_err(Status::invalid_argument)
+}
+
+fn ms(v: u32, default: Duration) -> u64 {
+    if v == 0 {
+        default.as_millis() as u64
+    } else {
+        u64::from(v)
+    }
+}
+
+impl AgentService {
+    /// Starts (or follows, or replays) a journalled step.
+    fn step<F, Fut>(
+        &self,
+        op: &str,
+        kind: &'static str,
+        begin: serde_json::Value,
+        work: F,
+    ) -> EventStream
+    where
+        F: FnOnce(Arc<AgentState>, OpCtx) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = StepResult> + Send + 'static,
+    {
+        let state = self.state.clone();
+        self.state
+            .ops
+            .start(op, kind, begin, false, move |ctx| async move {
+                let r = work(state.clone(), ctx).await;
+                steps::finish(&state, r).await
+            })
+    }
+
+    /// A request that cannot start: answered with a failure, not journalled.
+    fn refuse(op: &str, e: StepError) -> EventStream {
+        ops::single(op, ops::failure(e.code, e.message, e.detail))
+    }
+
+    fn plan(
+        &self,
+        target: &str,
+        min_healthy_ms: u32,
+        health_timeout_ms: u32,
+        restore: Option<String>,
+    ) -> Result<Plan, StepError> {
+        let target = target
+            .parse()
+            .map_err(|e| StepError::invalid(format!("{e}")))?;
+        let h = &self.state.config.health;
+        Ok(Plan {
+            previous: self.state.root.current(),
+            target,
+            restore,
+            min_healthy_ms: ms(min_healthy_ms, h.min_healthy),
+            health_timeout_ms: ms(health_timeout_ms, h.start_timeout),
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -194,77 +255,215 @@ impl pb::agent_server::Agent for AgentService {
     type StageStream = EventStream;
     async fn stage(
         &self,
-        _req: Request<Streaming<pb::StageRequest>>,
+        req: Request<Streaming<pb::StageRequest>>,
     ) -> Result<Response<Self::StageStream>, Status> {
-        Err(not_yet("Stage"))
+        let mut stream = req.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::StageRequest {
+                msg: Some(pb::stage_request::Msg::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first Stage message must be the header",
+                ));
+            }
+        };
+        check_op(&header.operation_id)?;
+        let op = header.operation_id.clone();
+        let parsed = match stage::Header::parse(&header) {
+            Ok(h) => h,
+            Err(e) => return Ok(Response::new(Self::refuse(&op, e))),
+        };
+        let begin = serde_json::json!({ "version": header.version, "sha256": header.sha256, "size": header.size });
+        let streamed = matches!(parsed.source, stage::Source::Coordinator);
+        Ok(Response::new(self.step(
+            &op,
+            "stage",
+            begin,
+            move |s, ctx| async move {
+                stage::stage(&s, &ctx, parsed, streamed.then_some(stream)).await
+            },
+        )))
     }
 
     type BackupStream = EventStream;
     async fn backup(
         &self,
-        _req: Request<pb::BackupRequest>,
+        req: Request<pb::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        Err(not_yet("Backup"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        if let Err(e) = rollgate::ids::check_backup_id(&r.backup_id) {
+            return Ok(Response::new(Self::refuse(
+                &r.operation_id,
+                StepError::invalid(e),
+            )));
+        }
+        let begin = serde_json::json!({ "backup": r.backup_id });
+        Ok(Response::new(self.step(
+            &r.operation_id,
+            "backup",
+            begin,
+            move |s, ctx| async move { backup::backup(&s, &ctx, &r.backup_id).await },
+        )))
     }
 
     async fn fingerprint(
         &self,
-        _req: Request<pb::FingerprintRequest>,
+        req: Request<pb::FingerprintRequest>,
     ) -> Result<Response<pb::FingerprintResponse>, Status> {
-        Err(not_yet("Fingerprint"))
+        let r = req.into_inner();
+        let cfg = pg::config(&self.state).map_err(|e| Status::failed_precondition(e.message))?;
+        let (current, _) = pg::fingerprint(cfg)
+            .await
+            .map_err(|e| Status::unavailable(e.message))?;
+        let mut resp = pb::FingerprintResponse {
+            current: Some(current.clone()),
+            ..Default::default()
+        };
+        if !r.baseline_backup_id.is_empty() {
+            rollgate::ids::check_backup_id(&r.baseline_backup_id)
+                .map_err(Status::invalid_argument)?;
+            let base = pg::recorded_fingerprint(cfg, &r.baseline_backup_id)
+                .map_err(|e| Status::not_found(e.message))?;
+            resp.changed_tables = pg::changed_tables(&base, &current);
+            resp.export_changed = base.export_sha256 != current.export_sha256;
+            resp.baseline = Some(base);
+        }
+        Ok(Response::new(resp))
     }
 
     type RestoreStream = EventStream;
     async fn restore(
         &self,
-        _req: Request<pb::RestoreRequest>,
+        req: Request<pb::RestoreRequest>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
-        Err(not_yet("Restore"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        let begin = serde_json::json!({ "backup": r.backup_id });
+        Ok(Response::new(self.step(
+            &r.operation_id,
+            "restore",
+            begin,
+            move |s, ctx| async move { steps::restore::restore(&s, &ctx, &r.backup_id).await },
+        )))
     }
 
     type DrainStream = EventStream;
     async fn drain(
         &self,
-        _req: Request<pb::DrainRequest>,
+        req: Request<pb::DrainRequest>,
     ) -> Result<Response<Self::DrainStream>, Status> {
-        Err(not_yet("Drain"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        let timeout = (r.timeout_ms > 0).then(|| Duration::from_millis(u64::from(r.timeout_ms)));
+        Ok(Response::new(self.step(
+            &r.operation_id,
+            "drain",
+            serde_json::Value::Null,
+            move |s, ctx| async move { drain::drain(&s, &ctx, timeout).await },
+        )))
     }
 
     type UndrainStream = EventStream;
     async fn undrain(
         &self,
-        _req: Request<pb::UndrainRequest>,
+        req: Request<pb::UndrainRequest>,
     ) -> Result<Response<Self::UndrainStream>, Status> {
-        Err(not_yet("Undrain"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        Ok(Response::new(self.step(
+            &r.operation_id,
+            "undrain",
+            serde_json::Value::Null,
+            |s, ctx| async move { drain::undrain(&s, &ctx).await },
+        )))
     }
 
     type InstallStream = EventStream;
     async fn install(
         &self,
-        _req: Request<pb::InstallRequest>,
+        req: Request<pb::InstallRequest>,
     ) -> Result<Response<Self::InstallStream>, Status> {
-        Err(not_yet("Install"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        let plan = match self.plan(&r.version, r.min_healthy_ms, r.health_timeout_ms, None) {
+            Ok(p) => p,
+            Err(e) => return Ok(Response::new(Self::refuse(&r.operation_id, e))),
+        };
+        let begin = serde_json::to_value(&plan).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(self.step(
+            &r.operation_id,
+            "install",
+            begin,
+            move |s, ctx| async move { install::run(&s, &ctx, &plan).await },
+        )))
     }
 
     type RollbackStream = EventStream;
     async fn rollback(
         &self,
-        _req: Request<pb::RollbackRequest>,
+        req: Request<pb::RollbackRequest>,
     ) -> Result<Response<Self::RollbackStream>, Status> {
-        Err(not_yet("Rollback"))
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        let op = r.operation_id.clone();
+        let target = if r.to_version.is_empty() {
+            match install::previous_release(&self.state) {
+                Some(v) => v.to_string(),
+                None => {
+                    return Ok(Response::new(Self::refuse(
+                        &op,
+                        StepError::precondition(
+                            "no previous release is recorded on this host; name one",
+                        ),
+                    )));
+                }
+            }
+        } else {
+            r.to_version.clone()
+        };
+        let restore = Some(r.restore_backup_id.clone()).filter(|b| !b.is_empty());
+        if let Some(b) = &restore
+            && let Err(e) = rollgate::ids::check_backup_id(b)
+        {
+            return Ok(Response::new(Self::refuse(&op, StepError::invalid(e))));
+        }
+        let plan = match self.plan(&target, r.min_healthy_ms, r.health_timeout_ms, restore) {
+            Ok(p) => p,
+            Err(e) => return Ok(Response::new(Self::refuse(&op, e))),
+        };
+        let begin = serde_json::to_value(&plan).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(self.step(
+            &op,
+            "rollback",
+            begin,
+            move |s, ctx| async move { install::run(&s, &ctx, &plan).await },
+        )))
     }
 
     async fn get_operation(
         &self,
-        _req: Request<pb::GetOperationRequest>,
+        req: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::OperationRecord>, Status> {
-        Err(not_yet("GetOperation"))
+        let op = req.into_inner().operation_id;
+        check_op(&op)?;
+        Ok(Response::new(self.state.ops.get(&op).unwrap_or(
+            pb::OperationRecord {
+                operation_id: op,
+                status: pb::OperationStatus::Unknown as i32,
+                ..Default::default()
+            },
+        )))
     }
 
     async fn list_operations(
         &self,
-        _req: Request<pb::ListOperationsRequest>,
+        req: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
-        Err(not_yet("ListOperations"))
+        let prefix = req.into_inner().prefix;
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations: self.state.ops.list(&prefix),
+        }))
     }
 }

@@ -85,7 +85,9 @@ pub fn init(
     let mut seen = std::collections::HashSet::new();
     for n in &names {
         if *n == "ca" {
-            return Err(CertsError::Usage("the name \"ca\" is reserved for the CA".into()));
+            return Err(CertsError::Usage(
+                "the name \"ca\" is reserved for the CA".into(),
+            ));
         }
         if !seen.insert(*n) {
             return Err(CertsError::Usage(format!("{n:?} is named twice")));
@@ -142,18 +144,35 @@ pub fn init(
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(valid_days.max(3650));
         let cert = params.self_signed(&key)?;
-        let files = vec![(ca_pem.clone(), cert.pem(), false), (ca_key.clone(), key.serialize_pem(), true)];
+        let files = vec![
+            (ca_pem.clone(), cert.pem(), false),
+            (ca_key.clone(), key.serialize_pem(), true),
+        ];
         (Issuer::new(params, key), files)
     };
 
     let mut files = ca_files;
     for c in clients {
-        let (cert, key) = leaf(&issuer, c, None, ExtendedKeyUsagePurpose::ClientAuth, now, valid_days)?;
+        let (cert, key) = leaf(
+            &issuer,
+            c,
+            None,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            valid_days,
+        )?;
         files.push((dir.join(format!("{c}.pem")), cert, false));
         files.push((dir.join(format!("{c}.key")), key, true));
     }
     for a in agents {
-        let (cert, key) = leaf(&issuer, &a.name, Some(a.ip), ExtendedKeyUsagePurpose::ServerAuth, now, valid_days)?;
+        let (cert, key) = leaf(
+            &issuer,
+            &a.name,
+            Some(a.ip),
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            valid_days,
+        )?;
         files.push((dir.join(format!("{}.pem", a.name)), cert, false));
         files.push((dir.join(format!("{}.key", a.name)), key, true));
     }

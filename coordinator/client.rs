@@ -37,7 +37,10 @@ impl CallError {
         match self {
             CallError::Connect { .. } | CallError::Timeout(_) => true,
             CallError::Status { code, .. } => {
-                matches!(code, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded)
+                matches!(
+                    code,
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                )
             }
             CallError::Wire(_) | CallError::Mismatch(_) => false,
         }
@@ -148,7 +151,11 @@ pub struct Agent {
 impl Agent {
     /// Opens a verified mTLS channel: the agent's certificate must be issued
     /// by the fleet CA for `host.name`.
-    pub async fn connect(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Result<Self, CallError> {
+    pub async fn connect(
+        host: &Host,
+        inv: &Inventory,
+        policy: &CallPolicy,
+    ) -> Result<Self, CallError> {
         let addr = format!("https://{}", host.address);
         let cerr = |reason: String| CallError::Connect {
             addr: host.address.to_string(),
@@ -174,7 +181,11 @@ impl Agent {
     }
 
     /// Connects with retries.
-    pub async fn connect_retrying(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Result<Self, CallError> {
+    pub async fn connect_retrying(
+        host: &Host,
+        inv: &Inventory,
+        policy: &CallPolicy,
+    ) -> Result<Self, CallError> {
         (|| Agent::connect(host, inv, policy))
             .retry(policy.backoff())
             .when(CallError::is_transient)

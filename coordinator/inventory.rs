@@ -183,11 +183,7 @@ impl Inventory {
             file: path.to_path_buf(),
             problem,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let (text, base) = rollgate::tomlerr::read_file(path).map_err(err)?;
         let parsed = parse(&text, base).map_err(err)?;
         let tls = TlsMaterial::load(&parsed.tls.ca, &parsed.tls.cert, &parsed.tls.key)
             .map_err(|e| err(format!("key `tls`: {e}")))?;
@@ -214,7 +210,13 @@ impl Inventory {
 fn parse(text: &str, base: &Path) -> Result<RawInventory, String> {
     let mut raw: RawInventory =
         toml::from_str(text).map_err(|e| rollgate::tomlerr::describe(text, &e))?;
-    let abs = |p: &Path| if p.is_relative() { base.join(p) } else { p.to_path_buf() };
+    let abs = |p: &Path| {
+        if p.is_relative() {
+            base.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    };
     raw.tls = TlsFiles {
         ca: abs(&raw.tls.ca),
         cert: abs(&raw.tls.cert),
@@ -267,7 +269,11 @@ mod tests {
 
     #[test]
     fn example_inventory_in_deploy_is_valid() {
-        let inv = parse(include_str!("../deploy/fleet.toml"), Path::new("/etc/rollgate")).unwrap();
+        let inv = parse(
+            include_str!("../deploy/fleet.toml"),
+            Path::new("/etc/rollgate"),
+        )
+        .unwrap();
         assert_eq!(inv.hosts.len(), 3);
         assert_eq!(inv.tls.ca, Path::new("/etc/rollgate/certs/ca.pem"));
         assert_eq!(inv.policy.batch, BatchSize::Percent(25));
@@ -277,12 +283,27 @@ mod tests {
     fn errors_name_the_key() {
         let base = include_str!("../deploy/fleet.toml");
         let cases = [
-            (base.replace("name = \"dp-2\"", "name = \"dp-1\""), "hosts[2].name"),
-            (base.replace("10.0.2.12:7443", "10.0.1.11:7443"), "hosts[2].address"),
+            (
+                base.replace("name = \"dp-2\"", "name = \"dp-1\""),
+                "hosts[2].name",
+            ),
+            (
+                base.replace("10.0.2.12:7443", "10.0.1.11:7443"),
+                "hosts[2].address",
+            ),
             (base.replace("batch = \"25%\"", "batch = \"0%\""), "batch"),
-            (base.replace("role = \"cp\"", "role = \"master\""), "unknown variant"),
-            (base.replace("canary = 1", "canary = 1\ncanary_size = 2"), "unknown field `canary_size`"),
-            (base.replace("address = \"10.0.0.10:7443\"", "address = \"nowhere\""), "socket address"),
+            (
+                base.replace("role = \"cp\"", "role = \"master\""),
+                "unknown variant",
+            ),
+            (
+                base.replace("canary = 1", "canary = 1\ncanary_size = 2"),
+                "unknown field `canary_size`",
+            ),
+            (
+                base.replace("address = \"10.0.0.10:7443\"", "address = \"nowhere\""),
+                "socket address",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&text, Path::new("/")).unwrap_err();

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
     };
     rollgate::telemetry::init(cli.log_format, "warn");
     rollgate::tls::install_crypto_provider();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rollgate: cannot start the runtime: {e}");
@@ -98,7 +101,15 @@ async fn run(command: Command) -> Result<(), Failure> {
             match a.output {
                 Output::Json => print_json(&serde_json::json!({ "hosts": rows })),
                 Output::Text => print_table(
-                    &["HOST", "ROLE", "VERSION", "HEALTHY", "COMPATIBLE", "REACHABLE", "NOTE"],
+                    &[
+                        "HOST",
+                        "ROLE",
+                        "VERSION",
+                        "HEALTHY",
+                        "COMPATIBLE",
+                        "REACHABLE",
+                        "NOTE",
+                    ],
                     &rows
                         .iter()
                         .map(|r| {
@@ -109,7 +120,10 @@ async fn run(command: Command) -> Result<(), Failure> {
                                 yes_no(r.healthy),
                                 yes_no(r.compatible),
                                 yes_no(Some(r.reachable)),
-                                r.error.clone().or_else(|| r.reason.clone()).unwrap_or_default(),
+                                r.error
+                                    .clone()
+                                    .or_else(|| r.reason.clone())
+                                    .unwrap_or_default(),
                             ]
                         })
                         .collect::<Vec<_>>(),

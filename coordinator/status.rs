@@ -107,7 +107,11 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
 
 /// The compatibility column. A DP must suit every CP, since during a CP
 /// upgrade it may talk to any of them.
-pub fn judge(role: Role, version: Option<&Version>, cps: &[Version]) -> (Option<bool>, Option<String>) {
+pub fn judge(
+    role: Role,
+    version: Option<&Version>,
+    cps: &[Version],
+) -> (Option<bool>, Option<String>) {
     let Some(v) = version else {
         return (None, Some("no release installed".into()));
     };
@@ -137,7 +141,11 @@ mod tests {
     fn judges_dps_against_every_cp() {
         let cps = [v("3.4.0"), v("3.3.0")];
         assert_eq!(judge(Role::Dp, Some(&v("3.3.0")), &cps).0, Some(true));
-        assert_eq!(judge(Role::Dp, Some(&v("3.4.0")), &cps).0, Some(false), "newer than one CP");
+        assert_eq!(
+            judge(Role::Dp, Some(&v("3.4.0")), &cps).0,
+            Some(false),
+            "newer than one CP"
+        );
         assert_eq!(judge(Role::Dp, Some(&v("3.3.0")), &[]).0, None);
         assert_eq!(judge(Role::Dp, None, &cps).0, None);
         assert_eq!(judge(Role::Cp, Some(&v("3.4.0")), &cps).0, Some(true));

@@ -43,9 +43,7 @@ pub fn dp_against_cp(cp: &Version, dp: &Version, dp_min: Option<&Version>) -> Co
         ));
     }
     if dp.minor() + 1 < cp.minor() {
-        return Compat::Incompatible(format!(
-            "DP {dp} is more than one minor behind CP {cp}"
-        ));
+        return Compat::Incompatible(format!("DP {dp} is more than one minor behind CP {cp}"));
     }
     Compat::Compatible
 }

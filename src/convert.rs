@@ -45,9 +45,11 @@ pub fn optional_version(
     if raw.is_empty() {
         return Ok(None);
     }
-    raw.parse().map(Some).map_err(|e: crate::version::ParseVersionError| WireError {
-        message,
-        field,
-        reason: e.to_string(),
-    })
+    raw.parse()
+        .map(Some)
+        .map_err(|e: crate::version::ParseVersionError| WireError {
+            message,
+            field,
+            reason: e.to_string(),
+        })
 }

@@ -8,6 +8,7 @@
 //! touches it.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod cli;
 pub mod compat;
 pub mod convert;

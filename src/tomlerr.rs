@@ -1,8 +1,20 @@
-//! Turning toml parse errors into one line that names the key.
+//! Reading TOML config files, and turning parse errors into one line that
+//! names the key.
 //!
 //! toml's messages say what is wrong ("unknown variant `edge`") and give a
 //! byte span; this adds the dotted key at that span and its line number, so
 //! "role = \"edge\"" in `[agent]` reads `key \`agent.role\` (line 3): ...`.
+
+/// Reads a config file: its text, and the directory its relative paths are
+/// relative to.
+pub fn read_file(path: &std::path::Path) -> Result<(String, &std::path::Path), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    Ok((text, base))
+}
 
 /// Renders a toml error for `text` as `key `a.b` (line N): message`.
 pub fn describe(text: &str, e: &toml::de::Error) -> String {
@@ -68,8 +80,14 @@ mod tests {
     #[test]
     fn names_an_unknown_key_and_a_missing_one() {
         let e = err("[agent]\nname = \"a\"\nrole = \"dp\"\nzone = 1\n");
-        assert!(e.contains("agent.zone") && e.contains("unknown field"), "{e}");
+        assert!(
+            e.contains("agent.zone") && e.contains("unknown field"),
+            "{e}"
+        );
         let e = err("[agent]\nname = \"a\"\n");
-        assert!(e.contains("[agent]") && e.contains("missing field `role`"), "{e}");
+        assert!(
+            e.contains("[agent]") && e.contains("missing field `role`"),
+            "{e}"
+        );
     }
 }

@@ -106,9 +106,8 @@ impl FromStr for Version {
         }
         let mut nums = [0u32; 4];
         for (slot, part) in nums.iter_mut().zip(&parts) {
-            *slot = parse_numeric(part).ok_or_else(|| {
-                err("each part must be a number without leading zeros or signs")
-            })?;
+            *slot = parse_numeric(part)
+                .ok_or_else(|| err("each part must be a number without leading zeros or signs"))?;
         }
         let pre = match pre {
             None => Vec::new(),
@@ -273,8 +272,21 @@ mod tests {
     #[test]
     fn rejects_malformed_versions_with_a_reason() {
         for bad in [
-            "", "v", "3", "3.4", "3.4.0.1.2", "3.4.x", "03.4.0", "3.-4.0", "3.4.0+build",
-            "3.4.0-", "3.4.0-rc..1", "3.4.0-rc.01", " 3.4.0", "3.4.0 ", "3.4.0-r_c",
+            "",
+            "v",
+            "3",
+            "3.4",
+            "3.4.0.1.2",
+            "3.4.x",
+            "03.4.0",
+            "3.-4.0",
+            "3.4.0+build",
+            "3.4.0-",
+            "3.4.0-rc..1",
+            "3.4.0-rc.01",
+            " 3.4.0",
+            "3.4.0 ",
+            "3.4.0-r_c",
         ] {
             let e = bad.parse::<Version>().unwrap_err();
             assert!(e.to_string().contains("invalid version"), "{bad}: {e}");

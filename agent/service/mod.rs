@@ -5,13 +5,18 @@ pub mod exec;
 pub mod systemd;
 
 use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use crate::config::{AgentConfig, ManagerKind};
 
 /// What the service manager says about the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessStatus {
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     Stopped,
     /// The manager could not tell, and why.
     Unknown(String),
@@ -56,6 +61,33 @@ impl Service {
         match self {
             Service::Exec(e) => e.status(),
             Service::Systemd(s) => s.status().await,
+        }
+    }
+
+    /// Stops the gateway gracefully (exec: `signal`, SIGKILL after `timeout`;
+    /// systemd: the unit's own stop).
+    pub async fn stop(&self, signal: Signal, timeout: Duration) -> Result<(), String> {
+        match self {
+            Service::Exec(e) => e.stop(signal, timeout).await.map(|graceful| {
+                if !graceful {
+                    tracing::warn!("the gateway had to be killed");
+                }
+            }),
+            Service::Systemd(s) => s.stop(timeout).await,
+        }
+    }
+
+    /// Starts the gateway of the release in `release_dir` (systemd: the unit,
+    /// which runs `<install_root>/current`). Returns its pid.
+    pub async fn start(
+        &self,
+        release_dir: &Path,
+        previous_pid: Option<u32>,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        match self {
+            Service::Exec(e) => e.start(release_dir).await,
+            Service::Systemd(s) => s.start(previous_pid, timeout).await,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! systemctl, which it finds at the configured path.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::ProcessStatus;
 
@@ -98,6 +99,69 @@ impl SystemdService {
             Err(e) => ProcessStatus::Unknown(e),
         }
     }
+
+    /// The argv of `systemctl <verb> -- <unit>`.
+    pub fn verb_args(&self, verb: &str) -> Vec<String> {
+        vec![verb.into(), "--".into(), self.unit.clone()]
+    }
+
+    async fn systemctl(&self, verb: &str, timeout: Duration) -> Result<(), String> {
+        let run = tokio::process::Command::new(&self.systemctl)
+            .args(self.verb_args(verb))
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| {
+                format!(
+                    "systemctl {verb} {} did not finish within {timeout:?}",
+                    self.unit
+                )
+            })?
+            .map_err(|e| format!("cannot run {}: {e}", self.systemctl.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "systemctl {verb} {} failed ({}): {}",
+                self.unit,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Stops the unit; systemd applies the unit's own stop signal and
+    /// timeout, `timeout` bounds the wait for systemctl.
+    pub async fn stop(&self, timeout: Duration) -> Result<(), String> {
+        self.systemctl("stop", timeout + Duration::from_secs(5))
+            .await?;
+        match self.unit_state().await?.to_status() {
+            ProcessStatus::Stopped => Ok(()),
+            other => Err(format!("unit {} is still {other:?} after stop", self.unit)),
+        }
+    }
+
+    /// Starts the unit and checks it runs with a new main pid.
+    pub async fn start(&self, previous_pid: Option<u32>, timeout: Duration) -> Result<u32, String> {
+        self.systemctl("start", timeout).await?;
+        let st = self.unit_state().await?;
+        check_started(&st, previous_pid).map_err(|e| format!("unit {}: {e}", self.unit))
+    }
+}
+
+/// After `systemctl start`: active, with a main pid that is not the old one.
+pub fn check_started(st: &UnitState, previous_pid: Option<u32>) -> Result<u32, String> {
+    match st.to_status() {
+        ProcessStatus::Running { pid } if Some(pid) != previous_pid => Ok(pid),
+        ProcessStatus::Running { pid } => Err(format!(
+            "main pid {pid} did not change: the gateway was not restarted"
+        )),
+        other => Err(format!(
+            "not running after start ({}: {other:?})",
+            st.active_state
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +178,26 @@ mod tests {
         assert_eq!(s.to_status(), ProcessStatus::Stopped);
         assert!(UnitState::parse("MainPID=0\n").is_err());
         assert!(UnitState::parse("ActiveState=active\nMainPID=x\n").is_err());
+    }
+
+    #[test]
+    fn start_and_stop_name_only_the_configured_unit() {
+        let s = SystemdService::new("/usr/bin/systemctl".into(), "apisix.service".into());
+        assert_eq!(s.verb_args("stop"), ["stop", "--", "apisix.service"]);
+        assert_eq!(s.verb_args("start"), ["start", "--", "apisix.service"]);
+    }
+
+    #[test]
+    fn a_start_must_change_the_main_pid() {
+        let running = UnitState::parse("ActiveState=active\nMainPID=200\nNRestarts=0").unwrap();
+        assert_eq!(check_started(&running, Some(100)), Ok(200));
+        assert!(
+            check_started(&running, Some(200))
+                .unwrap_err()
+                .contains("did not change")
+        );
+        let failed = UnitState::parse("ActiveState=failed\nMainPID=0\nNRestarts=3").unwrap();
+        assert!(check_started(&failed, None).is_err());
     }
 
     #[test]

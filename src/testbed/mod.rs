@@ -2,4 +2,5 @@
 //! tests: throwaway PostgreSQL clusters, HAProxy, free loopback ports and
 //! process helpers. Nothing here is used by a real rollout.
 
+pub mod artifacts;
 pub mod pg;

@@ -21,7 +21,10 @@ fn systemd_unit_verifies() {
     let copy = dir.path().join("rollgate-agent.service");
     std::fs::write(
         &copy,
-        text.replace("/usr/local/bin/rollgate-agent", env!("CARGO_BIN_EXE_rollgate-agent")),
+        text.replace(
+            "/usr/local/bin/rollgate-agent",
+            env!("CARGO_BIN_EXE_rollgate-agent"),
+        ),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")

@@ -3,6 +3,10 @@
 
 mod support;
 
+mod agent_backup;
+mod agent_crash;
+mod agent_ops;
+mod agent_stage;
 mod bad_config;
 mod deploy;
 mod mtls;

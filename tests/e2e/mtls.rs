@@ -16,7 +16,11 @@ fn read(p: &Path) -> Vec<u8> {
 
 /// Calls Hello on `host` with the given client identity (None: no client
 /// certificate) trusting `ca`.
-async fn hello(host: &Host, ca: &Path, identity: Option<(&Path, &Path)>) -> Result<pb::HelloResponse, String> {
+async fn hello(
+    host: &Host,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<pb::HelloResponse, String> {
     rollgate::tls::install_crypto_provider();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)))
@@ -28,7 +32,10 @@ async fn hello(host: &Host, ca: &Path, identity: Option<(&Path, &Path)>) -> Resu
         .unwrap()
         .tls_config(tls)
         .map_err(|e| e.to_string())?;
-    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
     AgentClient::new(channel)
         .hello(pb::HelloRequest {})
         .await
@@ -42,7 +49,14 @@ async fn agent_refuses_clients_without_a_fleet_certificate_on_its_allow_list() {
     sb.certs(&[("dp-1", 2)]);
     // A second client from the same CA, not on the agent's allow-list.
     let c = sb.certs_dir();
-    let out = sb.rollgate(&["certs", "init", "--dir", &c.display().to_string(), "--client", "intruder"]);
+    let out = sb.rollgate(&[
+        "certs",
+        "init",
+        "--dir",
+        &c.display().to_string(),
+        "--client",
+        "intruder",
+    ]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     // A whole other CA with its own coordinator certificate.
     let other = sb.path().join("other");
@@ -54,19 +68,52 @@ async fn agent_refuses_clients_without_a_fleet_certificate_on_its_allow_list() {
     let ca = c.join("ca.pem");
 
     // Positive control: the fleet's coordinator certificate is accepted.
-    let ok = hello(&dp, &ca, Some((&c.join("rollgate-coordinator.pem"), &c.join("rollgate-coordinator.key")))).await;
+    let ok = hello(
+        &dp,
+        &ca,
+        Some((
+            &c.join("rollgate-coordinator.pem"),
+            &c.join("rollgate-coordinator.key"),
+        )),
+    )
+    .await;
     assert_eq!(ok.expect("coordinator accepted").installed_version, "3.4.0");
 
     let none = hello(&dp, &ca, None).await;
-    assert!(none.is_err(), "a client without a certificate got through: {none:?}");
+    assert!(
+        none.is_err(),
+        "a client without a certificate got through: {none:?}"
+    );
 
-    let foreign = hello(&dp, &ca, Some((&other.join("rollgate-coordinator.pem"), &other.join("rollgate-coordinator.key")))).await;
-    assert!(foreign.is_err(), "a certificate from another CA got through: {foreign:?}");
+    let foreign = hello(
+        &dp,
+        &ca,
+        Some((
+            &other.join("rollgate-coordinator.pem"),
+            &other.join("rollgate-coordinator.key"),
+        )),
+    )
+    .await;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA got through: {foreign:?}"
+    );
 
-    let intruder = hello(&dp, &ca, Some((&c.join("intruder.pem"), &c.join("intruder.key")))).await;
+    let intruder = hello(
+        &dp,
+        &ca,
+        Some((&c.join("intruder.pem"), &c.join("intruder.key"))),
+    )
+    .await;
     let e = intruder.expect_err("a client not on the allow-list got through");
-    assert!(e.starts_with("PermissionDenied") && e.contains("intruder"), "{e}");
-    assert!(agent.log_text().contains("allow-list"), "the refusal is logged");
+    assert!(
+        e.starts_with("PermissionDenied") && e.contains("intruder"),
+        "{e}"
+    );
+    assert!(
+        agent.log_text().contains("allow-list"),
+        "the refusal is logged"
+    );
 }
 
 #[test]
@@ -78,13 +125,22 @@ fn coordinator_refuses_an_agent_whose_certificate_names_another_host() {
     let _a1 = dp1.start_agent();
     let _a2 = dp2.start_agent();
     // The inventory says dp-1 lives where dp-2's agent answers.
-    sb.inventory(&[("dp-1", "dp", dp2.agent_addr), ("dp-2", "dp", dp1.agent_addr)], "");
+    sb.inventory(
+        &[
+            ("dp-1", "dp", dp2.agent_addr),
+            ("dp-2", "dp", dp1.agent_addr),
+        ],
+        "",
+    );
     let out = sb.rollgate(&["status", "-i", "fleet.toml", "--output", "json"]);
     assert_eq!(out.code, Some(1), "{}", out.stderr);
     for h in json(&out)["hosts"].as_array().unwrap() {
         assert_eq!(h["reachable"], false, "{h}");
         let e = h["error"].as_str().unwrap();
-        assert!(e.contains("certificate") && e.contains("not valid for name"), "{e}");
+        assert!(
+            e.contains("certificate") && e.contains("not valid for name"),
+            "{e}"
+        );
     }
 
     // Positive control: the right addresses work.
@@ -104,7 +160,10 @@ async fn agent_serves_grpc_health_and_stops_cleanly_on_sigterm() {
     let c = sb.certs_dir();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&c.join("ca.pem"))))
-        .identity(Identity::from_pem(read(&c.join("rollgate-coordinator.pem")), read(&c.join("rollgate-coordinator.key"))))
+        .identity(Identity::from_pem(
+            read(&c.join("rollgate-coordinator.pem")),
+            read(&c.join("rollgate-coordinator.key")),
+        ))
         .domain_name("dp-1");
     let channel = Endpoint::from_shared(format!("https://{}", dp.agent_addr))
         .unwrap()
@@ -120,10 +179,15 @@ async fn agent_serves_grpc_health_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     agent.signal(nix::sys::signal::Signal::SIGTERM);
-    let st = agent.wait_exit(std::time::Duration::from_secs(10)).expect("agent stopped on SIGTERM");
+    let st = agent
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("agent stopped on SIGTERM");
     assert_eq!(st.code(), Some(0), "{}", agent.log_text());
     assert!(agent.log_text().contains("SIGTERM"));
 }

@@ -43,7 +43,13 @@ fn status_lists_every_host_with_its_installed_version_and_compatibility() {
     // The text form shows the same rows.
     let text = sb.rollgate(&["status", "-i", "fleet.toml"]);
     assert_eq!(text.code, Some(0));
-    assert!(text.stdout.lines().any(|l| l.starts_with("dp-2") && l.contains("3.5.0")), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .lines()
+            .any(|l| l.starts_with("dp-2") && l.contains("3.5.0")),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -60,7 +66,9 @@ fn an_agent_killed_midway_is_reported_unreachable_with_exit_code_1() {
     assert_eq!(before.code, Some(0), "{}", before.stderr);
 
     dp_agent.signal(nix::sys::signal::Signal::SIGKILL);
-    dp_agent.wait_exit(std::time::Duration::from_secs(10)).expect("agent died");
+    dp_agent
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("agent died");
 
     let after = sb.rollgate(&["status", "-i", "fleet.toml", "--output", "json"]);
     assert_eq!(after.code, Some(1), "stderr: {}", after.stderr);
@@ -69,5 +77,9 @@ fn an_agent_killed_midway_is_reported_unreachable_with_exit_code_1() {
     let d = row(&doc, "dp-1");
     assert_eq!(d["reachable"], false);
     assert!(d["error"].as_str().unwrap().contains("connect"), "{d}");
-    assert!(after.stderr.contains("dp-1"), "the failure names the host: {}", after.stderr);
+    assert!(
+        after.stderr.contains("dp-1"),
+        "the failure names the host: {}",
+        after.stderr
+    );
 }

@@ -2,6 +2,9 @@
 //! (127.A.B.x), certificates from the real `rollgate certs init`, agents
 //! spawned from the real `rollgate-agent` binary, and the real `rollgate` CLI.
 
+pub mod client;
+pub mod fixtures;
+pub mod gateway;
 pub mod proc;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -26,17 +29,42 @@ impl Sandbox {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         // Tests run as separate processes (nextest) or threads (cargo test):
         // mix the pid and a counter so concurrent tests get distinct networks.
-        let n = std::process::id().wrapping_mul(31).wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let n = std::process::id()
+            .wrapping_mul(31)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
         let a = (n % 250) as u8 + 2;
         let b = ((n / 250) % 250) as u8 + 2;
         Sandbox {
-            dir: tempfile::Builder::new().prefix("rollgate-e2e-").tempdir().expect("temp dir"),
+            dir: tempfile::Builder::new()
+                .prefix("rollgate-e2e-")
+                .tempdir()
+                .expect("temp dir"),
             net: (a, b),
         }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Gateways started by agents run in their own process group and outlive
+    /// their agent: kill them with the sandbox.
+    fn kill_gateways(&self) {
+        let Ok(hosts) = std::fs::read_dir(self.path()) else {
+            return;
+        };
+        for h in hosts.flatten() {
+            let pidfile = h.path().join("state/gateway.pid");
+            let pid = std::fs::read_to_string(pidfile)
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::SIGKILL,
+                );
+            }
+        }
     }
 
     /// The loopback address of simulated host `n` (1..=254).
@@ -46,7 +74,11 @@ impl Sandbox {
 
     /// A port free on `ip` right now.
     pub fn free_port(&self, ip: Ipv4Addr) -> u16 {
-        TcpListener::bind((ip, 0)).expect("bind port 0").local_addr().unwrap().port()
+        TcpListener::bind((ip, 0))
+            .expect("bind port 0")
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     pub fn certs_dir(&self) -> PathBuf {
@@ -84,6 +116,12 @@ impl Sandbox {
         let p = self.path().join("fleet.toml");
         std::fs::write(&p, t).unwrap();
         p
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill_gateways();
     }
 }
 
@@ -145,17 +183,28 @@ impl Host {
 
     /// Starts the agent and waits (deadline 20 s) until it accepts connections.
     pub fn start_agent(&self) -> Proc {
+        self.start_agent_env(&[])
+    }
+
+    /// Starts the agent with extra environment (e.g. a failpoint).
+    pub fn start_agent_env(&self, env: &[(&str, &str)]) -> Proc {
         let log = self.dir.join("agent.log");
-        let p = Proc::spawn(
+        let p = Proc::spawn_env(
             AGENT,
-            &["--config".to_string(), self.config_path().display().to_string()],
+            &[
+                "--config".to_string(),
+                self.config_path().display().to_string(),
+            ],
             &self.dir,
             &log,
+            env,
         );
         let addr = self.agent_addr;
-        wait_until(Duration::from_secs(20), &format!("agent {} listening", self.name), || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        });
+        wait_until(
+            Duration::from_secs(20),
+            &format!("agent {} listening", self.name),
+            || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok(),
+        );
         p
     }
 
@@ -167,6 +216,10 @@ impl Host {
 
 /// Parses a command's stdout as one JSON document.
 pub fn json(out: &RunOutput) -> serde_json::Value {
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", out.stdout, out.stderr))
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            out.stdout, out.stderr
+        )
+    })
 }

@@ -13,7 +13,10 @@ pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool
         if cond() {
             return;
         }
-        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -26,12 +29,28 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, log: &Path) -> Proc {
-        let out = File::create(log).expect("log file");
+        Proc::spawn_env(program, args, cwd, log, &[])
+    }
+
+    pub fn spawn_env<S: AsRef<str>>(
+        program: &str,
+        args: &[S],
+        cwd: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Proc {
+        // Append: an agent restarted in a test keeps one log.
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let err = out.try_clone().unwrap();
         let child = Command::new(program)
             .args(args.iter().map(AsRef::as_ref))
             .current_dir(cwd)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

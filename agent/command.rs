@@ -1,0 +1,77 @@
+//! Running the commands named in the agent's config (pg_dump, hooks, export).
+//! Never a shell, never a command from a request: argv as configured.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
+
+use rollgate::pb;
+
+use crate::steps::StepError;
+
+/// Runs `program args…` to completion within `timeout`. A non-zero exit is
+/// a COMMAND_FAILED error carrying the tail of stderr.
+pub async fn run<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    timeout: Duration,
+) -> Result<std::process::Output, StepError> {
+    let shown = format!(
+        "{} {}",
+        program.display(),
+        args.iter()
+            .map(|a| a.as_ref().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    tracing::debug!(command = %shown, "running");
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(timeout, child)
+        .await
+        .map_err(|_| {
+            StepError::new(
+                pb::FailureCode::Timeout,
+                format!("{shown}: did not finish within {timeout:?}"),
+            )
+        })?
+        .map_err(|e| {
+            StepError::new(
+                pb::FailureCode::CommandFailed,
+                format!("cannot run {}: {e}", program.display()),
+            )
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        tracing::warn!(command = %shown, status = %out.status, "command failed");
+        return Err(StepError::new(
+            pb::FailureCode::CommandFailed,
+            format!("{shown}: {}", out.status),
+        )
+        .detail(tail));
+    }
+    Ok(out)
+}
+
+/// Runs a configured argv (`[program, args…]`).
+pub async fn run_argv(
+    argv: &[String],
+    timeout: Duration,
+) -> Result<std::process::Output, StepError> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| StepError::internal("empty command in the config"))?;
+    run(Path::new(program), args, timeout).await
+}

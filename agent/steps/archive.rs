@@ -1,0 +1,363 @@
+//! Unpacking a release archive (`.tar.gz`) without trusting it.
+//!
+//! Refused: absolute paths, `..`, entries placed through a symbolic link,
+//! symbolic links that point outside the release (absolute, or climbing above
+//! it), hard links, device files and FIFOs. setuid/setgid bits are dropped.
+//! Every file is fsynced; free disk is watched while writing.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use tar::EntryType;
+
+/// Why an archive was not unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("unsafe archive entry {entry:?}: {why}")]
+    Unsafe { entry: String, why: String },
+    #[error("malformed or truncated archive: {0}")]
+    Malformed(String),
+    #[error("not enough disk: {0}")]
+    DiskFull(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Free bytes on the file system holding `path`.
+pub type FreeBytes = dyn Fn(&Path) -> Option<u64> + Send + Sync;
+
+/// Unpacks `archive` into the (new, empty) directory `dest`. Keeps at least
+/// `min_free` bytes free. Returns the bytes written.
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    min_free: u64,
+    free: &FreeBytes,
+) -> Result<u64, ArchiveError> {
+    let file =
+        File::open(archive).map_err(|e| ArchiveError::Io(format!("{}: {e}", archive.display())))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    let mut written = 0u64;
+    let mut since_check = 0u64;
+    let entries = tar.entries().map_err(malformed)?;
+    for entry in entries {
+        let mut entry = entry.map_err(malformed)?;
+        let raw = entry.path().map_err(malformed)?.into_owned();
+        let shown = raw.display().to_string();
+        let Some(rel) = clean_path(&raw).map_err(|why| unsafe_entry(&shown, why))? else {
+            continue; // "./" itself
+        };
+        refuse_links_on_the_way(dest, &rel).map_err(|why| unsafe_entry(&shown, why))?;
+        let target = dest.join(&rel);
+        match entry.header().entry_type() {
+            EntryType::Directory => {
+                fs::create_dir_all(&target).map_err(|e| io_err(&target, e))?;
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                }
+                let mode = entry.header().mode().map_err(malformed)?;
+                // Executable bits survive; setuid, setgid and sticky never do.
+                let mode = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mut out = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .open(&target)
+                    .map_err(|e| match e.kind() {
+                        io::ErrorKind::AlreadyExists => {
+                            unsafe_entry(&shown, "appears twice".into())
+                        }
+                        _ => io_err(&target, e),
+                    })?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = entry.read(&mut buf).map_err(malformed)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n]).map_err(|e| io_err(&target, e))?;
+                    written += n as u64;
+                    since_check += n as u64;
+                    if since_check >= 8 << 20 {
+                        since_check = 0;
+                        check_free(dest, min_free, free)?;
+                    }
+                }
+                out.sync_all().map_err(|e| io_err(&target, e))?;
+            }
+            EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(malformed)?
+                    .ok_or_else(|| unsafe_entry(&shown, "symbolic link without a target".into()))?
+                    .into_owned();
+                check_link(&rel, &link).map_err(|why| unsafe_entry(&shown, why))?;
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
+                }
+                std::os::unix::fs::symlink(&link, &target).map_err(|e| io_err(&target, e))?;
+            }
+            EntryType::Link => {
+                return Err(unsafe_entry(&shown, "hard links are not allowed".into()));
+            }
+            EntryType::Char | EntryType::Block => {
+                return Err(unsafe_entry(&shown, "device files are not allowed".into()));
+            }
+            EntryType::Fifo => return Err(unsafe_entry(&shown, "FIFOs are not allowed".into())),
+            // pax and GNU long-name headers are consumed by the tar crate.
+            EntryType::XGlobalHeader
+            | EntryType::XHeader
+            | EntryType::GNULongName
+            | EntryType::GNULongLink => {}
+            other => {
+                return Err(unsafe_entry(
+                    &shown,
+                    format!("entry type {other:?} is not allowed"),
+                ));
+            }
+        }
+    }
+    check_free(dest, min_free, free)?;
+    sync_tree(dest).map_err(|e| io_err(dest, e))?;
+    Ok(written)
+}
+
+fn malformed(e: io::Error) -> ArchiveError {
+    if is_disk_full(&e) {
+        return ArchiveError::DiskFull(e.to_string());
+    }
+    ArchiveError::Malformed(e.to_string())
+}
+
+fn io_err(path: &Path, e: io::Error) -> ArchiveError {
+    if is_disk_full(&e) {
+        return ArchiveError::DiskFull(format!("{}: {e}", path.display()));
+    }
+    ArchiveError::Io(format!("{}: {e}", path.display()))
+}
+
+pub fn is_disk_full(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(nix::errno::Errno::ENOSPC as i32)
+        || e.raw_os_error() == Some(nix::errno::Errno::EDQUOT as i32)
+}
+
+fn unsafe_entry(entry: &str, why: String) -> ArchiveError {
+    ArchiveError::Unsafe {
+        entry: entry.to_string(),
+        why,
+    }
+}
+
+fn check_free(dest: &Path, min_free: u64, free: &FreeBytes) -> Result<(), ArchiveError> {
+    match free(dest) {
+        Some(f) if f < min_free => Err(ArchiveError::DiskFull(format!(
+            "{f} bytes free, the host keeps at least {min_free}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The entry path as plain relative components; None for the root itself.
+fn clean_path(p: &Path) -> Result<Option<PathBuf>, String> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("contains '..'".into()),
+            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".into()),
+        }
+    }
+    Ok(if out.as_os_str().is_empty() {
+        None
+    } else {
+        Some(out)
+    })
+}
+
+/// No entry may be written through a symbolic link made by an earlier entry:
+/// the link could lead anywhere once another link is involved.
+fn refuse_links_on_the_way(dest: &Path, rel: &Path) -> Result<(), String> {
+    let mut p = dest.to_path_buf();
+    for c in rel.components() {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!("goes through the symbolic link {}", p.display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A symbolic link must be relative and, read from where it stands, stay
+/// inside the release.
+fn check_link(at: &Path, target: &Path) -> Result<(), String> {
+    if target.is_absolute() {
+        return Err(format!(
+            "symbolic link to the absolute path {}",
+            target.display()
+        ));
+    }
+    let mut depth: i64 = at.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err(format!(
+                        "symbolic link {} points outside the release",
+                        target.display()
+                    ));
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("symbolic link to an absolute path".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// fsyncs every directory of a tree (files were synced as written), so the
+/// rename that publishes the release cannot outrun its content.
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            sync_tree(&e.path())?;
+        }
+    }
+    rollgate::fsx::sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_limit(_: &Path) -> Option<u64> {
+        None
+    }
+
+    /// Builds a .tar.gz with raw header names, so hostile names can be written.
+    fn tarball(dir: &Path, entries: &[(&str, EntryType, &[u8], &str)]) -> PathBuf {
+        let path = dir.join("a.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        for (name, kind, data, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            let raw = &mut h.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_size(data.len() as u64);
+            if !link.is_empty() {
+                let l = &mut h.as_old_mut().linkname;
+                l[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    fn try_unpack(
+        entries: &[(&str, EntryType, &[u8], &str)],
+    ) -> (tempfile::TempDir, Result<u64, ArchiveError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tarball(dir.path(), entries);
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let r = unpack(&a, &dest, 0, &no_limit);
+        (dir, r)
+    }
+
+    #[test]
+    fn unpacks_files_dirs_and_inner_links() {
+        let (dir, r) = try_unpack(&[
+            ("bin/", EntryType::Directory, b"", ""),
+            ("bin/gw", EntryType::Regular, b"#!/bin/sh\n", ""),
+            ("conf/a.toml", EntryType::Regular, b"x=1\n", ""),
+            ("bin/conf", EntryType::Symlink, b"", "../conf"),
+        ]);
+        assert_eq!(r.unwrap(), 14);
+        let out = dir.path().join("out");
+        assert_eq!(fs::read(out.join("bin/gw")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(fs::read(out.join("bin/conf/a.toml")).unwrap(), b"x=1\n");
+    }
+
+    #[test]
+    fn refuses_hostile_entries() {
+        type Entries<'a> = Vec<(&'a str, EntryType, &'a [u8], &'a str)>;
+        let cases: Vec<(Entries, &str)> = vec![
+            (vec![("../evil", EntryType::Regular, b"x", "")], "'..'"),
+            (vec![("a/../../evil", EntryType::Regular, b"x", "")], "'..'"),
+            (
+                vec![("/etc/evil", EntryType::Regular, b"x", "")],
+                "absolute",
+            ),
+            (vec![("l", EntryType::Symlink, b"", "/etc")], "absolute"),
+            (
+                vec![("a/l", EntryType::Symlink, b"", "../../etc")],
+                "outside",
+            ),
+            (
+                vec![
+                    ("d", EntryType::Symlink, b"", "."),
+                    ("d/x", EntryType::Regular, b"x", ""),
+                ],
+                "symbolic link",
+            ),
+            (vec![("h", EntryType::Link, b"", "bin/gw")], "hard links"),
+            (vec![("dev", EntryType::Char, b"", "")], "device"),
+            (vec![("p", EntryType::Fifo, b"", "")], "FIFO"),
+            (
+                vec![
+                    ("f", EntryType::Regular, b"1", ""),
+                    ("f", EntryType::Regular, b"2", ""),
+                ],
+                "twice",
+            ),
+        ];
+        for (entries, want) in cases {
+            let (dir, r) = try_unpack(&entries);
+            let e = r.expect_err(want).to_string();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+            assert!(!dir.path().join("evil").exists());
+        }
+    }
+
+    #[test]
+    fn a_truncated_archive_is_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = vec![7u8; 100_000];
+        let a = tarball(dir.path(), &[("big", EntryType::Regular, &data, "")]);
+        let bytes = fs::read(&a).unwrap();
+        fs::write(&a, &bytes[..bytes.len() / 2]).unwrap();
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let e = unpack(&a, &dest, 0, &no_limit).unwrap_err();
+        assert!(matches!(e, ArchiveError::Malformed(_)), "{e}");
+    }
+
+    #[test]
+    fn stops_when_the_free_disk_floor_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tarball(dir.path(), &[("f", EntryType::Regular, b"data", "")]);
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let e = unpack(&a, &dest, 1000, &|_: &Path| Some(10)).unwrap_err();
+        assert!(matches!(e, ArchiveError::DiskFull(_)), "{e}");
+    }
+}

@@ -1,0 +1,211 @@
+//! Backup (CP hosts): everything needed to put the control plane back as it
+//! was, verified, in `<backup_dir>/<backup_id>/`:
+//!
+//! ```text
+//! db.dump            pg_dump -Fc, checked with pg_restore --list and a full read
+//! export.yaml        the declarative export (when configured)
+//! config/<name>      copies of the configured gateway config files
+//! fingerprint.json   the write-freeze fingerprint, taken before the dump
+//! MANIFEST           sha256, size and path of each file above
+//! ```
+//!
+//! It is built in `.partial-<id>` and renamed into place only once complete,
+//! so a backup directory without a MANIFEST never exists. Older backups
+//! beyond `keep` are removed only after a new one is in place.
+
+use std::path::{Path, PathBuf};
+
+use rollgate::pb;
+
+use super::pg::{self, DUMP_FILE, EXPORT_FILE, FINGERPRINT_FILE, MANIFEST_FILE};
+use super::{StepError, StepResult, phase};
+use crate::ops::OpCtx;
+use crate::state::AgentState;
+
+pub async fn backup(state: &AgentState, ctx: &OpCtx, id: &str) -> StepResult {
+    rollgate::ids::check_backup_id(id).map_err(StepError::invalid)?;
+    let cfg = pg::config(state)?;
+    let final_dir = pg::backup_dir(cfg, id);
+    if final_dir.join(MANIFEST_FILE).is_file() {
+        // Taken before under the same id: verify and hand it back.
+        let files = pg::check_backup(state, id).await?;
+        return Ok(pb::success::Detail::Backup(pb::BackupResult {
+            backup_id: id.into(),
+            dir: final_dir.display().to_string(),
+            files,
+            fingerprint: Some(pg::recorded_fingerprint(cfg, id)?),
+        }));
+    }
+    let partial = partial_dir(&cfg.dir, id);
+    remove_dir(&partial);
+    std::fs::create_dir_all(partial.join("config"))
+        .map_err(|e| StepError::internal(format!("cannot create {}: {e}", partial.display())))?;
+    // Whatever fails below, no half-written backup stays behind.
+    let result = build(state, ctx, id, &partial, &final_dir).await;
+    if result.is_err() {
+        remove_dir(&partial);
+    }
+    result
+}
+
+async fn build(
+    state: &AgentState,
+    ctx: &OpCtx,
+    id: &str,
+    partial: &Path,
+    final_dir: &Path,
+) -> StepResult {
+    let cfg = pg::config(state)?;
+    ctx.progress("fingerprint", "reading the database's write counters", 0, 0);
+    let (fp, export) = pg::fingerprint(cfg).await?;
+    phase(
+        ctx,
+        "fingerprinted",
+        serde_json::json!({ "tables": fp.tables.len() }),
+    )?;
+
+    ctx.progress("pg_dump", "dumping the database", 0, 0);
+    pg::dump(cfg, &partial.join(DUMP_FILE)).await?;
+    phase(ctx, "dumped", serde_json::Value::Null)?;
+
+    let write = |name: &str, data: &[u8]| {
+        rollgate::fsx::write_atomic(&partial.join(name), data)
+            .map_err(|e| StepError::internal(format!("cannot write {name}: {e}")))
+    };
+    if let Some(export) = &export {
+        write(EXPORT_FILE, export)?;
+    }
+    for (i, src) in cfg.config_files.iter().enumerate() {
+        let data = std::fs::read(src).map_err(|e| {
+            StepError::precondition(format!("config file {} cannot be read: {e}", src.display()))
+        })?;
+        let base = src
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| format!("file-{i}"));
+        let name = format!("config/{i:02}-{base}");
+        write(&name, &data)?;
+    }
+    write(
+        FINGERPRINT_FILE,
+        &serde_json::to_vec_pretty(&fp).map_err(|e| StepError::internal(e.to_string()))?,
+    )?;
+
+    let files = manifest_of(partial)
+        .map_err(|e| StepError::internal(format!("cannot hash the backup: {e}")))?;
+    write(MANIFEST_FILE, pg::render_manifest(&files).as_bytes())?;
+    rollgate::fsx::sync_dir(&partial.join("config"))
+        .map_err(|e| StepError::internal(e.to_string()))?;
+    std::fs::rename(partial, final_dir)
+        .and_then(|()| rollgate::fsx::sync_dir(&cfg.dir))
+        .map_err(|e| {
+            StepError::internal(format!(
+                "cannot publish the backup {}: {e}",
+                final_dir.display()
+            ))
+        })?;
+    phase(ctx, "published", serde_json::json!({ "dir": final_dir }))?;
+    prune(&cfg.dir, cfg.keep, id);
+    ctx.progress(
+        "done",
+        format!("backup {id} verified: {} files", files.len()),
+        0,
+        0,
+    );
+    Ok(pb::success::Detail::Backup(pb::BackupResult {
+        backup_id: id.into(),
+        dir: final_dir.display().to_string(),
+        files,
+        fingerprint: Some(fp),
+    }))
+}
+
+pub fn partial_dir(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!(".partial-{id}"))
+}
+
+fn remove_dir(p: &Path) {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => tracing::info!(dir = %p.display(), "removed an unfinished backup"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %p.display(), error = %e, "cannot remove an unfinished backup")
+        }
+    }
+}
+
+/// Removes every unfinished backup (after a crash cut a Backup off).
+pub fn clean_partials(state: &AgentState) {
+    let Some(cfg) = &state.config.backup else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(&cfg.dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".partial-") {
+            remove_dir(&e.path());
+        }
+    }
+}
+
+/// sha256 and size of every file under `dir`, sorted by path.
+fn manifest_of(dir: &Path) -> std::io::Result<Vec<pb::BackupFile>> {
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::BackupFile>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            walk(root, &p, out)?;
+            continue;
+        }
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .to_string();
+        if rel == MANIFEST_FILE || rel.starts_with('.') {
+            continue;
+        }
+        let data = std::fs::read(&p)?;
+        out.push(pb::BackupFile {
+            path: rel,
+            size: data.len() as u64,
+            sha256: pg::sha256_hex(&data),
+        });
+    }
+    Ok(())
+}
+
+/// Keeps the `keep` newest complete backups; never removes `just_made`.
+fn prune(dir: &Path, keep: usize, just_made: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut complete: Vec<(std::time::SystemTime, PathBuf, String)> = entries
+        .flatten()
+        .filter(|e| e.path().join(MANIFEST_FILE).is_file())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let t = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((t, e.path(), name))
+        })
+        .collect();
+    complete.sort();
+    complete.reverse();
+    for (_, path, name) in complete.into_iter().skip(keep) {
+        if name == just_made {
+            continue;
+        }
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => tracing::info!(backup = %name, "removed an old backup"),
+            Err(e) => tracing::warn!(backup = %name, error = %e, "cannot remove an old backup"),
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The CP database: the write-freeze fingerprint, the declarative export,
+//! pg_dump / pg_restore, and checking a backup against its MANIFEST.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rollgate::pb;
+use sha2::{Digest, Sha256};
+
+use super::StepError;
+use crate::command;
+use crate::config::BackupSection;
+use crate::state::AgentState;
+
+/// PostgreSQL's backends flush their table counters at most once a second;
+/// reading twice this far apart and getting the same figures means every
+/// write up to the first read is counted.
+const STATS_SETTLE: Duration = Duration::from_millis(1100);
+/// How long pg_dump / pg_restore may take.
+const DB_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub const DUMP_FILE: &str = "db.dump";
+pub const EXPORT_FILE: &str = "export.yaml";
+pub const FINGERPRINT_FILE: &str = "fingerprint.json";
+pub const MANIFEST_FILE: &str = "MANIFEST";
+
+pub fn config(state: &AgentState) -> Result<&BackupSection, StepError> {
+    state.config.backup.as_ref().ok_or_else(|| {
+        StepError::precondition(
+            "this host has no [backup] section: it is not a CP with a database to back up",
+        )
+    })
+}
+
+pub fn backup_dir(cfg: &BackupSection, id: &str) -> PathBuf {
+    cfg.dir.join(id)
+}
+
+fn tool(cfg: &BackupSection, name: &str) -> PathBuf {
+    cfg.pg_bin_dir.join(name)
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The declarative export (the whole gateway config), from the configured
+/// URL or command. None when neither is configured.
+pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
+    let fail = |m: String| StepError::new(pb::FailureCode::CommandFailed, m);
+    if let Some(url) = &cfg.export_url {
+        let resp = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| StepError::internal(e.to_string()))?
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "declarative export from {url} failed: {}",
+                    crate::health::error_chain(&e)
+                ))
+            })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(format!("declarative export from {url} broke: {e}")))?;
+        if !status.is_success() {
+            return Err(
+                fail(format!("declarative export from {url} answered {status}"))
+                    .detail(String::from_utf8_lossy(&body[..body.len().min(512)]).to_string()),
+            );
+        }
+        return Ok(Some(body.to_vec()));
+    }
+    if let Some(argv) = &cfg.export_command {
+        let out = command::run_argv(argv, Duration::from_secs(300)).await?;
+        return Ok(Some(out.stdout));
+    }
+    Ok(None)
+}
+
+/// Per-table cumulative writes, sorted, minus the excluded tables.
+async fn table_writes(cfg: &BackupSection) -> Result<Vec<pb::TableWrites>, StepError> {
+    let (client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            StepError::new(
+                pb::FailureCode::CommandFailed,
+                format!("cannot connect to the database: {e}"),
+            )
+        })?;
+    let conn_task = tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    let rows = client
+        .query(
+            "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::bigint \
+             FROM pg_stat_user_tables ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            StepError::new(
+                pb::FailureCode::CommandFailed,
+                format!("cannot read pg_stat_user_tables: {e}"),
+            )
+        });
+    drop(client);
+    conn_task.abort();
+    Ok(rows?
+        .iter()
+        .map(|r| pb::TableWrites {
+            table: r.get(0),
+            writes: r.get(1),
+        })
+        .filter(|t| !cfg.exclude_tables.contains(&t.table))
+        .collect())
+}
+
+/// The write-freeze fingerprint, read until two reads a second apart agree,
+/// and the export it hashes.
+pub async fn fingerprint(
+    cfg: &BackupSection,
+) -> Result<(pb::Fingerprint, Option<Vec<u8>>), StepError> {
+    let mut tables = table_writes(cfg).await?;
+    for _ in 0..10 {
+        tokio::time::sleep(STATS_SETTLE).await;
+        let again = table_writes(cfg).await?;
+        if again == tables {
+            break;
+        }
+        tables = again;
+    }
+    let export = export(cfg).await?;
+    let fp = pb::Fingerprint {
+        tables,
+        export_sha256: export.as_deref().map(sha256_hex).unwrap_or_default(),
+        excluded_tables: cfg.exclude_tables.clone(),
+        taken_at_unix_ms: crate::server::unix_ms(SystemTime::now()),
+    };
+    Ok((fp, export))
+}
+
+/// Tables whose counters differ (or that appeared or vanished), sorted.
+pub fn changed_tables(before: &pb::Fingerprint, now: &pb::Fingerprint) -> Vec<String> {
+    let a: std::collections::BTreeMap<&str, i64> = before
+        .tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.writes))
+        .collect();
+    let b: std::collections::BTreeMap<&str, i64> = now
+        .tables
+        .iter()
+        .map(|t| (t.table.as_str(), t.writes))
+        .collect();
+    let mut out: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The fingerprint recorded in a backup.
+pub fn recorded_fingerprint(cfg: &BackupSection, id: &str) -> Result<pb::Fingerprint, StepError> {
+    let p = backup_dir(cfg, id).join(FINGERPRINT_FILE);
+    let bytes = std::fs::read(&p).map_err(|e| {
+        StepError::invalid(format!(
+            "no fingerprint for backup {id:?} ({}: {e})",
+            p.display()
+        ))
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StepError::internal(format!("{} is unreadable: {e}", p.display())))
+}
+
+/// pg_dump -Fc into `file`, then verify it: `pg_restore --list` must list
+/// the archive's contents and `pg_restore -f /dev/null` must read all of it.
+pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
+    let f = file.as_os_str().to_owned();
+    command::run(
+        &tool(cfg, "pg_dump"),
+        &[
+            "-Fc".as_ref(),
+            "-f".as_ref(),
+            f.as_os_str(),
+            "-d".as_ref(),
+            cfg.database_url.as_ref(),
+        ],
+        DB_COMMAND_TIMEOUT,
+    )
+    .await?;
+    let list = command::run(
+        &tool(cfg, "pg_restore"),
+        &["--list".as_ref(), f.as_os_str()],
+        DB_COMMAND_TIMEOUT,
+    )
+    .await
+    .map_err(|e| {
+        StepError::new(
+            pb::FailureCode::VerifyFailed,
+            format!("the dump cannot be listed: {}", e.message),
+        )
+        .detail(e.detail)
+    })?;
+    let entries = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .count();
+    if entries == 0 {
+        return Err(StepError::new(
+            pb::FailureCode::VerifyFailed,
+            "the dump lists no objects",
+        ));
+    }
+    command::run(
+        &tool(cfg, "pg_restore"),
+        &["-f".as_ref(), "/dev/null".as_ref(), f.as_os_str()],
+        DB_COMMAND_TIMEOUT,
+    )
+    .await
+    .map_err(|e| {
+        StepError::new(
+            pb::FailureCode::VerifyFailed,
+            format!("the dump cannot be read in full: {}", e.message),
+        )
+        .detail(e.detail)
+    })?;
+    Ok(())
+}
+
+/// Parses a MANIFEST: `sha256  size  path` per line.
+pub fn parse_manifest(text: &str) -> Result<Vec<pb::BackupFile>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut it = l.splitn(3, "  ");
+            let (Some(sha), Some(size), Some(path)) = (it.next(), it.next(), it.next()) else {
+                return Err(format!("bad MANIFEST line {l:?}"));
+            };
+            Ok(pb::BackupFile {
+                path: path.to_string(),
+                size: size
+                    .parse()
+                    .map_err(|_| format!("bad size in MANIFEST line {l:?}"))?,
+                sha256: sha.to_string(),
+            })
+        })
+        .collect()
+}
+
+pub fn render_manifest(files: &[pb::BackupFile]) -> String {
+    files
+        .iter()
+        .map(|f| format!("{}  {}  {}\n", f.sha256, f.size, f.path))
+        .collect()
+}
+
+/// Checks every file of a backup against its MANIFEST.
+pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::BackupFile>, StepError> {
+    rollgate::ids::check_backup_id(id).map_err(StepError::invalid)?;
+    let cfg = config(state)?;
+    let dir = backup_dir(cfg, id);
+    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).map_err(|e| {
+        StepError::invalid(format!(
+            "backup {id:?} has no readable MANIFEST in {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let files =
+        parse_manifest(&text).map_err(|e| StepError::new(pb::FailureCode::VerifyFailed, e))?;
+    let d = dir.clone();
+    let files2 = files.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), StepError> {
+        for f in &files2 {
+            let data = std::fs::read(d.join(&f.path)).map_err(|e| {
+                StepError::new(
+                    pb::FailureCode::VerifyFailed,
+                    format!("backup file {} is missing: {e}", f.path),
+                )
+            })?;
+            if sha256_hex(&data) != f.sha256 || data.len() as u64 != f.size {
+                return Err(StepError::new(
+                    pb::FailureCode::VerifyFailed,
+                    format!("backup file {} does not match its MANIFEST", f.path),
+                ));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| StepError::internal(e.to_string()))??;
+    if !files.iter().any(|f| f.path == DUMP_FILE) {
+        return Err(StepError::new(
+            pb::FailureCode::VerifyFailed,
+            format!("backup {id:?} holds no database dump"),
+        ));
+    }
+    Ok(files)
+}
+
+/// Restores the database from a verified backup in one transaction: it is
+/// either fully restored or left as it was.
+pub async fn restore(state: &AgentState, id: &str) -> Result<(), StepError> {
+    check_backup(state, id).await?;
+    let cfg = config(state)?;
+    let dump = backup_dir(cfg, id).join(DUMP_FILE);
+    command::run(
+        &tool(cfg, "pg_restore"),
+        &[
+            "--clean".as_ref(),
+            "--if-exists".as_ref(),
+            "--single-transaction".as_ref(),
+            "--exit-on-error".as_ref(),
+            "--no-owner".as_ref(),
+            "-d".as_ref(),
+            cfg.database_url.as_ref(),
+            dump.as_os_str(),
+        ],
+        DB_COMMAND_TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Compares a fresh export with the backed-up one.
+pub async fn compare_export(state: &AgentState, id: &str) -> Result<pb::RestoreResult, StepError> {
+    let cfg = config(state)?;
+    let Some(now) = export(cfg).await? else {
+        tracing::warn!(
+            backup = id,
+            "no declarative export configured: the restore cannot be compared"
+        );
+        return Ok(pb::RestoreResult {
+            backup_id: id.into(),
+            export_matches: true,
+        });
+    };
+    let saved = std::fs::read(backup_dir(cfg, id).join(EXPORT_FILE)).unwrap_or_default();
+    if now != saved {
+        return Err(StepError::new(
+            pb::FailureCode::VerifyFailed,
+            format!(
+                "after restoring backup {id}, the declarative export differs from the backed-up one"
+            ),
+        )
+        .detail(format!(
+            "sha256 now {}, in the backup {}",
+            sha256_hex(&now),
+            sha256_hex(&saved)
+        )));
+    }
+    Ok(pb::RestoreResult {
+        backup_id: id.into(),
+        export_matches: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(tables: &[(&str, i64)]) -> pb::Fingerprint {
+        pb::Fingerprint {
+            tables: tables
+                .iter()
+                .map(|(t, w)| pb::TableWrites {
+                    table: t.to_string(),
+                    writes: *w,
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_changed_new_and_dropped_tables() {
+        let a = fp(&[("public.routes", 5), ("public.meta", 1), ("public.old", 2)]);
+        let b = fp(&[("public.routes", 6), ("public.meta", 1), ("public.new", 0)]);
+        assert_eq!(
+            changed_tables(&a, &b),
+            ["public.new", "public.old", "public.routes"]
+        );
+        assert!(changed_tables(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn manifest_round_trip() {
+        let files = vec![pb::BackupFile {
+            path: "config/a b.toml".into(),
+            size: 3,
+            sha256: "ab".into(),
+        }];
+        assert_eq!(parse_manifest(&render_manifest(&files)).unwrap(), files);
+        assert!(parse_manifest("garbage").is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! kill -9 of the agent at every step boundary: after a restart the host is
+//! on exactly one release with the gateway serving it, and the same
+//! operation id completes or reports the revert.
+
+use std::time::Duration;
+
+use rollgate::pb;
+
+use crate::support::client::{
+    connect, drive, failure, install, install_result, stage_file, success,
+};
+use crate::support::fixtures::{cp_on_330, dp_on_330};
+use crate::support::gateway::{Db, current_of, release, wait_serving};
+use crate::support::{Host, Proc, Sandbox};
+
+/// Restarts `host`'s agent with a failpoint, runs `call` (which the agent
+/// dies in), restarts it without one, and returns the agent.
+fn restart_with_failpoint(host: &Host, agent: &mut Proc, fp: &str) -> Proc {
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("agent killed");
+    host.start_agent_env(&[("ROLLGATE_FAILPOINT", fp)])
+}
+
+fn died(agent: &mut Proc, fp: &str) {
+    let st = agent
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the agent did not die at {fp}"));
+    assert_eq!(st.code(), None, "killed by a signal at {fp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_survives_a_kill_at_every_step_boundary() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (dp, mut agent, addr, _c) = dp_on_330(&sb, &cp, &["3.4.0"], "").await;
+
+    // (phase, the step finishes after the restart?)
+    let cases = [
+        ("stopped", false),
+        ("switched", true),
+        ("started", true),
+        ("gated", true),
+    ];
+    let mut on = "3.3.0";
+    for (phase, finishes) in cases {
+        let target = if on == "3.3.0" { "3.4.0" } else { "3.3.0" };
+        let fp = format!("install:{phase}");
+        let op = format!("t/dp-1/crash-{phase}");
+        let mut dying = restart_with_failpoint(&dp, &mut agent, &fp);
+        let mut c = connect(&sb, &dp).await;
+        let r = install(&mut c, &op, target).await;
+        assert!(
+            r.is_none(),
+            "{fp}: the stream ends without a result when the agent dies"
+        );
+        died(&mut dying, &fp);
+        drop(dying);
+
+        agent = dp.start_agent();
+        let mut c = connect(&sb, &dp).await;
+        let r = install(&mut c, &op, target)
+            .await
+            .expect("a result after the restart");
+        if finishes {
+            assert_eq!(install_result(&r).version, target, "{fp}");
+            on = target;
+        } else {
+            let f = failure(&r);
+            assert_eq!(f.code(), pb::FailureCode::Interrupted, "{fp}: {f:?}");
+            assert!(f.reverted, "{fp}: {f:?}");
+            assert_eq!(f.active_version, on);
+        }
+        assert_eq!(
+            current_of(&dp).as_deref(),
+            Some(on),
+            "{fp}: one release is current"
+        );
+        wait_serving(addr, on);
+        let rec = c
+            .get_operation(pb::GetOperationRequest {
+                operation_id: op.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            rec.attempts, 2,
+            "{fp}: the cut-off attempt and the recovery: {rec:?}"
+        );
+        let again = install(&mut c, &op, target).await.unwrap();
+        assert!(again.replayed, "{fp}: the recovered result is recorded");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_and_drain_survive_a_kill() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (dp, mut agent, addr, _c) = dp_on_330(&sb, &cp, &[], "").await;
+
+    for (phase, staged) in [("received", false), ("unpacked", true)] {
+        let fp = format!("stage:{phase}");
+        let op = format!("t/dp-1/stage-crash-{phase}");
+        let mut dying = restart_with_failpoint(&dp, &mut agent, &fp);
+        let mut c = connect(&sb, &dp).await;
+        assert!(stage_file(&mut c, &op, &release("3.4.0")).await.is_none());
+        died(&mut dying, &fp);
+        drop(dying);
+        agent = dp.start_agent();
+        let mut c = connect(&sb, &dp).await;
+        let r = stage_file(&mut c, &op, &release("3.4.0")).await.unwrap();
+        let on_disk = dp.dir.join("root/releases/3.4.0").is_dir();
+        if staged {
+            success(&r);
+            assert!(on_disk);
+        } else {
+            assert_eq!(failure(&r).code(), pb::FailureCode::Interrupted);
+            assert!(!on_disk, "a cut-off stage leaves no release");
+        }
+        let staging: Vec<_> = std::fs::read_dir(dp.dir.join("state/staging"))
+            .map(|d| d.flatten().count())
+            .into_iter()
+            .collect();
+        assert!(staging.iter().all(|n| *n == 0), "{fp}: staging cleaned");
+        let hidden = std::fs::read_dir(dp.dir.join("root/releases"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(hidden, 0, "{fp}: no half-unpacked release");
+        wait_serving(addr, "3.3.0");
+    }
+
+    let fp = "drain:marked";
+    let mut dying = restart_with_failpoint(&dp, &mut agent, fp);
+    let mut c = connect(&sb, &dp).await;
+    let r = drive(
+        c.drain(pb::DrainRequest {
+            operation_id: "t/dp-1/drain-crash".into(),
+            timeout_ms: 1000,
+        })
+        .await,
+    )
+    .await
+    .1;
+    assert!(r.is_none());
+    died(&mut dying, fp);
+    drop(dying);
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let r = drive(
+        c.drain(pb::DrainRequest {
+            operation_id: "t/dp-1/drain-crash".into(),
+            timeout_ms: 1000,
+        })
+        .await,
+    )
+    .await
+    .1
+    .unwrap();
+    let f = failure(&r);
+    assert_eq!(f.code(), pb::FailureCode::Interrupted);
+    assert!(
+        f.reverted && f.message.contains("back in rotation"),
+        "{f:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dp.dir.join("state/drain-state")).unwrap(),
+        "ready",
+        "never left drained"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_outlives_its_agent_and_is_readopted() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (dp, mut agent, addr, _c) = dp_on_330(&sb, &cp, &["3.4.0"], "").await;
+    let pid_before = std::fs::read_to_string(dp.dir.join("state/gateway.pid")).unwrap();
+
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10)).unwrap();
+    wait_serving(addr, "3.3.0"); // still serving without its agent
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let mut watch = c
+        .watch_health(pb::WatchHealthRequest { interval_ms: 200 })
+        .await
+        .unwrap()
+        .into_inner();
+    let report = watch.message().await.unwrap().unwrap();
+    assert!(report.healthy, "{report:?}");
+    assert!(
+        pid_before.starts_with(&report.pid.to_string()),
+        "same process re-adopted: {pid_before} vs {}",
+        report.pid
+    );
+    assert_eq!(report.running_version, "3.3.0");
+    // And the re-adopted gateway is stopped and replaced normally.
+    success(
+        &install(&mut c, "t/dp-1/after-readopt", "3.4.0")
+            .await
+            .unwrap(),
+    );
+    wait_serving(addr, "3.4.0");
+}

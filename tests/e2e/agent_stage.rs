@@ -1,0 +1,207 @@
+//! Stage refuses bad artifacts and leaves nothing behind.
+
+use std::path::Path;
+
+use rollgate::pb;
+use sha2::{Digest, Sha256};
+
+use crate::support::client::{connect, failure, stage_stream, success};
+use crate::support::gateway::{self, release};
+use crate::support::{Host, Sandbox};
+
+/// A .tar.gz whose entries have raw (possibly hostile) names.
+fn hostile(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    for (name, kind, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(0o755);
+        h.set_size(data.len() as u64);
+        if !link.is_empty() {
+            h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// Everything under the install root and the staging dir, for "nothing left
+/// behind" checks.
+fn leftovers(host: &Host) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in [
+        host.dir.join("root/releases"),
+        host.dir.join("state/staging"),
+    ] {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            out.extend(rd.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_artifacts_are_refused_and_nothing_is_left_behind() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2)]);
+    let dp = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let good = release("3.4.0");
+    let bytes = std::fs::read(gateway::artifact_path(&good)).unwrap();
+
+    let evil = sb.path().join("evil");
+    // (name, artifact bytes, sha256 to announce if not the bytes', code, message)
+    type Case<'a> = (&'a str, Vec<u8>, Option<String>, pb::FailureCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "checksum",
+            bytes.clone(),
+            Some("0".repeat(64)),
+            pb::FailureCode::ChecksumMismatch,
+            "sha256",
+        ),
+        (
+            "traversal",
+            hostile(&[("../../evil", tar::EntryType::Regular, b"x", "")]),
+            None,
+            pb::FailureCode::BadArchive,
+            "'..'",
+        ),
+        (
+            "absolute",
+            hostile(&[("/tmp/evil", tar::EntryType::Regular, b"x", "")]),
+            None,
+            pb::FailureCode::BadArchive,
+            "absolute",
+        ),
+        (
+            "symlink",
+            hostile(&[("bin/x", tar::EntryType::Symlink, b"", "../../../../evil")]),
+            None,
+            pb::FailureCode::BadArchive,
+            "outside",
+        ),
+        (
+            "device",
+            hostile(&[("dev", tar::EntryType::Block, b"", "")]),
+            None,
+            pb::FailureCode::BadArchive,
+            "device",
+        ),
+        (
+            "truncated",
+            bytes[..bytes.len() / 2].to_vec(),
+            None,
+            pb::FailureCode::BadArchive,
+            "truncated",
+        ),
+        (
+            "no-binary",
+            hostile(&[("conf/x", tar::EntryType::Regular, b"x", "")]),
+            None,
+            pb::FailureCode::BadArchive,
+            "bin/demo-gateway",
+        ),
+    ];
+    for (name, data, sha_override, code, want) in cases {
+        let digest = sha_override.unwrap_or_else(|| sha(&data));
+        let r = stage_stream(&mut c, &format!("t/dp-1/{name}"), "3.4.0", &digest, data)
+            .await
+            .unwrap();
+        let f = failure(&r);
+        assert_eq!(f.code(), code, "{name}: {f:?}");
+        assert!(
+            f.message.contains(want),
+            "{name}: expected {want:?} in {:?}",
+            f.message
+        );
+        assert!(
+            leftovers(&dp).is_empty(),
+            "{name}: left behind {:?}",
+            leftovers(&dp)
+        );
+        assert!(
+            !evil.exists() && !Path::new("/tmp/evil").exists(),
+            "{name}: wrote outside"
+        );
+    }
+
+    // A stream that ends before the announced size.
+    let mut msgs = vec![pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+            operation_id: "t/dp-1/short".into(),
+            version: "3.4.0".into(),
+            sha256: good.sha256.clone(),
+            size: good.size,
+            source: Some(pb::stage_header::Source::Coordinator(
+                pb::CoordinatorSource {},
+            )),
+        })),
+    }];
+    msgs.push(pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Chunk(bytes[..1000].to_vec())),
+    });
+    let r = crate::support::client::drive(c.stage(futures::stream::iter(msgs)).await)
+        .await
+        .1
+        .unwrap();
+    let f = failure(&r);
+    assert_eq!(f.code(), pb::FailureCode::FetchFailed, "{f:?}");
+    assert!(f.message.contains("truncated"), "{f:?}");
+    assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
+
+    // Bad input that never starts a step: a malformed version.
+    let r = stage_stream(&mut c, "t/dp-1/badversion", "3.four", &good.sha256, vec![1])
+        .await
+        .unwrap();
+    assert_eq!(failure(&r).code(), pb::FailureCode::InvalidArgument);
+
+    // The real artifact then stages fine, and again is a no-op.
+    success(
+        &stage_stream(&mut c, "t/dp-1/good", "3.4.0", &good.sha256, bytes.clone())
+            .await
+            .unwrap(),
+    );
+    let again = stage_stream(&mut c, "t/dp-1/good-again", "3.4.0", &good.sha256, bytes)
+        .await
+        .unwrap();
+    match success(&again) {
+        pb::success::Detail::Stage(s) => assert!(s.already_present),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_refuses_when_the_disk_floor_would_be_crossed() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2)]);
+    let dp = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    // Keep more free than any disk has.
+    let cfg = std::fs::read_to_string(dp.config_path()).unwrap();
+    std::fs::write(
+        dp.config_path(),
+        cfg.replace(
+            "install_root = \"root\"",
+            "install_root = \"root\"\nmin_free_bytes = 1000000000000000",
+        ),
+    )
+    .unwrap();
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let good = release("3.4.0");
+    let r = crate::support::client::stage_file(&mut c, "t/dp-1/full", &good)
+        .await
+        .unwrap();
+    let f = failure(&r);
+    assert_eq!(f.code(), pb::FailureCode::DiskFull, "{f:?}");
+    assert!(f.message.contains("bytes free"), "{f:?}");
+    assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
+}

@@ -1,0 +1,136 @@
+//! Talking to an agent directly over mTLS, as the coordinator does.
+
+use rollgate::pb;
+use rollgate::pb::agent_client::AgentClient;
+use rollgate::pb::operation_event::Event;
+use rollgate::pb::operation_result::Outcome;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::{Host, Sandbox};
+
+pub async fn connect(sb: &Sandbox, host: &Host) -> AgentClient<Channel> {
+    rollgate::tls::install_crypto_provider();
+    let c = sb.certs_dir();
+    let read = |p: &str| std::fs::read(c.join(p)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(
+            read("rollgate-coordinator.pem"),
+            read("rollgate-coordinator.key"),
+        ))
+        .domain_name(host.name.clone());
+    let channel = Endpoint::from_shared(format!("https://{}", host.agent_addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the agent");
+    AgentClient::new(channel)
+}
+
+/// Reads a step's stream to its end: progress messages and the result (None
+/// when the stream broke first, e.g. the agent died).
+pub async fn drive(
+    resp: Result<tonic::Response<tonic::Streaming<pb::OperationEvent>>, tonic::Status>,
+) -> (Vec<pb::Progress>, Option<pb::OperationResult>) {
+    let mut progress = Vec::new();
+    let Ok(resp) = resp else {
+        return (progress, None);
+    };
+    let mut s = resp.into_inner();
+    while let Ok(Some(ev)) = s.message().await {
+        match ev.event {
+            Some(Event::Progress(p)) => progress.push(p),
+            Some(Event::Result(r)) => return (progress, Some(r)),
+            None => {}
+        }
+    }
+    (progress, None)
+}
+
+pub fn success(r: &pb::OperationResult) -> &pb::success::Detail {
+    match &r.outcome {
+        Some(Outcome::Success(s)) => s.detail.as_ref().expect("success detail"),
+        other => panic!("expected success, got {other:?}"),
+    }
+}
+
+pub fn failure(r: &pb::OperationResult) -> &pb::Failure {
+    match &r.outcome {
+        Some(Outcome::Failure(f)) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+pub async fn install(
+    c: &mut AgentClient<Channel>,
+    op: &str,
+    version: &str,
+) -> Option<pb::OperationResult> {
+    drive(
+        c.install(pb::InstallRequest {
+            operation_id: op.into(),
+            version: version.into(),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await
+    .1
+}
+
+/// Stages a release from its artifact file on the host.
+pub async fn stage_file(
+    c: &mut AgentClient<Channel>,
+    op: &str,
+    r: &rollgate::catalog::Release,
+) -> Option<pb::OperationResult> {
+    let header = pb::StageHeader {
+        operation_id: op.into(),
+        version: r.version.to_string(),
+        sha256: r.sha256.clone(),
+        size: r.size,
+        source: Some(pb::stage_header::Source::Location(
+            super::gateway::artifact_path(r).display().to_string(),
+        )),
+    };
+    let req = pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(header)),
+    };
+    drive(c.stage(futures::stream::iter([req])).await).await.1
+}
+
+/// Stages bytes streamed from here, as the coordinator does.
+pub async fn stage_stream(
+    c: &mut AgentClient<Channel>,
+    op: &str,
+    version: &str,
+    sha256: &str,
+    bytes: Vec<u8>,
+) -> Option<pb::OperationResult> {
+    let mut msgs = vec![pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+            operation_id: op.into(),
+            version: version.into(),
+            sha256: sha256.into(),
+            size: bytes.len() as u64,
+            source: Some(pb::stage_header::Source::Coordinator(
+                pb::CoordinatorSource {},
+            )),
+        })),
+    }];
+    for chunk in bytes.chunks(64 * 1024) {
+        msgs.push(pb::StageRequest {
+            msg: Some(pb::stage_request::Msg::Chunk(chunk.to_vec())),
+        });
+    }
+    drive(c.stage(futures::stream::iter(msgs)).await).await.1
+}
+
+pub fn install_result(r: &pb::OperationResult) -> &pb::InstallResult {
+    match success(r) {
+        pb::success::Detail::Install(i) | pb::success::Detail::Rollback(i) => i,
+        other => panic!("expected an install result, got {other:?}"),
+    }
+}
