@@ -12,6 +12,7 @@ mod install_root;
 mod journal;
 mod netstat;
 mod ops;
+mod plugins;
 mod procfs;
 mod recover;
 mod server;

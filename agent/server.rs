@@ -73,6 +73,13 @@ impl AgentService {
                 .iter()
                 .map(|d| s.root.current_link().join(d).display().to_string())
                 .collect(),
+            custom_plugin_files: s
+                .root
+                .current()
+                .map(|v| {
+                    crate::plugins::list(&s.root.release_dir(&v), &cfg.gateway.custom_plugin_dirs)
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -326,7 +333,7 @@ impl pb::agent_server::Agent for AgentService {
                 .map_err(Status::invalid_argument)?;
             let base = pg::recorded_fingerprint(cfg, &r.baseline_backup_id)
                 .map_err(|e| Status::not_found(e.message))?;
-            resp.changed_tables = pg::changed_tables(&base, &current);
+            resp.changed_tables = rollgate::fingerprint::changed_tables(&base, &current);
             resp.export_changed = base.export_sha256 != current.export_sha256;
             resp.baseline = Some(base);
         }
@@ -440,6 +447,62 @@ impl pb::agent_server::Agent for AgentService {
             begin,
             move |s, ctx| async move { install::run(&s, &ctx, &plan).await },
         )))
+    }
+
+    type ReadBackupFileStream = ReceiverStream<Result<pb::FileChunk, Status>>;
+
+    async fn read_backup_file(
+        &self,
+        req: Request<pb::ReadBackupFileRequest>,
+    ) -> Result<Response<Self::ReadBackupFileStream>, Status> {
+        let r = req.into_inner();
+        rollgate::ids::check_backup_id(&r.backup_id).map_err(Status::invalid_argument)?;
+        let cfg = pg::config(&self.state).map_err(|e| Status::failed_precondition(e.message))?;
+        let dir = pg::backup_dir(cfg, &r.backup_id);
+        let manifest = std::fs::read_to_string(dir.join(pg::MANIFEST_FILE))
+            .map_err(|e| Status::not_found(format!("backup {:?}: {e}", r.backup_id)))?;
+        let listed = r.path == pg::MANIFEST_FILE
+            || pg::parse_manifest(&manifest)
+                .map_err(Status::internal)?
+                .iter()
+                .any(|f| f.path == r.path);
+        if !listed {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not a file of backup {:?}",
+                r.path, r.backup_id
+            )));
+        }
+        let mut file = tokio::fs::File::open(dir.join(&r.path))
+            .await
+            .map_err(|e| Status::not_found(format!("{}: {e}", r.path)))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx
+                            .send(Ok(pb::FileChunk {
+                                data: buf[..n].to_vec(),
+                            }))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("read failed: {e}"))))
+                            .await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_operation(

@@ -1,9 +1,13 @@
 //! The command line.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rollgate::telemetry::LogFormat;
+use rollgate::version::Version;
+
+use crate::batch::BatchSize;
 
 use crate::certs::AgentName;
 use crate::output::Output;
@@ -30,6 +34,107 @@ pub enum Command {
     Certs(CertsCommand),
     /// Ask every agent for its host's version, health and compatibility.
     Status(StatusArgs),
+    /// Show the upgrade path, its breaking changes and a preflight of every host.
+    Plan(PlanArgs),
+    /// Upgrade the fleet: stage, back up, CP in place, DPs in batches.
+    Upgrade(UpgradeArgs),
+    /// Continue a rollout cut off by a crash or Ctrl-C.
+    Resume(ResumeArgs),
+    /// Return every host to the release it had before a rollout.
+    Rollback(RollbackArgs),
+    /// Take a verified CP backup (the upgrade's backup phase alone).
+    Backup(InventoryArgs),
+    /// List rollouts and how they ended.
+    History(InventoryArgs),
+    /// One rollout's per-host timeline.
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// The fleet inventory.
+    #[arg(long, short = 'i', env = "ROLLGATE_INVENTORY")]
+    pub inventory: PathBuf,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// The release catalog.
+    #[arg(long, short = 'c', env = "ROLLGATE_CATALOG")]
+    pub catalog: PathBuf,
+    /// The version to upgrade to.
+    #[arg(long, value_parser = parse_version)]
+    pub to: Version,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// DPs per batch after the canary: a count (2) or a share (25%).
+    #[arg(long, value_parser = parse_batch)]
+    pub batch: Option<BatchSize>,
+    /// DPs in the canary batch.
+    #[arg(long)]
+    pub canary: Option<usize>,
+    /// How long a host, then its batch, must stay healthy (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub min_healthy: Option<Duration>,
+    /// Failed DPs that may be quarantined (left on their old release) before the rollout halts.
+    #[arg(long)]
+    pub max_failures: Option<usize>,
+    /// Acknowledge the breaking changes without asking.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the exact steps and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// The rollout to resume (default: the one that was cut off).
+    pub rollout: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    /// The upgrade to undo (default: the latest).
+    pub rollout: Option<String>,
+    /// Also restore the CP database from the rollout's backup.
+    #[arg(long)]
+    pub restore_db: bool,
+    /// Confirm without asking.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub inv: InventoryArgs,
+    pub rollout: String,
+}
+
+fn parse_version(s: &str) -> Result<Version, String> {
+    s.parse()
+        .map_err(|e: rollgate::version::ParseVersionError| e.to_string())
+}
+
+fn parse_batch(s: &str) -> Result<BatchSize, String> {
+    s.parse()
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[derive(Debug, Subcommand)]

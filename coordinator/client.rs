@@ -108,6 +108,8 @@ pub struct Hello {
     pub releases: Vec<Version>,
     pub disk_free_bytes: u64,
     pub custom_plugin_dirs: Vec<String>,
+    /// (path relative to the release, sha256) of each custom plugin file.
+    pub custom_plugin_files: Vec<(String, String)>,
     pub database_backup: bool,
 }
 
@@ -135,6 +137,11 @@ impl TryFrom<pb::HelloResponse> for Hello {
             agent_version: h.agent_version,
             disk_free_bytes: h.disk_free_bytes,
             custom_plugin_dirs: h.custom_plugin_dirs,
+            custom_plugin_files: h
+                .custom_plugin_files
+                .into_iter()
+                .map(|f| (f.path, f.sha256))
+                .collect(),
             database_backup: h.features.is_some_and(|f| f.database_backup),
         })
     }

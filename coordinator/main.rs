@@ -6,8 +6,13 @@ mod batch;
 mod certs;
 mod cli;
 mod client;
+mod cmd;
+mod fleet;
 mod inventory;
 mod output;
+mod planner;
+mod report;
+mod rollout;
 mod status;
 
 use std::process::ExitCode;
@@ -140,6 +145,63 @@ async fn run(command: Command) -> Result<(), Failure> {
                 Err(Failure::Failed(format!("unreachable: {}", down.join(", "))))
             }
         }
+        Command::Plan(a) => plan(a).await,
+        Command::Upgrade(a) => {
+            let inv = load_inventory(&a.plan.inv.inventory)?;
+            let args = cmd::upgrade::UpgradeArgs {
+                to: a.plan.to.clone(),
+                overrides: cmd::upgrade::Overrides {
+                    batch: a.batch,
+                    canary: a.canary,
+                    min_healthy: a.min_healthy,
+                    max_failures: a.max_failures,
+                },
+                yes: a.yes,
+                dry_run: a.dry_run,
+                output: a.plan.inv.output,
+            };
+            cmd::upgrade::upgrade(inv, &a.plan.catalog, args).await
+        }
+        Command::Resume(a) => {
+            cmd::upgrade::resume(load_inventory(&a.inv.inventory)?, a.rollout, a.inv.output).await
+        }
+        Command::Rollback(a) => {
+            let inv = load_inventory(&a.inv.inventory)?;
+            cmd::rollback::rollback(
+                inv,
+                cmd::rollback::RollbackArgs {
+                    rollout: a.rollout,
+                    restore_db: a.restore_db,
+                    yes: a.yes,
+                    output: a.inv.output,
+                },
+            )
+            .await
+        }
+        Command::Backup(a) => cmd::upgrade::backup(load_inventory(&a.inventory)?, a.output).await,
+        Command::History(a) => cmd::history::history(&load_inventory(&a.inventory)?, a.output),
+        Command::Show(a) => {
+            cmd::history::show(&load_inventory(&a.inv.inventory)?, &a.rollout, a.inv.output)
+        }
+    }
+}
+
+async fn plan(a: cli::PlanArgs) -> Result<(), Failure> {
+    let inv = load_inventory(&a.inv.inventory)?;
+    let catalog = rollgate::catalog::Catalog::load(&a.catalog)
+        .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
+    let r = cmd::plan::plan(&inv, &catalog, &a.to).await;
+    match a.inv.output {
+        Output::Json => print_json(&r),
+        Output::Text => cmd::plan::print_text(&r),
+    }
+    if r.runnable {
+        Ok(())
+    } else {
+        Err(Failure::Blocked(format!(
+            "the plan is blocked: {}",
+            r.blocked.join("; ")
+        )))
     }
 }
 

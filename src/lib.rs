@@ -13,6 +13,7 @@ pub mod cli;
 pub mod compat;
 pub mod convert;
 pub mod exit;
+pub mod fingerprint;
 pub mod fsx;
 pub mod ids;
 pub mod pb;

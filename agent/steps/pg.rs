@@ -12,10 +12,16 @@ use crate::command;
 use crate::config::BackupSection;
 use crate::state::AgentState;
 
-/// PostgreSQL's backends flush their table counters at most once a second;
-/// reading twice this far apart and getting the same figures means every
-/// write up to the first read is counted.
-const STATS_SETTLE: Duration = Duration::from_millis(1100);
+/// How far apart two equal readings of the counters must be to trust them.
+/// A PostgreSQL 15 backend flushes its table counters at the end of a
+/// transaction only if its last flush is at least 1 s old
+/// (PGSTAT_MIN_INTERVAL); otherwise they stay pending until its next
+/// transaction or, if it goes idle, for up to PGSTAT_IDLE_INTERVAL = 10 s.
+/// Two equal readings 11 s apart therefore prove nothing was pending at the
+/// first one: every write committed before it is counted.
+const STATS_SETTLE: Duration = Duration::from_secs(11);
+/// Readings before the database counts as "being written".
+const SETTLE_ROUNDS: usize = 4;
 /// How long pg_dump / pg_restore may take.
 const DB_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -123,19 +129,38 @@ async fn table_writes(cfg: &BackupSection) -> Result<Vec<pb::TableWrites>, StepE
         .collect())
 }
 
-/// The write-freeze fingerprint, read until two reads a second apart agree,
-/// and the export it hashes.
+/// The write-freeze fingerprint, read until two readings `STATS_SETTLE`
+/// apart agree, and the export it hashes.
 pub async fn fingerprint(
     cfg: &BackupSection,
 ) -> Result<(pb::Fingerprint, Option<Vec<u8>>), StepError> {
     let mut tables = table_writes(cfg).await?;
-    for _ in 0..10 {
+    let mut settled = false;
+    for _ in 0..SETTLE_ROUNDS {
         tokio::time::sleep(STATS_SETTLE).await;
         let again = table_writes(cfg).await?;
         if again == tables {
+            settled = true;
             break;
         }
+        let moving = rollgate::fingerprint::changed_tables(
+            &pb::Fingerprint {
+                tables: tables.clone(),
+                ..Default::default()
+            },
+            &pb::Fingerprint {
+                tables: again.clone(),
+                ..Default::default()
+            },
+        );
+        tracing::info!(tables = ?moving, "the database is still being written; reading again");
         tables = again;
+    }
+    if !settled {
+        return Err(StepError::new(
+            pb::FailureCode::Precondition,
+            "the database keeps being written: stop writes (API, dashboard) during the upgrade, or exclude tables the gateway writes by itself (backup.exclude_tables)",
+        ));
     }
     let export = export(cfg).await?;
     let fp = pb::Fingerprint {
@@ -145,29 +170,6 @@ pub async fn fingerprint(
         taken_at_unix_ms: crate::server::unix_ms(SystemTime::now()),
     };
     Ok((fp, export))
-}
-
-/// Tables whose counters differ (or that appeared or vanished), sorted.
-pub fn changed_tables(before: &pb::Fingerprint, now: &pb::Fingerprint) -> Vec<String> {
-    let a: std::collections::BTreeMap<&str, i64> = before
-        .tables
-        .iter()
-        .map(|t| (t.table.as_str(), t.writes))
-        .collect();
-    let b: std::collections::BTreeMap<&str, i64> = now
-        .tables
-        .iter()
-        .map(|t| (t.table.as_str(), t.writes))
-        .collect();
-    let mut out: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| k.to_string())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The fingerprint recorded in a backup.
@@ -368,30 +370,6 @@ pub async fn compare_export(state: &AgentState, id: &str) -> Result<pb::RestoreR
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fp(tables: &[(&str, i64)]) -> pb::Fingerprint {
-        pb::Fingerprint {
-            tables: tables
-                .iter()
-                .map(|(t, w)| pb::TableWrites {
-                    table: t.to_string(),
-                    writes: *w,
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn names_changed_new_and_dropped_tables() {
-        let a = fp(&[("public.routes", 5), ("public.meta", 1), ("public.old", 2)]);
-        let b = fp(&[("public.routes", 6), ("public.meta", 1), ("public.new", 0)]);
-        assert_eq!(
-            changed_tables(&a, &b),
-            ["public.new", "public.old", "public.routes"]
-        );
-        assert!(changed_tables(&a, &a).is_empty());
-    }
 
     #[test]
     fn manifest_round_trip() {

@@ -11,3 +11,4 @@ mod bad_config;
 mod deploy;
 mod mtls;
 mod status;
+mod upgrade;

@@ -33,36 +33,60 @@ pub async fn cp_on_330(sb: &Sandbox, db: &Db) -> Cp {
     Cp { agent, host, addr }
 }
 
-/// A DP host with 3.3.0 and `more` staged, running 3.3.0.
+/// A DP host (dp-1) with 3.3.0 and `more` staged, running 3.3.0.
 pub async fn dp_on_330(
     sb: &Sandbox,
     cp: &Cp,
     more: &[&str],
     extra: &str,
 ) -> (Host, Proc, SocketAddr, AgentClient<Channel>) {
-    let (host, addr) = gateway_host(
-        sb,
-        "dp-1",
-        2,
-        Gw::Dp {
-            cp_url: format!("http://{}", cp.addr),
-        },
-        extra,
-    );
+    dp_named(sb, cp, "dp-1", 2, more, extra).await
+}
+
+/// A DP host `name` on host number `n`, with 3.3.0 and `more` staged,
+/// running 3.3.0.
+pub async fn dp_named(
+    sb: &Sandbox,
+    cp: &Cp,
+    name: &str,
+    n: u8,
+    more: &[&str],
+    extra: &str,
+) -> (Host, Proc, SocketAddr, AgentClient<Channel>) {
+    let cp_url = format!("http://{}", cp.addr);
+    let (host, addr) = gateway_host(sb, name, n, Gw::Dp { cp_url }, extra);
     let agent = host.start_agent();
     let mut c = connect(sb, &host).await;
     for v in std::iter::once(&"3.3.0").chain(more) {
-        success(
-            &stage_file(&mut c, &format!("t/dp-1/stage-{v}"), &release(v))
-                .await
-                .unwrap(),
-        );
+        let op = format!("t/{name}/stage-{v}");
+        success(&stage_file(&mut c, &op, &release(v)).await.unwrap());
     }
-    success(
-        &install(&mut c, "t/dp-1/install-3.3.0", "3.3.0")
-            .await
-            .unwrap(),
-    );
+    let op = format!("t/{name}/install-3.3.0");
+    success(&install(&mut c, &op, "3.3.0").await.unwrap());
     wait_serving(addr, "3.3.0");
     (host, agent, addr, c)
+}
+
+/// A fleet on 3.3.0: one CP and `dps` DPs (dp-1 … on host numbers 2 …),
+/// with an inventory (fleet.toml) whose policy gets `policy` appended.
+pub struct Fleet {
+    pub cp: Cp,
+    pub dps: Vec<(Host, Proc, SocketAddr)>,
+}
+
+pub async fn fleet_on_330(sb: &Sandbox, db: &Db, dps: usize, policy: &str) -> Fleet {
+    let mut names: Vec<(String, u8)> = vec![("cp-1".into(), 1)];
+    names.extend((1..=dps).map(|i| (format!("dp-{i}"), i as u8 + 1)));
+    let refs: Vec<(&str, u8)> = names.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+    sb.certs(&refs);
+    let cp = cp_on_330(sb, db).await;
+    let mut out = Vec::new();
+    for (name, n) in names.iter().skip(1) {
+        let (h, p, a, _) = dp_named(sb, &cp, name, *n, &[], "").await;
+        out.push((h, p, a));
+    }
+    let mut entries = vec![cp.host.entry()];
+    entries.extend(out.iter().map(|(h, _, _)| h.entry()));
+    sb.inventory(&entries, &format!("\n[policy]\nmin_healthy = \"1s\"\nhealth_timeout = \"20s\"\ndrain_timeout = \"5s\"\n{policy}\n"));
+    Fleet { cp, dps: out }
 }

@@ -1,0 +1,172 @@
+//! `rollgate history` and `rollgate show ROLLOUT`: what ran, how it ended,
+//! and each host's timeline, from the rollout journals.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::Failure;
+use crate::inventory::Inventory;
+use crate::output::{Output, print_json, print_table};
+use crate::rollout::lock::fmt_ms;
+use crate::rollout::log::{self, Record, RolloutLog};
+
+#[derive(Debug, Serialize)]
+struct Row {
+    id: String,
+    kind: serde_json::Value,
+    created: String,
+    target: String,
+    outcome: String,
+    reason: String,
+}
+
+fn row(l: &RolloutLog) -> Row {
+    let (outcome, reason) = match &l.outcome {
+        Some((o, r)) => (
+            serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            r.clone(),
+        ),
+        None => (
+            "unfinished".into(),
+            "no end recorded: running, or cut off (rollgate resume)".into(),
+        ),
+    };
+    Row {
+        id: l.spec.id.clone(),
+        kind: serde_json::to_value(&l.spec.kind).unwrap_or_default(),
+        created: fmt_ms(l.spec.created_ms),
+        target: l.spec.target.to_string(),
+        outcome,
+        reason,
+    }
+}
+
+pub fn history(inv: &Inventory, output: Output) -> Result<(), Failure> {
+    let rows: Vec<Row> = log::list(&inv.coordinator.state_dir)
+        .iter()
+        .filter_map(|p| RolloutLog::open(p).ok())
+        .map(|l| row(&l))
+        .collect();
+    match output {
+        Output::Json => print_json(&serde_json::json!({ "rollouts": rows })),
+        Output::Text => print_table(
+            &["ROLLOUT", "KIND", "CREATED", "TARGET", "OUTCOME"],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.kind["kind"].as_str().unwrap_or("").to_string(),
+                        r.created.clone(),
+                        r.target.clone(),
+                        r.outcome.clone(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct StepLine {
+    step: String,
+    op: String,
+    started: String,
+    ended: Option<String>,
+    ok: Option<bool>,
+    elapsed_ms: Option<i64>,
+}
+
+pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
+    let p = log::rollouts_dir(&inv.coordinator.state_dir).join(format!("{id}.jsonl"));
+    let l = RolloutLog::open(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?;
+    let mut hosts: BTreeMap<String, Vec<StepLine>> = BTreeMap::new();
+    let mut begun: BTreeMap<String, i64> = BTreeMap::new();
+    for r in &l.records {
+        match r {
+            Record::Begin {
+                op,
+                host,
+                step,
+                at_ms,
+            } => {
+                begun.insert(op.clone(), *at_ms);
+                hosts.entry(host.clone()).or_default().push(StepLine {
+                    step: step.clone(),
+                    op: op.clone(),
+                    started: fmt_ms(*at_ms),
+                    ended: None,
+                    ok: None,
+                    elapsed_ms: None,
+                });
+            }
+            Record::End {
+                op,
+                host,
+                ok,
+                at_ms,
+                ..
+            } => {
+                if let Some(line) = hosts
+                    .entry(host.clone())
+                    .or_default()
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.op == *op)
+                {
+                    line.ended = Some(fmt_ms(*at_ms));
+                    line.ok = Some(*ok);
+                    line.elapsed_ms = begun.get(op).map(|b| at_ms - b);
+                }
+            }
+            _ => {}
+        }
+    }
+    let summary = row(&l);
+    match output {
+        Output::Json => {
+            print_json(&serde_json::json!({ "rollout": summary, "notes": l.notes, "hosts": hosts }))
+        }
+        Output::Text => {
+            println!(
+                "Rollout {} ({}) → {}: {} — {}",
+                summary.id,
+                summary.kind["kind"].as_str().unwrap_or(""),
+                summary.target,
+                summary.outcome,
+                summary.reason
+            );
+            println!(
+                "created {}; hops {}",
+                summary.created,
+                l.spec
+                    .hops
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            );
+            for (h, steps) in &hosts {
+                println!("\n{h}:");
+                for s in steps {
+                    let status = match s.ok {
+                        Some(true) => "ok",
+                        Some(false) => "FAILED",
+                        None => "no end recorded",
+                    };
+                    let took = s
+                        .elapsed_ms
+                        .map(|ms| format!(" ({:.1}s)", ms as f64 / 1000.0))
+                        .unwrap_or_default();
+                    println!("  {}  {:<18} {status}{took}", s.started, s.step);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The subcommands that drive rollouts, and what they share.
+
+pub mod history;
+pub mod plan;
+pub mod rollback;
+pub mod upgrade;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rollgate::version::Version;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::Failure;
+use crate::client::{Agent, CallPolicy};
+use crate::inventory::Inventory;
+use crate::output::{Output, print_table, yes_no};
+use crate::report::{Event, Reporter};
+use crate::rollout::log::Outcome;
+
+/// First Ctrl-C (or SIGTERM): finish the steps in flight, start nothing new,
+/// stop with "interrupted". Second: leave at once (the journal lets
+/// `resume` re-attach to whatever was in flight).
+pub fn interrupt_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        rollgate::shutdown::signalled().await;
+        eprintln!(
+            "rollgate: interrupted: finishing the steps in flight (Ctrl-C again to leave at once)"
+        );
+        let _ = tx.send(true);
+        rollgate::shutdown::signalled().await;
+        eprintln!("rollgate: leaving now; `rollgate resume` continues the rollout");
+        std::process::exit(i32::from(rollgate::exit::FAILED));
+    });
+    rx
+}
+
+/// Asks for a typed "yes" on a terminal; refuses (blocked) elsewhere.
+pub fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Blocked(format!(
+            "{question} — pass --yes to confirm (no terminal to ask on)"
+        )));
+    }
+    eprint!("{question} Type yes to continue: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::Blocked(format!("cannot read the answer: {e}")))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Failure::Blocked(
+            "not confirmed; nothing was changed".into(),
+        ))
+    }
+}
+
+/// One host as the end-of-rollout report shows it.
+#[derive(Debug, Serialize)]
+pub struct HostState {
+    pub name: String,
+    pub installed: Option<String>,
+    pub running: Option<String>,
+    pub healthy: Option<bool>,
+    pub drain: Option<String>,
+    pub reachable: bool,
+}
+
+/// Asks every agent where its host stands now.
+pub async fn fleet_state(inv: &Inventory) -> Vec<HostState> {
+    let policy = CallPolicy::from_inventory(inv);
+    futures::stream::iter(&inv.hosts)
+        .map(|h| {
+            let policy = policy.clone();
+            async move {
+                let r = async {
+                    let a = Agent::connect(h, inv, &policy).await?;
+                    let hello = a.hello().await?;
+                    let health = a.health_once().await?;
+                    Ok::<_, crate::client::CallError>((hello, health))
+                }
+                .await;
+                match r {
+                    Ok((hello, health)) => HostState {
+                        name: h.name.clone(),
+                        installed: hello.installed.map(|v| v.to_string()),
+                        running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
+                        healthy: Some(health.healthy),
+                        drain: Some(
+                            match health.drain_state() {
+                                rollgate::pb::DrainState::Draining => "drained",
+                                rollgate::pb::DrainState::Maint => "maint",
+                                _ => "in rotation",
+                            }
+                            .to_string(),
+                        ),
+                        reachable: true,
+                    },
+                    Err(_) => HostState {
+                        name: h.name.clone(),
+                        installed: None,
+                        running: None,
+                        healthy: None,
+                        drain: None,
+                        reachable: false,
+                    },
+                }
+            }
+        })
+        .buffered(inv.coordinator.concurrency)
+        .collect()
+        .await
+}
+
+/// Installed versions of every host (all must answer).
+pub async fn installed_versions(inv: &Inventory) -> Result<BTreeMap<String, Version>, Failure> {
+    let mut out = BTreeMap::new();
+    for s in fleet_state(inv).await {
+        if !s.reachable {
+            return Err(Failure::Failed(format!(
+                "{} is not reachable; every host must answer",
+                s.name
+            )));
+        }
+        let Some(v) = s.installed.and_then(|v| v.parse().ok()) else {
+            return Err(Failure::Blocked(format!(
+                "{} has no release installed",
+                s.name
+            )));
+        };
+        out.insert(s.name, v);
+    }
+    Ok(out)
+}
+
+/// Prints how a rollout ended and where every host stands; maps the outcome
+/// to the exit code.
+pub async fn finish(
+    inv: &Inventory,
+    reporter: &Arc<Reporter>,
+    output: Output,
+    rid: &str,
+    outcome: Outcome,
+    reason: String,
+) -> Result<(), Failure> {
+    reporter.finish();
+    let hosts = fleet_state(inv).await;
+    let status = serde_json::to_value(outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut ev =
+        Event::new("rollout", rid, status.clone()).detail(serde_json::json!({ "hosts": hosts }));
+    if outcome != Outcome::Succeeded {
+        ev = ev.error(reason.clone());
+    }
+    if output == Output::Json {
+        reporter.emit(ev);
+    } else {
+        println!("\nRollout {rid}: {status} — {reason}");
+        print_table(
+            &["HOST", "INSTALLED", "RUNNING", "HEALTHY", "LOAD BALANCER"],
+            &hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.installed.clone().unwrap_or_else(|| "-".into()),
+                        h.running.clone().unwrap_or_else(|| "-".into()),
+                        yes_no(h.healthy),
+                        h.drain.clone().unwrap_or_else(|| "unreachable".into()),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    match outcome {
+        Outcome::Succeeded => Ok(()),
+        Outcome::Interrupted => Err(Failure::Failed(format!(
+            "rollout {rid} interrupted: `rollgate resume` continues it"
+        ))),
+        _ => Err(Failure::Failed(format!("rollout {rid} {status}: {reason}"))),
+    }
+}

@@ -1,0 +1,311 @@
+//! `rollgate plan`: the path, the breaking changes on it, and a preflight of
+//! every host. Read-only. Exit 0 when the plan can run, 2 when blocked.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use futures::StreamExt;
+use rollgate::catalog::{Artifact, Catalog, Release};
+use rollgate::role::Role;
+use rollgate::version::Version;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::client::{Agent, CallPolicy, Hello};
+use crate::inventory::{Host, Inventory};
+use crate::planner;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostCheck {
+    pub name: String,
+    pub role: Role,
+    pub version: Option<String>,
+    pub healthy: bool,
+    pub reachable: bool,
+    /// The release the host can go back to (its current one, kept on disk).
+    pub rollback_to: Option<String>,
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub version: String,
+    pub change: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub from: Option<String>,
+    pub to: String,
+    pub hops: Vec<String>,
+    pub breaking_changes: Vec<Change>,
+    pub hosts: Vec<HostCheck>,
+    /// Why the plan cannot run; empty when it can.
+    pub blocked: Vec<String>,
+    pub runnable: bool,
+    #[serde(skip)]
+    pub from_versions: BTreeMap<String, Version>,
+    #[serde(skip)]
+    pub hop_versions: Vec<Version>,
+}
+
+struct Seen {
+    host: Host,
+    hello: Result<(Hello, bool), String>,
+}
+
+async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
+    let hello = async {
+        let a = Agent::connect_retrying(host, inv, policy).await?;
+        let hello = a.hello().await?;
+        let health = a.health_once().await?;
+        Ok::<_, crate::client::CallError>((hello, health.healthy))
+    }
+    .await
+    .map_err(|e| e.to_string());
+    Seen {
+        host: host.clone(),
+        hello,
+    }
+}
+
+/// Plans an upgrade of the fleet to `to`.
+pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanReport {
+    let policy = CallPolicy::from_inventory(inv);
+    let seen: Vec<Seen> = futures::stream::iter(&inv.hosts)
+        .map(|h| look(h, inv, &policy))
+        .buffered(inv.coordinator.concurrency)
+        .collect()
+        .await;
+    let mut blocked = Vec::new();
+    let mut checks = Vec::new();
+    let mut from_versions = BTreeMap::new();
+    for s in &seen {
+        let mut c = HostCheck {
+            name: s.host.name.clone(),
+            role: s.host.role,
+            version: None,
+            healthy: false,
+            reachable: s.hello.is_ok(),
+            rollback_to: None,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+        };
+        match &s.hello {
+            Err(e) => c.problems.push(format!("agent not reachable: {e}")),
+            Ok((hello, healthy)) => {
+                c.healthy = *healthy;
+                if !healthy {
+                    c.problems.push("the gateway is not healthy".into());
+                }
+                match &hello.installed {
+                    Some(v) => {
+                        c.version = Some(v.to_string());
+                        c.rollback_to = Some(v.to_string());
+                        from_versions.insert(s.host.name.clone(), v.clone());
+                    }
+                    None => c.problems.push("no release is installed".into()),
+                }
+                if s.host.role == Role::Cp && !hello.database_backup {
+                    c.problems.push("the agent has no [backup] configured: the upgrade needs a verified CP backup".into());
+                }
+            }
+        }
+        checks.push(c);
+    }
+
+    let from = from_versions.values().min().cloned();
+    let hops = match &from {
+        Some(f) => match planner::path(f, to, &catalog.releases) {
+            Ok(h) => h,
+            Err(e) => {
+                blocked.push(e.to_string());
+                Vec::new()
+            }
+        },
+        None => {
+            if catalog.get(to).is_none() {
+                blocked.push(planner::Refusal::NotInCatalog(to.clone()).to_string());
+            }
+            Vec::new()
+        }
+    };
+    // A host newer than the target would be downgraded: refuse.
+    for (name, v) in &from_versions {
+        if v > to {
+            blocked.push(format!(
+                "{name} runs {v}, newer than the target {to}: that is a rollback, not an upgrade"
+            ));
+        }
+    }
+    let breaking = from
+        .as_ref()
+        .map(|f| {
+            planner::breaking_changes(f, to, &catalog.releases)
+                .into_iter()
+                .map(|(v, c)| Change {
+                    version: v.to_string(),
+                    change: c.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    if !hops.is_empty() {
+        let dps: Vec<Version> = seen
+            .iter()
+            .filter(|s| s.host.role == Role::Dp)
+            .filter_map(|s| from_versions.get(&s.host.name).cloned())
+            .collect();
+        for (hop, dp, why) in planner::dp_compat_per_hop(&dps, &hops, &catalog.releases) {
+            blocked.push(format!(
+                "at hop {hop}: a DP on {dp} would be incompatible with the CP: {why}"
+            ));
+        }
+        for (c, s) in checks.iter_mut().zip(&seen) {
+            let Ok((hello, _)) = &s.hello else { continue };
+            let Some(v) = &hello.installed else { continue };
+            let need: u64 = hops
+                .iter()
+                .filter(|h| *h > v)
+                .filter_map(|h| catalog.get(h))
+                .map(|r| r.size)
+                .sum();
+            if hello.disk_free_bytes < need * 2 {
+                c.problems.push(format!(
+                    "{} bytes free at the install root; the artifacts need twice their {need} bytes",
+                    hello.disk_free_bytes
+                ));
+            }
+            if let Some(target) = hops.last().and_then(|h| catalog.get(h)) {
+                c.warnings.extend(plugin_differences(hello, target));
+            }
+        }
+    }
+    for c in &checks {
+        for p in &c.problems {
+            blocked.push(format!("{}: {p}", c.name));
+        }
+    }
+    PlanReport {
+        from: from.as_ref().map(ToString::to_string),
+        to: to.to_string(),
+        hops: hops.iter().map(ToString::to_string).collect(),
+        breaking_changes: breaking,
+        runnable: blocked.is_empty(),
+        blocked,
+        hosts: checks,
+        from_versions,
+        hop_versions: hops,
+    }
+}
+
+/// Custom plugin files on the host that the target release does not have,
+/// or has with other content: they need testing (runbook step 3).
+fn plugin_differences(hello: &Hello, target: &Release) -> Vec<String> {
+    if hello.custom_plugin_files.is_empty() {
+        return Vec::new();
+    }
+    let Artifact::File(path) = &target.artifact else {
+        return vec![format!(
+            "custom plugins not compared: {} is a URL artifact",
+            target.version
+        )];
+    };
+    let entries = match artifact_hashes(path) {
+        Ok(e) => e,
+        Err(e) => return vec![format!("custom plugins not compared: {e}")],
+    };
+    hello
+        .custom_plugin_files
+        .iter()
+        .filter_map(|(p, sha)| match entries.get(p) {
+            Some(s) if s == sha => None,
+            Some(_) => Some(format!(
+                "custom plugin {p} differs from {}: test it",
+                target.version
+            )),
+            None => Some(format!(
+                "custom plugin {p} is not in {}: test it",
+                target.version
+            )),
+        })
+        .collect()
+}
+
+/// path → sha256 of every file in a release artifact.
+fn artifact_hashes(path: &std::path::Path) -> Result<BTreeMap<String, String>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut out = BTreeMap::new();
+    for e in tar.entries().map_err(|e| e.to_string())? {
+        let mut e = e.map_err(|e| e.to_string())?;
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let p = e
+            .path()
+            .map_err(|e| e.to_string())?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).map_err(|e| e.to_string())?;
+        out.insert(p, hex::encode(Sha256::digest(&data)));
+    }
+    Ok(out)
+}
+
+pub fn print_text(r: &PlanReport) {
+    println!(
+        "Upgrade plan: {} → {}",
+        r.from.as_deref().unwrap_or("?"),
+        r.to
+    );
+    if r.hops.is_empty() && r.blocked.is_empty() {
+        println!("  nothing to do: the fleet is on {}", r.to);
+    } else if !r.hops.is_empty() {
+        println!("  path: {}", r.hops.join(" → "));
+    }
+    if !r.breaking_changes.is_empty() {
+        println!("\nBreaking changes you must read before upgrading:");
+        for c in &r.breaking_changes {
+            println!("  {}: {}", c.version, c.change);
+        }
+    }
+    println!("\nPreflight:");
+    crate::output::print_table(
+        &["HOST", "ROLE", "VERSION", "HEALTHY", "ROLLBACK TO", "CHECK"],
+        &r.hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.name.clone(),
+                    h.role.to_string(),
+                    h.version.clone().unwrap_or_else(|| "-".into()),
+                    crate::output::yes_no(Some(h.healthy)),
+                    h.rollback_to.clone().unwrap_or_else(|| "-".into()),
+                    if h.problems.is_empty() {
+                        "ok".into()
+                    } else {
+                        h.problems.join("; ")
+                    },
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    for h in &r.hosts {
+        for w in &h.warnings {
+            println!("  warning: {}: {w}", h.name);
+        }
+    }
+    if r.blocked.is_empty() {
+        println!("\nThe plan can run.");
+    } else {
+        println!("\nBlocked:");
+        for b in &r.blocked {
+            println!("  - {b}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `rollgate upgrade`, `rollgate resume` and `rollgate backup`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rollgate::catalog::Catalog;
+use rollgate::role::Role;
+use rollgate::version::Version;
+
+use super::plan::{self, PlanReport};
+use super::{confirm, finish, interrupt_signal};
+use crate::Failure;
+use crate::batch::BatchSize;
+use crate::fleet::GrpcFleet;
+use crate::inventory::{Inventory, Policy};
+use crate::output::Output;
+use crate::report::{Event, Reporter};
+use crate::rollout::driver::Driver;
+use crate::rollout::lock;
+use crate::rollout::log::{self, Outcome, RolloutLog, now_ms};
+use crate::rollout::spec::{HostPlan, Kind, PolicySnap, RolloutSpec, new_id};
+use crate::rollout::steps::Ctx;
+
+/// Flags that override the inventory's `[policy]`.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub batch: Option<BatchSize>,
+    pub canary: Option<usize>,
+    pub min_healthy: Option<Duration>,
+    pub max_failures: Option<usize>,
+}
+
+impl Overrides {
+    pub fn apply(&self, p: &Policy) -> Policy {
+        let mut p = p.clone();
+        if let Some(b) = self.batch {
+            p.batch = b;
+        }
+        if let Some(c) = self.canary {
+            p.canary = c;
+        }
+        if let Some(m) = self.min_healthy {
+            p.min_healthy = m;
+        }
+        if let Some(m) = self.max_failures {
+            p.max_failures = m;
+        }
+        p
+    }
+}
+
+pub struct UpgradeArgs {
+    pub to: Version,
+    pub overrides: Overrides,
+    pub yes: bool,
+    pub dry_run: bool,
+    pub output: Output,
+}
+
+/// The step deadline: long enough for the slowest step (a backup, a start
+/// with its health gate), short enough that a stuck agent is noticed.
+fn step_deadline(p: &Policy) -> Duration {
+    (p.health_timeout + p.min_healthy + p.drain_timeout) * 2 + Duration::from_secs(600)
+}
+
+fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
+    Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
+}
+
+/// The rollout that was cut off (no end, or interrupted), if any.
+pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
+    let last = log::list(state_dir).into_iter().last()?;
+    let l = RolloutLog::open(&last).ok()?;
+    match &l.outcome {
+        None | Some((Outcome::Interrupted, _)) => Some(l),
+        _ => None,
+    }
+}
+
+pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {
+    let catalog = load_catalog(catalog_path)?;
+    if catalog.get(&a.to).is_none() {
+        return Err(Failure::Blocked(format!(
+            "{} is not in the catalog {}",
+            a.to,
+            catalog_path.display()
+        )));
+    }
+    let state_dir = inv.coordinator.state_dir.clone();
+    let rid = new_id("r");
+    let _lock = lock::acquire(&state_dir, &rid, "upgrade").map_err(Failure::Failed)?;
+    if let Some(l) = unfinished(&state_dir) {
+        return Err(Failure::Blocked(format!(
+            "rollout {} was cut off; continue it with `rollgate resume` or undo it with `rollgate rollback {}`",
+            l.spec.id, l.spec.id
+        )));
+    }
+    let report = plan::plan(&inv, &catalog, &a.to).await;
+    match a.output {
+        // One event per line, like every other event of the rollout.
+        Output::Json => println!("{}", serde_json::json!({ "event": "plan", "plan": report })),
+        Output::Text => plan::print_text(&report),
+    }
+    if !report.runnable {
+        return Err(Failure::Blocked(format!(
+            "the plan is blocked: {}",
+            report.blocked.join("; ")
+        )));
+    }
+    if report.hop_versions.is_empty() {
+        return Ok(());
+    }
+    let policy = a.overrides.apply(&inv.policy);
+    if policy.canary == 0 {
+        return Err(Failure::Usage("--canary must be at least 1".into()));
+    }
+    let spec = RolloutSpec {
+        id: rid.clone(),
+        kind: Kind::Upgrade,
+        inventory: absolute(&inv.path),
+        catalog: Some(absolute(catalog_path)),
+        created_ms: now_ms(),
+        target: a.to.clone(),
+        hops: report.hop_versions.clone(),
+        hosts: host_plans(&inv, &report),
+        policy: PolicySnap::from_policy(&policy),
+        backup_id: inv.by_role(Role::Cp).next().map(|_| rid.clone()),
+    };
+    if a.dry_run {
+        print_steps(&spec);
+        return Ok(());
+    }
+    if !report.breaking_changes.is_empty() {
+        confirm(
+            &format!(
+                "{} breaking change(s) between {} and {} (listed above).",
+                report.breaking_changes.len(),
+                report.from.as_deref().unwrap_or("?"),
+                a.to
+            ),
+            a.yes,
+        )?;
+    }
+    let log = RolloutLog::create(&state_dir, spec)
+        .map_err(|e| Failure::Failed(format!("cannot create the rollout journal: {e}")))?;
+    drive(inv, Some(catalog), log, a.output, false).await
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn host_plans(inv: &Inventory, report: &PlanReport) -> Vec<HostPlan> {
+    inv.hosts
+        .iter()
+        .filter_map(|h| {
+            Some(HostPlan {
+                name: h.name.clone(),
+                role: h.role,
+                from: report.from_versions.get(&h.name)?.clone(),
+            })
+        })
+        .collect()
+}
+
+/// `--dry-run`: every step, in order, with its operation id.
+fn print_steps(spec: &RolloutSpec) {
+    use crate::rollout::steps::op_id;
+    println!("\nDry run of rollout {} (nothing is changed):", spec.id);
+    let mut n = 0;
+    let mut step = |text: String| {
+        n += 1;
+        println!("  {n:>3}. {text}");
+    };
+    for hop in &spec.hops {
+        for h in spec.hosts.iter().filter(|h| h.from < *hop) {
+            step(format!(
+                "stage {hop} on {} [{}]",
+                h.name,
+                op_id(&spec.id, &h.name, "stage", Some(hop))
+            ));
+        }
+    }
+    if let Some(cp) = spec.cps().first() {
+        step(format!(
+            "back up the database on {} and copy the backup here [{}]",
+            cp.name,
+            op_id(&spec.id, &cp.name, "backup", None)
+        ));
+    }
+    for hop in &spec.hops {
+        let cps = spec.needing(Role::Cp, hop);
+        if let Some(cp) = cps.first() {
+            step(format!(
+                "write-freeze guard: the DB fingerprint on {} must equal the baseline",
+                cp.name
+            ));
+        }
+        for cp in cps {
+            step(format!(
+                "install {hop} on CP {} (health gate) [{}]",
+                cp.name,
+                op_id(&spec.id, &cp.name, "install", Some(hop))
+            ));
+        }
+        for (b, hosts) in spec.batches(hop).iter().enumerate() {
+            let label = if b == 0 {
+                "canary batch".to_string()
+            } else {
+                format!("batch {b}")
+            };
+            step(format!(
+                "{label}: drain → install {hop} → undrain on {}; then hold healthy for {}ms",
+                hosts.join(", "),
+                spec.policy.min_healthy_ms
+            ));
+        }
+    }
+}
+
+/// Runs (or resumes) the rollout in `log` to its end.
+pub async fn drive(
+    inv: Inventory,
+    catalog: Option<Catalog>,
+    log: RolloutLog,
+    output: Output,
+    resuming: bool,
+) -> Result<(), Failure> {
+    let inv = Arc::new(inv);
+    let spec = log.spec.clone();
+    let reporter = Arc::new(Reporter::new(output));
+    let fleet = Arc::new(GrpcFleet::new(inv.clone(), step_deadline(&inv.policy)));
+    let ctx = Arc::new(Ctx {
+        fleet,
+        log: Mutex::new(log),
+        reporter: reporter.clone(),
+        rid: spec.id.clone(),
+        policy: spec.policy.clone(),
+    });
+    reporter.set_total(total_steps(&spec));
+    let status = if resuming { "resumed" } else { "started" };
+    reporter.emit(Event::new("rollout", &spec.id, status).detail(
+        serde_json::json!({ "target": spec.target, "hops": spec.hops, "kind": spec.kind }),
+    ));
+    let mut driver = Driver::new(
+        ctx,
+        catalog,
+        inv.coordinator.state_dir.clone(),
+        interrupt_signal(),
+    );
+    let (outcome, reason) = match &spec.kind {
+        Kind::Upgrade => driver.upgrade().await,
+        Kind::Rollback { .. } => {
+            let current = super::installed_versions(&inv).await?;
+            driver.rollback(&current).await
+        }
+        Kind::Backup => driver.backup_only().await,
+    };
+    finish(&inv, &reporter, output, &spec.id, outcome, reason).await
+}
+
+fn total_steps(spec: &RolloutSpec) -> u64 {
+    let mut n = 0u64;
+    for hop in &spec.hops {
+        n += spec.hosts.iter().filter(|h| h.from < *hop).count() as u64; // stage
+        n += spec.needing(Role::Cp, hop).len() as u64;
+        n += 3 * spec.needing(Role::Dp, hop).len() as u64;
+    }
+    n + u64::from(!spec.cps().is_empty())
+}
+
+/// `rollgate resume`: continues a rollout cut off by a crash or Ctrl-C.
+pub async fn resume(
+    inv: Inventory,
+    rollout: Option<String>,
+    output: Output,
+) -> Result<(), Failure> {
+    let state_dir = inv.coordinator.state_dir.clone();
+    let log = match rollout {
+        Some(id) => {
+            let p = log::rollouts_dir(&state_dir).join(format!("{id}.jsonl"));
+            RolloutLog::open(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?
+        }
+        None => unfinished(&state_dir)
+            .ok_or_else(|| Failure::Usage("no rollout to resume: the last one ended".into()))?,
+    };
+    if let Some((o, why)) = &log.outcome {
+        if *o != Outcome::Interrupted {
+            return Err(Failure::Usage(format!(
+                "rollout {} ended ({o:?}: {why}); only an interrupted rollout can be resumed",
+                log.spec.id
+            )));
+        }
+    }
+    let _lock = lock::acquire(&state_dir, &log.spec.id, "resume").map_err(Failure::Failed)?;
+    let catalog = match &log.spec.catalog {
+        Some(p) => Some(load_catalog(p)?),
+        None => None,
+    };
+    drive(inv, catalog, log, output, true).await
+}
+
+/// `rollgate backup`: the upgrade's backup phase alone.
+pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
+    let state_dir = inv.coordinator.state_dir.clone();
+    let rid = new_id("b");
+    let _lock = lock::acquire(&state_dir, &rid, "backup").map_err(Failure::Failed)?;
+    let current = super::installed_versions(&inv).await?;
+    let Some(cp) = inv.by_role(Role::Cp).next() else {
+        return Err(Failure::Usage(
+            "the inventory has no CP host to back up".into(),
+        ));
+    };
+    let v = current
+        .get(&cp.name)
+        .cloned()
+        .ok_or_else(|| Failure::Failed(format!("{} has no release", cp.name)))?;
+    let spec = RolloutSpec {
+        id: rid.clone(),
+        kind: Kind::Backup,
+        inventory: absolute(&inv.path),
+        catalog: None,
+        created_ms: now_ms(),
+        target: v.clone(),
+        hops: Vec::new(),
+        hosts: vec![HostPlan {
+            name: cp.name.clone(),
+            role: Role::Cp,
+            from: v,
+        }],
+        policy: PolicySnap::from_policy(&inv.policy),
+        backup_id: Some(rid.clone()),
+    };
+    let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
+    drive(inv, None, log, output, false).await
+}

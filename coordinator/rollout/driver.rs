@@ -1,0 +1,864 @@
+//! The rollout driver: one owner task that walks the plan — stage
+//! everywhere, back up the CP, then per hop: write-freeze guard, CPs one at a
+//! time, DP batches (canary first) — while it watches every host's health.
+//!
+//! The lifecycle, as the journal records it:
+//!
+//! * **Staging** — artifacts go to every host, bounded in parallel. Nothing
+//!   changes on a host yet; a failure halts with the fleet untouched.
+//! * **Backup** — the first CP takes a verified backup; the coordinator keeps
+//!   a copy. No backup, no upgrade.
+//! * **Guard** — just before a hop's first CP swap, the DB fingerprint must
+//!   equal the baseline; a change halts, naming the tables written.
+//! * **CP** — each CP installs with the agent's health gate; a failure (the
+//!   agent reverts it) halts before any DP is touched.
+//! * **DP batches** — per host drain → install → undrain, hosts of a batch in
+//!   parallel; then the batch must stay healthy for `min_healthy`. A failed
+//!   host is back on its old release (the agent reverted it); beyond the
+//!   failure budget the rollout halts, within it the host is quarantined.
+//! * Throughout, an alarm (an upgraded host unhealthy, an agent silent) halts
+//!   the rollout: steps in flight finish, nothing new starts.
+//!
+//! Each step is journalled before it is called; on `resume` the driver walks
+//! the same plan and skips what the journal shows done.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::{AbortHandle, Abortable};
+use futures::stream::FuturesUnordered;
+use rollgate::catalog::Catalog;
+use rollgate::pb;
+use rollgate::role::Role;
+use rollgate::version::Version;
+use tokio::sync::{mpsc, watch};
+
+use super::log::{Outcome, Record, now_ms};
+use super::monitor::{Alarm, Monitor};
+use super::steps::{Ctx, op_id};
+use crate::fleet::{FleetApi, HealthUpdate, StepFailure};
+use crate::report::Event;
+
+/// How often health is streamed during a rollout: two bad reports in a row
+/// (the alarm threshold) fit in well under a second.
+pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the rollout stopped early.
+#[derive(Debug, Clone)]
+pub enum Halt {
+    Step {
+        host: String,
+        step: String,
+        failure: StepFailure,
+    },
+    Alarm(Alarm),
+    Guard {
+        tables: Vec<String>,
+        export_changed: bool,
+    },
+    Budget {
+        failed: Vec<String>,
+    },
+    Interrupted,
+    Other(String),
+}
+
+impl std::fmt::Display for Halt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Halt::Step {
+                host,
+                step,
+                failure,
+            } => write!(f, "{host}: {step} failed: {failure}"),
+            Halt::Alarm(a) => write!(f, "{a}"),
+            Halt::Guard {
+                tables,
+                export_changed,
+            } => write!(
+                f,
+                "the database was written after the backup (tables: {}{}); the CP was not touched",
+                if tables.is_empty() {
+                    "none".to_string()
+                } else {
+                    tables.join(", ")
+                },
+                if *export_changed {
+                    "; the declarative export changed"
+                } else {
+                    ""
+                }
+            ),
+            Halt::Budget { failed } => write!(
+                f,
+                "more hosts failed than --max-failures allows: {}",
+                failed.join(", ")
+            ),
+            Halt::Interrupted => write!(
+                f,
+                "interrupted by the operator; run `rollgate resume` to continue"
+            ),
+            Halt::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// How one host's batch sequence ended.
+#[derive(Debug, Clone)]
+pub enum HostEnd {
+    Done,
+    Failed {
+        step: String,
+        failure: StepFailure,
+        left_drained: bool,
+    },
+}
+
+pub struct Driver<F: FleetApi> {
+    pub ctx: Arc<Ctx<F>>,
+    pub catalog: Option<Catalog>,
+    pub state_dir: PathBuf,
+    pub monitor: Monitor,
+    health_rx: mpsc::Receiver<HealthUpdate>,
+    interrupt: watch::Receiver<bool>,
+    /// Hosts quarantined after a failure within the budget.
+    pub quarantined: Vec<String>,
+}
+
+impl<F: FleetApi> Driver<F> {
+    pub fn new(
+        ctx: Arc<Ctx<F>>,
+        catalog: Option<Catalog>,
+        state_dir: PathBuf,
+        interrupt: watch::Receiver<bool>,
+    ) -> Self {
+        let (spec_hosts, silence) = {
+            let log = ctx.log();
+            (
+                log.spec
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.clone())
+                    .collect::<Vec<_>>(),
+                log.spec.policy.agent_silence(),
+            )
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        ctx.fleet.watch(&spec_hosts, HEALTH_INTERVAL, tx);
+        Driver {
+            monitor: Monitor::new(&spec_hosts, silence),
+            ctx,
+            catalog,
+            state_dir,
+            health_rx: rx,
+            interrupt,
+            quarantined: Vec::new(),
+        }
+    }
+
+    fn rid(&self) -> String {
+        self.ctx.rid.clone()
+    }
+
+    fn emit(&self, e: Event) {
+        self.ctx.reporter.emit(e);
+    }
+
+    fn interrupted(&self) -> bool {
+        *self.interrupt.borrow()
+    }
+
+    /// Waits for `fut` while keeping the health picture current. An alarm
+    /// about `own_host` (the host `fut` works on) abandons `fut`; any other
+    /// alarm is returned once `fut` is done.
+    pub async fn monitored<T>(
+        &mut self,
+        own_host: Option<&str>,
+        fut: impl std::future::Future<Output = T>,
+    ) -> (Option<T>, Option<Halt>) {
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut halt = None;
+        loop {
+            tokio::select! {
+                out = &mut fut => return (Some(out), halt.or_else(|| self.check())),
+                Some(u) = self.health_rx.recv() => self.monitor.update(u),
+                _ = tick.tick() => {}
+                _ = self.interrupt.changed() => {}
+            }
+            if halt.is_none() {
+                halt = self.check();
+            }
+            if let Some(Halt::Alarm(a)) = &halt {
+                if Some(a.host()) == own_host {
+                    return (None, halt);
+                }
+            }
+        }
+    }
+
+    /// The current reason to halt, if any. Health updates that queued up
+    /// while the driver was busy are taken in first, so a silence is never
+    /// judged on stale bookkeeping.
+    fn check(&mut self) -> Option<Halt> {
+        while let Ok(u) = self.health_rx.try_recv() {
+            self.monitor.update(u);
+        }
+        if self.interrupted() {
+            return Some(Halt::Interrupted);
+        }
+        self.monitor.alarm().map(Halt::Alarm)
+    }
+
+    /// Lets health catch up for `d`, halting on an alarm.
+    pub async fn hold(&mut self, d: Duration) -> Option<Halt> {
+        self.monitored(None, tokio::time::sleep(d)).await.1
+    }
+
+    /// Runs the whole upgrade; returns how it ended and why.
+    pub async fn upgrade(&mut self) -> (Outcome, String) {
+        let r = self.upgrade_inner().await;
+        self.conclude(r)
+    }
+
+    pub fn conclude(&mut self, r: Result<(), Halt>) -> (Outcome, String) {
+        let (outcome, reason) = match r {
+            Ok(()) if self.quarantined.is_empty() => (
+                Outcome::Succeeded,
+                "every host is on the target".to_string(),
+            ),
+            Ok(()) => (
+                Outcome::Quarantined,
+                format!(
+                    "done, with quarantined hosts on their old release: {}",
+                    self.quarantined.join(", ")
+                ),
+            ),
+            Err(Halt::Interrupted) => (Outcome::Interrupted, Halt::Interrupted.to_string()),
+            Err(h) => (Outcome::Halted, h.to_string()),
+        };
+        let _ = self.ctx.log().append(Record::Ended {
+            outcome,
+            reason: reason.clone(),
+            at_ms: now_ms(),
+        });
+        (outcome, reason)
+    }
+
+    async fn upgrade_inner(&mut self) -> Result<(), Halt> {
+        let spec = self.ctx.log().spec.clone();
+        // Give every watch its first report before judging anything.
+        if let Some(h) = self.hold(HEALTH_INTERVAL * 3).await {
+            return Err(h);
+        }
+        self.stage_all(&spec.hops).await?;
+        let cps: Vec<String> = spec.cps().iter().map(|h| h.name.clone()).collect();
+        if let Some(cp) = cps.first() {
+            self.backup(cp).await?;
+        }
+        for (i, hop) in spec.hops.iter().enumerate() {
+            self.emit(Event::new("hop", &self.rid(), "started").hop(hop));
+            let cps_needing: Vec<String> = spec
+                .needing(Role::Cp, hop)
+                .iter()
+                .map(|h| h.name.clone())
+                .collect();
+            if let Some(first) = cps_needing.first() {
+                self.guard(first, i, hop).await?;
+            }
+            for cp in &cps_needing {
+                self.install_cp(cp, hop).await?;
+            }
+            if let Some(cp) = cps.first().filter(|_| i + 1 < spec.hops.len()) {
+                self.note_baseline(cp, i + 1).await?;
+            }
+            for (b, hosts) in spec.batches(hop).into_iter().enumerate() {
+                let hosts: Vec<String> = hosts
+                    .into_iter()
+                    .filter(|h| !self.quarantined.contains(h))
+                    .collect();
+                if hosts.is_empty() {
+                    continue;
+                }
+                self.dp_batch(hop, b, hosts).await?;
+            }
+            self.emit(Event::new("hop", &self.rid(), "succeeded").hop(hop));
+        }
+        Ok(())
+    }
+
+    /// `rollgate backup`: the backup phase alone.
+    pub async fn backup_only(&mut self) -> (Outcome, String) {
+        let cp = self.ctx.log().spec.cps().first().map(|h| h.name.clone());
+        let r = match cp {
+            None => Err(Halt::Other("no CP host to back up".into())),
+            Some(cp) => match self.hold(HEALTH_INTERVAL * 3).await {
+                Some(h) => Err(h),
+                None => self.backup(&cp).await,
+            },
+        };
+        self.conclude(r)
+    }
+
+    /// Puts every hop's artifact on every host that needs it, in parallel.
+    async fn stage_all(&mut self, hops: &[Version]) -> Result<(), Halt> {
+        let spec = self.ctx.log().spec.clone();
+        let Some(catalog) = self.catalog.clone() else {
+            return Err(Halt::Other("no release catalog to stage from".into()));
+        };
+        let mut jobs = Vec::new();
+        for hop in hops {
+            let Some(rel) = catalog.get(hop).cloned() else {
+                return Err(Halt::Other(format!(
+                    "{hop} is not in the catalog {}",
+                    catalog.path.display()
+                )));
+            };
+            for h in spec.hosts.iter().filter(|h| h.from < *hop) {
+                jobs.push((h.name.clone(), rel.clone()));
+            }
+        }
+        let ctx = self.ctx.clone();
+        let work = futures::stream::iter(jobs)
+            .map(|(host, rel)| {
+                let ctx = ctx.clone();
+                async move {
+                    let v = rel.version.clone();
+                    let op = op_id(&ctx.rid, &host, "stage", Some(&v));
+                    let mut r = ctx
+                        .run(&host, "stage", Some(&v), &op, || {
+                            ctx.fleet.stage(&host, &op, &rel)
+                        })
+                        .await;
+                    // A stage cut off by an agent restart was cleaned up: once more.
+                    if matches!(&r, Err(f) if f.is_interrupted()) {
+                        let op2 = format!("{op}.2");
+                        r = ctx
+                            .run(&host, "stage", Some(&v), &op2, || {
+                                ctx.fleet.stage(&host, &op2, &rel)
+                            })
+                            .await;
+                    }
+                    (host, r)
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>();
+        let (out, halt) = self.monitored(None, work).await;
+        for (host, r) in out.unwrap_or_default() {
+            if let Err(failure) = r {
+                return Err(Halt::Step {
+                    host,
+                    step: "stage".into(),
+                    failure,
+                });
+            }
+        }
+        halt.map_or(Ok(()), Err)
+    }
+
+    /// The verified CP backup, and a copy of it in the coordinator's state dir.
+    async fn backup(&mut self, cp: &str) -> Result<(), Halt> {
+        let rid = self.rid();
+        let op = op_id(&rid, cp, "backup", None);
+        let ctx = self.ctx.clone();
+        let (r, halt) = self
+            .monitored(
+                Some(cp),
+                ctx.run(cp, "backup", None, &op, || ctx.fleet.backup(cp, &op, &rid)),
+            )
+            .await;
+        if let Some(h) = halt {
+            return Err(h);
+        }
+        let detail = match r {
+            Some(Ok(d)) => d,
+            Some(Err(failure)) => {
+                return Err(Halt::Step {
+                    host: cp.into(),
+                    step: "backup".into(),
+                    failure,
+                });
+            }
+            None => return Err(Halt::Other("backup abandoned".into())),
+        };
+        let pb::success::Detail::Backup(b) = detail else {
+            return Err(Halt::Other("the backup step returned no backup".into()));
+        };
+        if self.ctx.log().notes.contains_key("backup_copy") {
+            return Ok(());
+        }
+        let into = self.state_dir.join("backups").join(&rid);
+        let copy = self.ctx.fleet.fetch_backup(cp, &rid, &b.files, &into).await;
+        match copy {
+            Ok(()) => {
+                let _ = self.ctx.log().note(
+                    "backup_copy",
+                    serde_json::json!({ "dir": into, "host_dir": b.dir, "files": b.files.len() }),
+                );
+                self.emit(
+                    Event::new("step", &rid, "succeeded")
+                        .host(cp)
+                        .step("backup-copy")
+                        .detail(serde_json::json!({ "dir": into })),
+                );
+                Ok(())
+            }
+            Err(e) => Err(Halt::Other(format!(
+                "cannot copy the backup from {cp}: {e}"
+            ))),
+        }
+    }
+
+    /// The write-freeze guard before hop `i`'s first CP swap.
+    async fn guard(&mut self, cp: &str, i: usize, hop: &Version) -> Result<(), Halt> {
+        let rid = self.rid();
+        let install_op = op_id(&rid, cp, "install", Some(hop));
+        let begun = self
+            .ctx
+            .log()
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::Begin { op, .. } if *op == install_op));
+        if begun {
+            return Ok(()); // the swap already started: too late to guard, and no need
+        }
+        let baseline = if i == 0 { rid.clone() } else { String::new() };
+        let ctx = self.ctx.clone();
+        let (r, halt) = self
+            .monitored(Some(cp), ctx.fleet.fingerprint(cp, &baseline))
+            .await;
+        if let Some(h) = halt {
+            return Err(h);
+        }
+        let resp = match r {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
+                return Err(Halt::Other(format!(
+                    "{cp}: cannot read the DB fingerprint: {e}"
+                )));
+            }
+            None => return Err(Halt::Other("fingerprint abandoned".into())),
+        };
+        let (tables, export_changed) = if i == 0 {
+            (resp.changed_tables, resp.export_changed)
+        } else {
+            let key = format!("baseline:{i}");
+            let Some(before) = self
+                .ctx
+                .log()
+                .notes
+                .get(&key)
+                .cloned()
+                .and_then(|v| serde_json::from_value::<pb::Fingerprint>(v).ok())
+            else {
+                return Ok(());
+            };
+            let now = resp.current.unwrap_or_default();
+            (
+                rollgate::fingerprint::changed_tables(&before, &now),
+                before.export_sha256 != now.export_sha256,
+            )
+        };
+        let ok = tables.is_empty() && !export_changed;
+        self.emit(
+            Event::new("step", &rid, if ok { "succeeded" } else { "failed" })
+                .host(cp)
+                .step("write-freeze-guard")
+                .hop(hop)
+                .detail(serde_json::json!({ "changed_tables": tables, "export_changed": export_changed })),
+        );
+        if ok {
+            Ok(())
+        } else {
+            Err(Halt::Guard {
+                tables,
+                export_changed,
+            })
+        }
+    }
+
+    /// Records the DB fingerprint after a hop's CPs: the next hop's baseline.
+    async fn note_baseline(&mut self, cp: &str, next: usize) -> Result<(), Halt> {
+        let key = format!("baseline:{next}");
+        if self.ctx.log().notes.contains_key(&key) {
+            return Ok(());
+        }
+        let ctx = self.ctx.clone();
+        let (r, halt) = self
+            .monitored(Some(cp), ctx.fleet.fingerprint(cp, ""))
+            .await;
+        if let Some(h) = halt {
+            return Err(h);
+        }
+        match r {
+            Some(Ok(r)) => {
+                let v = serde_json::to_value(r.current.unwrap_or_default()).unwrap_or_default();
+                self.ctx
+                    .log()
+                    .note(&key, v)
+                    .map_err(|e| Halt::Other(format!("cannot write the journal: {e}")))
+            }
+            Some(Err(e)) => Err(Halt::Other(format!(
+                "{cp}: cannot record the next hop's DB baseline: {e}"
+            ))),
+            None => Err(Halt::Other("fingerprint abandoned".into())),
+        }
+    }
+
+    async fn install_cp(&mut self, cp: &str, hop: &Version) -> Result<(), Halt> {
+        let op = op_id(&self.rid(), cp, "install", Some(hop));
+        let p = self.ctx.policy.clone();
+        let ctx = self.ctx.clone();
+        let (r, halt) = self
+            .monitored(
+                Some(cp),
+                ctx.run(cp, "install", Some(hop), &op, || {
+                    ctx.fleet
+                        .install(cp, &op, hop, p.min_healthy(), p.health_timeout())
+                }),
+            )
+            .await;
+        match r {
+            Some(Ok(_)) => {
+                self.monitor.passed.insert(cp.to_string());
+                halt.map_or(Ok(()), Err)
+            }
+            Some(Err(failure)) => Err(Halt::Step {
+                host: cp.into(),
+                step: "install".into(),
+                failure,
+            }),
+            None => Err(halt.unwrap_or(Halt::Other("CP install abandoned".into()))),
+        }
+    }
+
+    /// One DP batch: every host drains, installs and undrains; then the
+    /// batch must stay healthy for `min_healthy`.
+    async fn dp_batch(&mut self, hop: &Version, b: usize, hosts: Vec<String>) -> Result<(), Halt> {
+        let rid = self.rid();
+        let canary = b == 0;
+        self.emit(
+            Event::new("batch", &rid, "started")
+                .hop(hop)
+                .batch(b)
+                .detail(serde_json::json!({ "hosts": hosts, "canary": canary })),
+        );
+        for h in &hosts {
+            if !self.monitor.healthy(h) && !self.already_done(h, hop) {
+                return Err(Halt::Other(format!(
+                    "{h} is not healthy before its batch: {}",
+                    self.monitor.summary(h)
+                )));
+            }
+        }
+        let ends = self
+            .run_hosts(&hosts, |ctx, host| {
+                let hop = hop.clone();
+                async move { upgrade_dp(ctx, host, hop).await }
+            })
+            .await;
+        let (ends, halt) = ends;
+        let mut failed = Vec::new();
+        for (host, end) in &ends {
+            match end {
+                HostEnd::Done => {
+                    self.monitor.passed.insert(host.clone());
+                    self.monitor.reset_streak(host);
+                }
+                HostEnd::Failed {
+                    step,
+                    failure,
+                    left_drained,
+                } => {
+                    failed.push((host.clone(), step.clone(), failure.clone(), *left_drained));
+                }
+            }
+        }
+        if let Some(h) = halt {
+            return Err(h);
+        }
+        self.absorb_failures(failed)?;
+        // The whole batch holds healthy before the next one starts.
+        let p = self.ctx.policy.clone();
+        let start = Instant::now();
+        let halt = self.hold(p.min_healthy()).await;
+        if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt {
+            if hosts.contains(host) {
+                let host = host.clone();
+                let why = why.clone();
+                self.roll_back_dp(&host, hop).await;
+                return Err(Halt::Alarm(Alarm::Unhealthy { host, why }));
+            }
+        }
+        if let Some(h) = halt {
+            return Err(h);
+        }
+        self.emit(
+            Event::new("batch", &rid, "succeeded")
+                .hop(hop)
+                .batch(b)
+                .elapsed(start.elapsed()),
+        );
+        Ok(())
+    }
+
+    fn already_done(&self, host: &str, hop: &Version) -> bool {
+        let op = op_id(&self.rid(), host, "undrain", Some(hop));
+        self.ctx.log().ended(&op).is_some_and(|e| e.ok)
+    }
+
+    /// Failed hosts are back on their old release (the agent reverted them).
+    /// Within the failure budget they are quarantined; beyond it the rollout
+    /// halts.
+    fn absorb_failures(
+        &mut self,
+        failed: Vec<(String, String, StepFailure, bool)>,
+    ) -> Result<(), Halt> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let budget = self.ctx.policy.max_failures;
+        if self.quarantined.len() + failed.len() > budget {
+            let (host, step, failure, _) = failed[0].clone();
+            for (h, ..) in &failed {
+                self.monitor.ignored.insert(h.clone());
+            }
+            if failed.len() == 1 {
+                return Err(Halt::Step {
+                    host,
+                    step,
+                    failure,
+                });
+            }
+            return Err(Halt::Budget {
+                failed: failed
+                    .iter()
+                    .map(|(h, s, f, _)| format!("{h} ({s}: {f})"))
+                    .collect(),
+            });
+        }
+        for (h, step, f, left_drained) in failed {
+            self.monitor.ignored.insert(h.clone());
+            self.emit(
+                Event::new("host", &self.rid(), "quarantined")
+                    .host(&h)
+                    .error(format!("{step}: {f}"))
+                    .detail(serde_json::json!({ "left_drained": left_drained, "active_version": f.active_version })),
+            );
+            let _ = self.ctx.log().note(
+                &format!("quarantined:{h}"),
+                serde_json::json!({ "step": step, "reason": f.to_string() }),
+            );
+            self.quarantined.push(h);
+        }
+        Ok(())
+    }
+
+    /// A host that passed its install but then failed its batch's hold goes
+    /// back to the release it had: drain, rollback, undrain.
+    async fn roll_back_dp(&mut self, host: &str, hop: &Version) {
+        let from = self
+            .ctx
+            .log()
+            .spec
+            .hosts
+            .iter()
+            .find(|h| h.name == host)
+            .map(|h| h.from.clone());
+        let Some(from) = from else { return };
+        self.monitor.ignored.insert(host.to_string());
+        let ctx = self.ctx.clone();
+        let (ends, _) = self
+            .run_hosts(&[host.to_string()], move |ctx, host| {
+                let from = from.clone();
+                let hop = hop.clone();
+                async move { rollback_dp(ctx, host, from, Some(hop)).await }
+            })
+            .await;
+        drop(ctx);
+        for (h, end) in ends {
+            if let HostEnd::Failed { step, failure, .. } = end {
+                tracing::error!(host = %h, %step, error = %failure, "rolling back the unhealthy host failed");
+            }
+        }
+    }
+
+    /// Runs one sequence per host concurrently, watching health. A host whose
+    /// agent is lost has its sequence abandoned; other alarms let the
+    /// sequences finish (so no host is left drained) and are returned.
+    pub async fn run_hosts<S, Fut>(
+        &mut self,
+        hosts: &[String],
+        seq: S,
+    ) -> (Vec<(String, HostEnd)>, Option<Halt>)
+    where
+        S: Fn(Arc<Ctx<F>>, String) -> Fut,
+        Fut: std::future::Future<Output = HostEnd> + Send + 'static,
+    {
+        let mut aborts: HashMap<String, AbortHandle> = HashMap::new();
+        let mut running = FuturesUnordered::new();
+        for h in hosts {
+            let (abort, reg) = AbortHandle::new_pair();
+            aborts.insert(h.clone(), abort);
+            let fut = Abortable::new(seq(self.ctx.clone(), h.clone()), reg);
+            let h = h.clone();
+            running.push(async move { (h, fut.await) });
+        }
+        let mut ends = Vec::new();
+        let mut halt: Option<Halt> = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !running.is_empty() {
+            tokio::select! {
+                Some((h, r)) = running.next() => ends.push((h.clone(), r.unwrap_or_else(|_| HostEnd::Failed {
+                    step: "unknown".into(),
+                    failure: StepFailure::lost(format!("the agent of {h} stopped answering in the middle of a step")),
+                    left_drained: true,
+                }))),
+                Some(u) = self.health_rx.recv() => self.monitor.update(u),
+                _ = tick.tick() => {}
+                _ = self.interrupt.changed() => {}
+            }
+            if halt.is_none() {
+                halt = self.check();
+                if let Some(Halt::Alarm(Alarm::Lost { host, .. })) = &halt {
+                    if let Some(a) = aborts.get(host) {
+                        a.abort();
+                    }
+                }
+            }
+        }
+        (ends, halt)
+    }
+}
+
+/// One DP: drain, install, undrain. On a failed install the agent has put
+/// the old release back; the host returns to rotation only if it is healthy.
+pub async fn upgrade_dp<F: FleetApi>(ctx: Arc<Ctx<F>>, host: String, hop: Version) -> HostEnd {
+    let p = ctx.policy.clone();
+    let op = |s: &str| op_id(&ctx.rid, &host, s, Some(&hop));
+    let drain_op = op("drain");
+    if let Err(failure) = ctx
+        .run(&host, "drain", Some(&hop), &drain_op, || {
+            ctx.fleet.drain(&host, &drain_op, p.drain_timeout())
+        })
+        .await
+    {
+        // A failed drain undoes itself on the agent.
+        return HostEnd::Failed {
+            step: "drain".into(),
+            failure,
+            left_drained: false,
+        };
+    }
+    let install_op = op("install");
+    let installed = ctx
+        .run(&host, "install", Some(&hop), &install_op, || {
+            ctx.fleet.install(
+                &host,
+                &install_op,
+                &hop,
+                p.min_healthy(),
+                p.health_timeout(),
+            )
+        })
+        .await;
+    let undrain_op = op("undrain");
+    match installed {
+        Ok(_) => match ctx
+            .run(&host, "undrain", Some(&hop), &undrain_op, || {
+                ctx.fleet.undrain(&host, &undrain_op)
+            })
+            .await
+        {
+            Ok(_) => HostEnd::Done,
+            Err(failure) => HostEnd::Failed {
+                step: "undrain".into(),
+                failure,
+                left_drained: true,
+            },
+        },
+        Err(failure) if failure.gateway_healthy && !failure.lost => {
+            let back = ctx
+                .run(&host, "undrain", Some(&hop), &undrain_op, || {
+                    ctx.fleet.undrain(&host, &undrain_op)
+                })
+                .await;
+            HostEnd::Failed {
+                step: "install".into(),
+                failure,
+                left_drained: back.is_err(),
+            }
+        }
+        Err(failure) => HostEnd::Failed {
+            step: "install".into(),
+            failure,
+            left_drained: true,
+        },
+    }
+}
+
+/// One DP back to `to`: drain, rollback, undrain. `tag` separates the op ids
+/// of a rollback inside an upgrade from those of `rollgate rollback`.
+pub async fn rollback_dp<F: FleetApi>(
+    ctx: Arc<Ctx<F>>,
+    host: String,
+    to: Version,
+    tag: Option<Version>,
+) -> HostEnd {
+    let p = ctx.policy.clone();
+    let suffix = tag.as_ref().unwrap_or(&to).clone();
+    let op = |s: &str| op_id(&ctx.rid, &host, s, Some(&suffix));
+    let drain_op = op("rb-drain");
+    if let Err(failure) = ctx
+        .run(&host, "rollback-drain", Some(&to), &drain_op, || {
+            ctx.fleet.drain(&host, &drain_op, p.drain_timeout())
+        })
+        .await
+    {
+        return HostEnd::Failed {
+            step: "drain".into(),
+            failure,
+            left_drained: false,
+        };
+    }
+    let rb_op = op("rollback");
+    let r = ctx
+        .run(&host, "rollback", Some(&to), &rb_op, || {
+            ctx.fleet
+                .rollback(&host, &rb_op, &to, None, p.health_timeout())
+        })
+        .await;
+    let undrain_op = op("rb-undrain");
+    let healthy = match &r {
+        Ok(_) => true,
+        Err(f) => f.gateway_healthy && !f.lost,
+    };
+    let back = if healthy {
+        ctx.run(&host, "rollback-undrain", Some(&to), &undrain_op, || {
+            ctx.fleet.undrain(&host, &undrain_op)
+        })
+        .await
+        .map(|_| ())
+    } else {
+        Err(StepFailure::lost(
+            "not healthy: left out of rotation".into(),
+        ))
+    };
+    match (r, back) {
+        (Ok(_), Ok(())) => HostEnd::Done,
+        (Err(failure), b) => HostEnd::Failed {
+            step: "rollback".into(),
+            failure,
+            left_drained: b.is_err(),
+        },
+        (Ok(_), Err(failure)) => HostEnd::Failed {
+            step: "undrain".into(),
+            failure,
+            left_drained: true,
+        },
+    }
+}

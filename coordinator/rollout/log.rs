@@ -1,0 +1,227 @@
+//! The rollout journal: `<state_dir>/rollouts/<id>.jsonl`, one JSON record per
+//! line, fsynced before the coordinator acts on it. Replaying it tells which
+//! steps ended (never run again), which began (re-attach by operation id) and
+//! how the rollout ended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::RolloutSpec;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How a rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every host is on the target.
+    Succeeded,
+    /// Done, but some hosts failed and were quarantined on their old release.
+    Quarantined,
+    /// Stopped on a failure; the report says where.
+    Halted,
+    /// Stopped by the operator (Ctrl-C); `rollgate resume` continues it.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    Created {
+        spec: RolloutSpec,
+    },
+    Begin {
+        op: String,
+        host: String,
+        step: String,
+        at_ms: i64,
+    },
+    End {
+        op: String,
+        host: String,
+        step: String,
+        ok: bool,
+        summary: String,
+        at_ms: i64,
+    },
+    Note {
+        key: String,
+        value: serde_json::Value,
+        at_ms: i64,
+    },
+    Ended {
+        outcome: Outcome,
+        reason: String,
+        at_ms: i64,
+    },
+}
+
+/// The end of one step.
+#[derive(Debug, Clone)]
+pub struct StepEnd {
+    pub ok: bool,
+    pub summary: String,
+}
+
+/// A rollout's journal, open for appending, and what it says so far.
+#[derive(Debug)]
+pub struct RolloutLog {
+    pub path: PathBuf,
+    file: File,
+    pub spec: RolloutSpec,
+    pub records: Vec<Record>,
+    ends: HashMap<String, StepEnd>,
+    pub notes: BTreeMap<String, serde_json::Value>,
+    pub outcome: Option<(Outcome, String)>,
+}
+
+pub fn rollouts_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("rollouts")
+}
+
+impl RolloutLog {
+    /// Creates the journal of a new rollout, its spec first.
+    pub fn create(state_dir: &Path, spec: RolloutSpec) -> std::io::Result<RolloutLog> {
+        let dir = rollouts_dir(state_dir);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.jsonl", spec.id));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        rollgate::fsx::sync_dir(&dir)?;
+        let mut log = RolloutLog {
+            path,
+            file,
+            spec: spec.clone(),
+            records: Vec::new(),
+            ends: HashMap::new(),
+            notes: BTreeMap::new(),
+            outcome: None,
+        };
+        log.append(Record::Created { spec })?;
+        Ok(log)
+    }
+
+    /// Opens and replays an existing journal. A torn last line (a crash in
+    /// the middle of a write) is cut off.
+    pub fn open(path: &Path) -> Result<RolloutLog, String> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut records = Vec::new();
+        let mut good = 0u64;
+        let mut line = String::new();
+        let mut r = BufReader::new(&file);
+        loop {
+            line.clear();
+            let n = r
+                .read_line(&mut line)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            match serde_json::from_str::<Record>(line.trim_end()) {
+                Ok(rec) => {
+                    records.push(rec);
+                    good += n as u64;
+                }
+                Err(_) => break,
+            }
+        }
+        drop(r);
+        if file.metadata().map(|m| m.len()).unwrap_or(0) != good {
+            file.set_len(good)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        let Some(Record::Created { spec }) = records.first().cloned() else {
+            return Err(format!("{} does not start with a rollout", path.display()));
+        };
+        file.flush().ok();
+        let mut log = RolloutLog {
+            path: path.to_path_buf(),
+            file,
+            spec,
+            records: Vec::new(),
+            ends: HashMap::new(),
+            notes: BTreeMap::new(),
+            outcome: None,
+        };
+        for rec in records {
+            log.apply(rec);
+        }
+        Ok(log)
+    }
+
+    fn apply(&mut self, rec: Record) {
+        match &rec {
+            Record::End {
+                op, ok, summary, ..
+            } => {
+                self.ends.insert(
+                    op.clone(),
+                    StepEnd {
+                        ok: *ok,
+                        summary: summary.clone(),
+                    },
+                );
+            }
+            Record::Note { key, value, .. } => {
+                self.notes.insert(key.clone(), value.clone());
+            }
+            Record::Ended {
+                outcome, reason, ..
+            } => self.outcome = Some((*outcome, reason.clone())),
+            Record::Created { .. } | Record::Begin { .. } => {}
+        }
+        self.records.push(rec);
+    }
+
+    /// Appends (fsync) and applies a record.
+    pub fn append(&mut self, rec: Record) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        self.apply(rec);
+        Ok(())
+    }
+
+    pub fn ended(&self, op: &str) -> Option<&StepEnd> {
+        self.ends.get(op)
+    }
+
+    pub fn note(&mut self, key: &str, value: serde_json::Value) -> std::io::Result<()> {
+        self.append(Record::Note {
+            key: key.into(),
+            value,
+            at_ms: now_ms(),
+        })
+    }
+}
+
+/// Every rollout journal in the state dir, oldest first.
+pub fn list(state_dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(rollouts_dir(state_dir)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    v.sort_by_key(|p| RolloutLog::open(p).map(|l| l.spec.created_ms).unwrap_or(0));
+    v
+}

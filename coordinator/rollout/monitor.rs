@@ -1,0 +1,215 @@
+//! Health of every host during a rollout, from the agents' WatchHealth
+//! streams. A host the rollout has already upgraded ("passed") that reports
+//! unhealthy twice in a row, or any host whose agent has been silent longer
+//! than `agent_silence`, raises an alarm that halts the rollout.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::fleet::HealthUpdate;
+
+/// Consecutive unhealthy reports that make an alarm (one may be a blip).
+const BAD_STREAK: u32 = 2;
+
+/// Why a rollout must stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Alarm {
+    /// The agent stopped answering.
+    Lost { host: String, why: String },
+    /// An upgraded host turned unhealthy.
+    Unhealthy { host: String, why: String },
+}
+
+impl Alarm {
+    pub fn host(&self) -> &str {
+        match self {
+            Alarm::Lost { host, .. } | Alarm::Unhealthy { host, .. } => host,
+        }
+    }
+}
+
+impl std::fmt::Display for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Alarm::Lost { host, why } => write!(f, "agent {host} stopped answering: {why}"),
+            Alarm::Unhealthy { host, why } => write!(f, "{host} turned unhealthy: {why}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Seen {
+    last_report: Instant,
+    bad_streak: u32,
+    summary: String,
+    broken: Option<String>,
+    running_version: String,
+}
+
+/// The latest health of every host; pure bookkeeping, driven by updates.
+#[derive(Debug)]
+pub struct Monitor {
+    seen: HashMap<String, Seen>,
+    silence: Duration,
+    /// Hosts whose upgrade (or rollback) passed: their health now counts.
+    pub passed: HashSet<String>,
+    /// Hosts known to have failed: no more alarms about them.
+    pub ignored: HashSet<String>,
+}
+
+impl Monitor {
+    pub fn new(hosts: &[String], silence: Duration) -> Self {
+        let now = Instant::now();
+        Monitor {
+            seen: hosts
+                .iter()
+                .map(|h| {
+                    (
+                        h.clone(),
+                        Seen {
+                            last_report: now,
+                            bad_streak: 0,
+                            summary: "no report yet".into(),
+                            broken: None,
+                            running_version: String::new(),
+                        },
+                    )
+                })
+                .collect(),
+            silence,
+            passed: HashSet::new(),
+            ignored: HashSet::new(),
+        }
+    }
+
+    pub fn update(&mut self, u: HealthUpdate) {
+        match u {
+            HealthUpdate::Report { host, health } => {
+                if let Some(s) = self.seen.get_mut(&host) {
+                    s.last_report = Instant::now();
+                    s.broken = None;
+                    s.bad_streak = if health.healthy { 0 } else { s.bad_streak + 1 };
+                    s.summary = health.summary;
+                    s.running_version = health.running_version;
+                }
+            }
+            HealthUpdate::Broken { host, why } => {
+                if let Some(s) = self.seen.get_mut(&host) {
+                    s.broken = Some(why);
+                }
+            }
+        }
+    }
+
+    /// True when the host's last report was healthy.
+    pub fn healthy(&self, host: &str) -> bool {
+        self.seen
+            .get(host)
+            .is_some_and(|s| s.bad_streak == 0 && s.summary != "no report yet")
+    }
+
+    pub fn summary(&self, host: &str) -> String {
+        self.seen
+            .get(host)
+            .map(|s| s.summary.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn running_version(&self, host: &str) -> String {
+        self.seen
+            .get(host)
+            .map(|s| s.running_version.clone())
+            .unwrap_or_default()
+    }
+
+    /// The first alarm, if any.
+    pub fn alarm(&self) -> Option<Alarm> {
+        let mut hosts: Vec<&String> = self.seen.keys().collect();
+        hosts.sort();
+        for h in hosts {
+            if self.ignored.contains(h) {
+                continue;
+            }
+            let s = &self.seen[h];
+            if s.last_report.elapsed() > self.silence {
+                let why = match &s.broken {
+                    Some(b) => format!(
+                        "no health report for {:.1}s ({b})",
+                        s.last_report.elapsed().as_secs_f64()
+                    ),
+                    None => format!(
+                        "no health report for {:.1}s",
+                        s.last_report.elapsed().as_secs_f64()
+                    ),
+                };
+                return Some(Alarm::Lost {
+                    host: h.clone(),
+                    why,
+                });
+            }
+            if self.passed.contains(h) && s.bad_streak >= BAD_STREAK {
+                return Some(Alarm::Unhealthy {
+                    host: h.clone(),
+                    why: s.summary.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Forgets old unhealthy reports of `host` (e.g. before a hold starts).
+    pub fn reset_streak(&mut self, host: &str) {
+        if let Some(s) = self.seen.get_mut(host) {
+            s.bad_streak = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::Health;
+
+    fn report(host: &str, healthy: bool) -> HealthUpdate {
+        HealthUpdate::Report {
+            host: host.into(),
+            health: Health {
+                healthy,
+                running_version: "3.4.0".into(),
+                summary: if healthy {
+                    "ok".into()
+                } else {
+                    "ready answered 503".into()
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn an_upgraded_host_unhealthy_twice_raises_an_alarm() {
+        let mut m = Monitor::new(&["dp-1".into(), "dp-2".into()], Duration::from_secs(5));
+        m.update(report("dp-1", false));
+        m.update(report("dp-1", false));
+        assert_eq!(m.alarm(), None, "dp-1 was not upgraded by us yet");
+        m.passed.insert("dp-1".into());
+        assert!(matches!(m.alarm(), Some(Alarm::Unhealthy { host, .. }) if host == "dp-1"));
+        m.update(report("dp-1", true));
+        assert_eq!(m.alarm(), None);
+        m.update(report("dp-1", false));
+        assert_eq!(m.alarm(), None, "one bad report is a blip");
+    }
+
+    #[test]
+    fn a_silent_agent_is_lost() {
+        let mut m = Monitor::new(&["dp-1".into()], Duration::from_millis(0));
+        std::thread::sleep(Duration::from_millis(5));
+        m.update(HealthUpdate::Broken {
+            host: "dp-1".into(),
+            why: "connection refused".into(),
+        });
+        let a = m.alarm().unwrap();
+        assert!(a.to_string().contains("connection refused"), "{a}");
+        m.ignored.insert("dp-1".into());
+        assert_eq!(m.alarm(), None);
+    }
+}
