@@ -309,40 +309,38 @@ impl<F: FleetApi> Driver<F> {
         let Some(catalog) = self.catalog.clone() else {
             return Err(Halt::Other("no release catalog to stage from".into()));
         };
-        let mut jobs = Vec::new();
+        // One list per host: an agent runs one step at a time, so a host's
+        // hops are staged in turn while hosts go in parallel.
+        let mut jobs: Vec<(String, Vec<rollgate::catalog::Release>)> = spec.hosts.iter().map(|h| (h.name.clone(), Vec::new())).collect();
         for hop in hops {
             let Some(rel) = catalog.get(hop).cloned() else {
-                return Err(Halt::Other(format!(
-                    "{hop} is not in the catalog {}",
-                    catalog.path.display()
-                )));
+                return Err(Halt::Other(format!("{hop} is not in the catalog {}", catalog.path.display())));
             };
-            for h in spec.hosts.iter().filter(|h| h.from < *hop) {
-                jobs.push((h.name.clone(), rel.clone()));
+            for (h, list) in spec.hosts.iter().zip(jobs.iter_mut()) {
+                if h.from < *hop {
+                    list.1.push(rel.clone());
+                }
             }
         }
         let ctx = self.ctx.clone();
         let work = futures::stream::iter(jobs)
-            .map(|(host, rel)| {
+            .map(|(host, releases)| {
                 let ctx = ctx.clone();
                 async move {
-                    let v = rel.version.clone();
-                    let op = op_id(&ctx.rid, &host, "stage", Some(&v));
-                    let mut r = ctx
-                        .run(&host, "stage", Some(&v), &op, || {
-                            ctx.fleet.stage(&host, &op, &rel)
-                        })
-                        .await;
-                    // A stage cut off by an agent restart was cleaned up: once more.
-                    if matches!(&r, Err(f) if f.is_interrupted()) {
-                        let op2 = format!("{op}.2");
-                        r = ctx
-                            .run(&host, "stage", Some(&v), &op2, || {
-                                ctx.fleet.stage(&host, &op2, &rel)
-                            })
-                            .await;
+                    for rel in releases {
+                        let v = rel.version.clone();
+                        let op = op_id(&ctx.rid, &host, "stage", Some(&v));
+                        let mut r = ctx.run(&host, "stage", Some(&v), &op, || ctx.fleet.stage(&host, &op, &rel)).await;
+                        // A stage cut off by an agent restart was cleaned up: once more.
+                        if matches!(&r, Err(f) if f.is_interrupted()) {
+                            let op2 = format!("{op}.2");
+                            r = ctx.run(&host, "stage", Some(&v), &op2, || ctx.fleet.stage(&host, &op2, &rel)).await;
+                        }
+                        if let Err(f) = r {
+                            return (host, Err(f));
+                        }
                     }
-                    (host, r)
+                    (host, Ok(()))
                 }
             })
             .buffer_unordered(16)

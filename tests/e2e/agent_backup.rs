@@ -10,34 +10,7 @@ use rollgate::pb;
 use crate::support::Sandbox;
 use crate::support::client::{connect, drive, success};
 use crate::support::fixtures::{cp_on_330, dp_on_330};
-use crate::support::gateway::{Db, http_get};
-
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
-}
-
-fn add_route(cp: SocketAddr, id: &str) {
-    let body = format!(
-        r#"{{"id":"{id}","path_prefix":"/{id}","upstream":"http://127.0.0.1:9","plugins":[]}}"#
-    );
-    let (code, out) = http(cp, "POST", "/api/routes", &body);
-    assert!(code == 200 || code == 201, "{code}: {out}");
-}
+use crate::support::gateway::{Db, add_route, http_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_fingerprint_and_restore_on_a_real_database() {

@@ -87,6 +87,20 @@ pub async fn fleet_on_330(sb: &Sandbox, db: &Db, dps: usize, policy: &str) -> Fl
     }
     let mut entries = vec![cp.host.entry()];
     entries.extend(out.iter().map(|(h, _, _)| h.entry()));
-    sb.inventory(&entries, &format!("\n[policy]\nmin_healthy = \"1s\"\nhealth_timeout = \"20s\"\ndrain_timeout = \"5s\"\n{policy}\n"));
+    // Test-speed defaults, overridden by any key `policy` sets.
+    let mut keys: std::collections::BTreeMap<String, String> = [
+        ("min_healthy", "\"1s\""),
+        ("health_timeout", "\"20s\""),
+        ("drain_timeout", "\"5s\""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for line in policy.lines().filter(|l| l.contains('=')) {
+        let (k, v) = line.split_once('=').unwrap();
+        keys.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    let body: String = keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+    sb.inventory(&entries, &format!("\n[policy]\n{body}"));
     Fleet { cp, dps: out }
 }

@@ -1,6 +1,7 @@
 //! The reference gateway in tests: its packaged releases, a PostgreSQL
 //! database, and hosts whose agent runs it.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -160,3 +161,31 @@ pub fn current_of(host: &Host) -> Option<String> {
     let t = std::fs::read_link(host.dir.join("root/current")).ok()?;
     Some(t.file_name()?.to_string_lossy().to_string())
 }
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+pub fn add_route(cp: SocketAddr, id: &str) {
+    let body = format!(
+        r#"{{"id":"{id}","path_prefix":"/{id}","upstream":"http://127.0.0.1:9","plugins":[]}}"#
+    );
+    let (code, out) = http(cp, "POST", "/api/routes", &body);
+    assert!(code == 200 || code == 201, "{code}: {out}");
+}
+

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use proc::{Proc, RunOutput, wait_until};
+pub use proc::{Proc, RunOutput, Running, wait_until};
 
 pub const ROLLGATE: &str = env!("CARGO_BIN_EXE_rollgate");
 pub const AGENT: &str = env!("CARGO_BIN_EXE_rollgate-agent");
@@ -100,6 +100,13 @@ impl Sandbox {
     /// Runs the coordinator CLI to completion (deadline: 120 s).
     pub fn rollgate<S: AsRef<str>>(&self, args: &[S]) -> RunOutput {
         proc::run(ROLLGATE, args, self.path(), Duration::from_secs(120))
+    }
+
+    /// Starts the coordinator CLI in the background, stdout streamed.
+    pub fn rollgate_bg<S: AsRef<str>>(&self, args: &[S]) -> Running {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Running::spawn(ROLLGATE, args, self.path(), &self.path().join(format!("rollgate-{n}.stderr")))
     }
 
     /// Writes a fleet.toml listing `hosts` (name, role, agent address).

@@ -138,3 +138,96 @@ pub fn run<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, deadline: Durat
         stderr: std::fs::read_to_string(&err_p).unwrap_or_default(),
     }
 }
+
+/// A command running in the background whose stdout lines arrive on a
+/// channel, so a test can act at a given moment of a rollout.
+pub struct Running {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    pub stderr: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn spawn<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, stderr: &Path) -> Running {
+        let mut child = Command::new(program)
+            .args(args.iter().map(AsRef::as_ref))
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {program}: {e}"));
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// Waits (deadline) for a stdout line for which `pred` holds.
+    pub fn wait_line(&mut self, deadline: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left.max(Duration::from_millis(1))) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if pred(&l) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {deadline:?} waiting for {what}; output so far:\n{}\nstderr:\n{}",
+                    self.seen.join("\n"),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the command to end; returns its code and every stdout line.
+    pub fn finish(mut self, deadline: Duration) -> (Option<i32>, Vec<String>) {
+        let end = Instant::now() + deadline;
+        loop {
+            while let Ok(l) = self.lines.try_recv() {
+                self.seen.push(l);
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // The reader thread may still hold the last lines.
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return (st.code(), std::mem::take(&mut self.seen));
+            }
+            if Instant::now() >= end {
+                let _ = self.child.kill();
+                panic!("did not finish within {deadline:?}; output:\n{}", self.seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
