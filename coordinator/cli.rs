@@ -48,6 +48,36 @@ pub enum Command {
     History(InventoryArgs),
     /// One rollout's per-host timeline.
     Show(ShowArgs),
+    /// Build a throwaway fleet on this machine (PostgreSQL, CP, DPs behind
+    /// HAProxy, agents) and upgrade it under live traffic.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Data planes behind HAProxy.
+    #[arg(long, default_value_t = 3)]
+    pub dps: usize,
+    /// The release the fleet starts on.
+    #[arg(long, default_value = "3.3.0", value_parser = parse_version)]
+    pub from: Version,
+    /// The release to upgrade to.
+    #[arg(long, default_value = "3.4.0", value_parser = parse_version)]
+    pub to: Version,
+    /// Leave the fleet running and print how to reach and stop it.
+    #[arg(long)]
+    pub keep: bool,
+    /// Only build the fleet (with --keep: to drive it by hand).
+    #[arg(long)]
+    pub no_upgrade: bool,
+    /// Requests per second through HAProxy during the upgrade.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Where to build the fleet (default: a new temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

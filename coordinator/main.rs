@@ -180,6 +180,19 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Backup(a) => cmd::upgrade::backup(load_inventory(&a.inventory)?, a.output).await,
         Command::History(a) => cmd::history::history(&load_inventory(&a.inventory)?, a.output),
+        Command::Demo(a) => {
+            cmd::demo::demo(cmd::demo::DemoArgs {
+                dps: a.dps,
+                from: a.from,
+                to: a.to,
+                keep: a.keep,
+                no_upgrade: a.no_upgrade,
+                rate: a.rate,
+                dir: a.dir,
+                output: a.output,
+            })
+            .await
+        }
         Command::Show(a) => {
             cmd::history::show(&load_inventory(&a.inv.inventory)?, &a.rollout, a.inv.output)
         }

@@ -1,5 +1,6 @@
 //! The subcommands that drive rollouts, and what they share.
 
+pub mod demo;
 pub mod history;
 pub mod plan;
 pub mod rollback;

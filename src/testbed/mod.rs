@@ -3,4 +3,8 @@
 //! process helpers. Nothing here is used by a real rollout.
 
 pub mod artifacts;
+pub mod fleet;
+pub mod haproxy;
+pub mod http;
+pub mod load;
 pub mod pg;

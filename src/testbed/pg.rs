@@ -232,6 +232,21 @@ impl PgCluster {
         })
     }
 
+    /// Leaves the cluster running after this handle is gone (`rollgate demo
+    /// --keep`); returns the shell command that stops it and removes its dir.
+    pub fn detach(self) -> String {
+        let pg_ctl = self.bin("pg_ctl");
+        let stop = format!("{} -D '{}' -m fast -w stop", pg_ctl.display(), self.data_dir().display());
+        let stop = match &self.run_as {
+            Some(user) => format!("runuser -u {user} -- {stop}"),
+            None => stop,
+        };
+        let cmd = format!("{stop}; rm -rf '{}'", self.root.display());
+        // Skip Drop: it would stop the server and remove the data.
+        std::mem::forget(self);
+        cmd
+    }
+
     /// A server-side tool, as the `postgres` user when we are root.
     fn server_command(&self, tool: &str) -> Command {
         let path = self.bin(tool);

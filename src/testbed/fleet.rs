@@ -1,0 +1,386 @@
+//! A whole fleet on one machine, as `rollgate demo` and the end-to-end tests
+//! use it: a throwaway PostgreSQL, the reference gateway's CP and DPs (each
+//! host its own directory and loopback address, each run by its own
+//! `rollgate-agent` with the exec service manager), an upstream, HAProxy in
+//! front of the DPs with agent-check pointed at each agent, certificates, the
+//! inventory and the release catalog.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::haproxy::{self, Haproxy, Server};
+use super::{artifacts, http, pg::PgCluster};
+use crate::catalog::{Artifact, Catalog};
+use crate::role::Role;
+
+/// The binaries a fleet runs.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub rollgate: PathBuf,
+    pub agent: PathBuf,
+    pub demo_gateway: PathBuf,
+}
+
+impl Bins {
+    /// All three from the directory holding `exe` (cargo's target dir).
+    pub fn next_to(exe: &Path) -> Bins {
+        let dir = exe.parent().unwrap_or(Path::new("."));
+        Bins {
+            rollgate: dir.join("rollgate"),
+            agent: dir.join("rollgate-agent"),
+            demo_gateway: dir.join("demo-gateway"),
+        }
+    }
+}
+
+/// What fleet to build.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// Everything goes here; it must not exist yet or be empty.
+    pub dir: PathBuf,
+    /// Hosts get 127.`net.0`.`net.1`.x.
+    pub net: (u8, u8),
+    pub dps: usize,
+    /// The release every host starts on.
+    pub version: String,
+    pub bins: Bins,
+    /// Where packaged artifacts are cached.
+    pub artifacts_cache: PathBuf,
+    /// Lines for the inventory's `[policy]`.
+    pub policy: String,
+    /// Processes outlive this handle's creator (`demo --keep`): their own
+    /// process groups, so a terminal's Ctrl-C does not reach them.
+    pub detached: bool,
+}
+
+/// One host of the fleet.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    pub name: String,
+    pub role: Role,
+    pub dir: PathBuf,
+    pub gateway: SocketAddr,
+    pub agent: SocketAddr,
+    pub agent_check: Option<SocketAddr>,
+}
+
+pub struct DemoFleet {
+    pub dir: PathBuf,
+    pub pg: Option<PgCluster>,
+    pub hosts: Vec<HostInfo>,
+    pub lb: SocketAddr,
+    pub upstream: SocketAddr,
+    pub inventory: PathBuf,
+    pub catalog: PathBuf,
+    pub state_dir: PathBuf,
+    pub bins: Bins,
+    agents: BTreeMap<String, Child>,
+    upstream_proc: Option<Child>,
+    haproxy: Option<Haproxy>,
+    detached: bool,
+}
+
+/// The path the load and the demo request through the load balancer.
+pub const ROUTE: &str = "/api/hello";
+
+fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on {ip}: {e}"))
+}
+
+fn wait(deadline: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let end = Instant::now() + deadline;
+    while !ok() {
+        if Instant::now() > end {
+            return Err(format!("timed out after {deadline:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+impl DemoFleet {
+    /// Builds and starts the fleet; everything is stopped again on error.
+    pub fn start(spec: FleetSpec) -> Result<DemoFleet, String> {
+        std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+        let pkg = artifacts::packaged(&spec.bins.demo_gateway, &spec.artifacts_cache)?;
+        let catalog_path = pkg.join("releases.toml");
+        let catalog = Catalog::load(&catalog_path).map_err(|e| e.to_string())?;
+        let release = catalog
+            .releases
+            .iter()
+            .find(|r| r.version.to_string() == spec.version)
+            .ok_or_else(|| format!("no release {} in {}", spec.version, catalog_path.display()))?
+            .clone();
+        let pg = PgCluster::start().map_err(|e| format!("PostgreSQL: {e}"))?;
+        pg.createdb("gateway").map_err(|e| format!("PostgreSQL: {e}"))?;
+        let ip = |n: u8| Ipv4Addr::new(127, spec.net.0, spec.net.1, n);
+
+        let mut fleet = DemoFleet {
+            dir: spec.dir.clone(),
+            hosts: Vec::new(),
+            lb: SocketAddr::new(ip(200).into(), 0),
+            upstream: SocketAddr::new(ip(100).into(), free_port(ip(100))?),
+            inventory: spec.dir.join("fleet.toml"),
+            catalog: catalog_path,
+            state_dir: spec.dir.join("state"),
+            bins: spec.bins.clone(),
+            agents: BTreeMap::new(),
+            upstream_proc: None,
+            haproxy: None,
+            detached: spec.detached,
+            pg: Some(pg),
+        };
+        // Certificates for every host and the coordinator.
+        let mut names = vec![("cp-1".to_string(), 1u8, Role::Cp)];
+        names.extend((1..=spec.dps).map(|i| (format!("dp-{i}"), i as u8 + 1, Role::Dp)));
+        let mut certs = Command::new(&spec.bins.rollgate);
+        certs.args(["certs", "init", "--dir"]).arg(spec.dir.join("certs"));
+        for (n, i, _) in &names {
+            certs.arg("--agent").arg(format!("{n}={}", ip(*i)));
+        }
+        let out = certs.output().map_err(|e| format!("cannot run rollgate certs init: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("rollgate certs init: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let Artifact::File(artifact) = &release.artifact else {
+            return Err("the demo needs file artifacts".into());
+        };
+        let cp_addr = SocketAddr::new(ip(1).into(), free_port(ip(1))?);
+        for (name, i, role) in &names {
+            let gateway = if *role == Role::Cp { cp_addr } else { SocketAddr::new(ip(*i).into(), free_port(ip(*i))?) };
+            let host = HostInfo {
+                name: name.clone(),
+                role: *role,
+                dir: spec.dir.join(name),
+                gateway,
+                agent: SocketAddr::new(ip(*i).into(), free_port(ip(*i))?),
+                agent_check: if *role == Role::Dp { Some(SocketAddr::new(ip(*i).into(), free_port(ip(*i))?)) } else { None },
+            };
+            fleet.lay_out(&host, cp_addr, artifact, &release.version.to_string(), &release.sha256)?;
+            fleet.hosts.push(host);
+        }
+        // The upstream, then the agents (each starts its installed gateway).
+        let upstream = fleet.spawn(
+            Command::new(&spec.bins.demo_gateway)
+                .args(["upstream", "--listen", &fleet.upstream.to_string(), "--name", "upstream"]),
+            &spec.dir.join("upstream.log"),
+        )?;
+        fleet.upstream_proc = Some(upstream);
+        for h in fleet.hosts.clone() {
+            let child = fleet.spawn(Command::new(&spec.bins.agent).arg("--config").arg(h.dir.join("agent.toml")).current_dir(&h.dir), &h.dir.join("agent.log"))?;
+            fleet.agents.insert(h.name.clone(), child);
+        }
+        wait(Duration::from_secs(60), "the CP to be ready", || http::ready(cp_addr))?;
+        let route = format!(
+            r#"{{"id":"api","path_prefix":"/api","upstream":"http://{}","plugins":[{{"name":"response-header","config":{{"name":"x-served-by","value":"rollgate-demo"}}}}]}}"#,
+            fleet.upstream
+        );
+        match http::request(cp_addr, "POST", "/api/routes", &route) {
+            Some((200 | 201, _)) => {}
+            other => return Err(format!("cannot create the demo route: {other:?}")),
+        }
+        for h in fleet.hosts.iter().filter(|h| h.role == Role::Dp) {
+            let a = h.gateway;
+            wait(Duration::from_secs(60), &format!("{} to be ready", h.name), || {
+                http::get(a, ROUTE).is_some_and(|(c, _)| c == 200)
+            })?;
+        }
+        // HAProxy in front of the DPs.
+        let lb = SocketAddr::new(ip(200).into(), free_port(ip(200))?);
+        let servers: Vec<Server> = fleet
+            .hosts
+            .iter()
+            .filter(|h| h.role == Role::Dp)
+            .map(|h| Server {
+                name: h.name.clone(),
+                addr: h.gateway,
+                agent_check: h.agent_check.expect("DPs answer agent-check"),
+            })
+            .collect();
+        fleet.haproxy = Some(Haproxy::start(&spec.dir, lb, &servers)?);
+        fleet.lb = lb;
+        wait(Duration::from_secs(30), "HAProxy to serve the route", || http::get(lb, ROUTE).is_some_and(|(c, _)| c == 200))?;
+        fleet.write_inventory(&spec.policy)?;
+        Ok(fleet)
+    }
+
+    fn spawn(&self, cmd: &mut Command, log: &Path) -> Result<Child, String> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        if self.detached {
+            cmd.process_group(0);
+        }
+        cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
+    }
+
+    /// A host's directory: agent.toml, gateway.toml, and an install root
+    /// with `version` unpacked and current.
+    fn lay_out(&self, h: &HostInfo, cp: SocketAddr, artifact: &Path, version: &str, sha256: &str) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", h.dir.display());
+        let rel = h.dir.join("root/releases").join(version);
+        std::fs::create_dir_all(&rel).map_err(io)?;
+        let f = std::fs::File::open(artifact).map_err(io)?;
+        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&rel).map_err(io)?;
+        std::fs::write(rel.join(".rollgate-release"), serde_json::json!({ "version": version, "sha256": sha256 }).to_string()).map_err(io)?;
+        std::os::unix::fs::symlink(format!("releases/{version}"), h.dir.join("root/current")).map_err(io)?;
+        let certs = self.dir.join("certs");
+        let pg = self.pg.as_ref().ok_or("no database")?;
+        let (role, gateway_toml, extra) = match h.role {
+            Role::Cp => (
+                "cp",
+                format!("listen = \"{}\"\ndatabase_url = \"{}\"\n", h.gateway, pg.conninfo("gateway")),
+                format!(
+                    "[backup]\ndir = \"backups\"\nkeep = 5\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{}/api/export\"\n",
+                    pg.bin_dir().display(),
+                    pg.conninfo("gateway"),
+                    h.dir.display(),
+                    h.gateway
+                ),
+            ),
+            Role::Dp => (
+                "dp",
+                format!(
+                    "listen = \"{}\"\ncp_url = \"http://{cp}\"\ninstance_id = \"{}\"\npoll_interval = \"300ms\"\ngraceful_timeout = \"10s\"\n",
+                    h.gateway, h.name
+                ),
+                format!(
+                    "[drain]\nagent_check_listen = \"{}\"\ngateway_ports = [{}]\ntimeout = \"10s\"\n",
+                    h.agent_check.map(|a| a.to_string()).unwrap_or_default(),
+                    h.gateway.port()
+                ),
+            ),
+        };
+        std::fs::write(h.dir.join("gateway.toml"), gateway_toml).map_err(io)?;
+        let agent = format!(
+            "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\nstate_dir = \"state\"\n\n\
+             [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
+             [gateway]\ninstall_root = \"root\"\n\n\
+             [service]\nmanager = \"exec\"\ncommand = [\"bin/demo-gateway\", \"{role}\", \"--config\", \"{d}/gateway.toml\"]\nstop_timeout = \"15s\"\n\n\
+             [health]\nstatus_url = \"http://{g}/status\"\nready_url = \"http://{g}/status/ready\"\nstart_timeout = \"30s\"\nmin_healthy = \"2s\"\nprobe_timeout = \"2s\"\n\n{extra}",
+            name = h.name,
+            listen = h.agent,
+            c = certs.display(),
+            d = h.dir.display(),
+            g = h.gateway,
+        );
+        std::fs::write(h.dir.join("agent.toml"), agent).map_err(io)
+    }
+
+    fn write_inventory(&self, policy: &str) -> Result<(), String> {
+        let mut t = String::from(
+            "# The demo fleet: one CP and its DPs behind HAProxy, all on this machine.\n\
+             [tls]\nca = \"certs/ca.pem\"\ncert = \"certs/rollgate-coordinator.pem\"\nkey = \"certs/rollgate-coordinator.key\"\n\n\
+             [coordinator]\nstate_dir = \"state\"\n\n[policy]\n",
+        );
+        t.push_str(policy);
+        t.push('\n');
+        for h in &self.hosts {
+            t.push_str(&format!("\n[[hosts]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{}\"\n", h.name, h.agent, h.role));
+        }
+        std::fs::write(&self.inventory, t).map_err(|e| format!("{}: {e}", self.inventory.display()))
+    }
+
+    pub fn host(&self, name: &str) -> Option<&HostInfo> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The URL the load requests through HAProxy.
+    pub fn url(&self) -> String {
+        format!("http://{}{ROUTE}", self.lb)
+    }
+
+    /// What every gateway reports on /status (None: no answer).
+    pub fn versions(&self) -> BTreeMap<String, Option<String>> {
+        self.hosts.iter().map(|h| (h.name.clone(), http::status_version(h.gateway))).collect()
+    }
+
+    pub fn agent_pid(&self, name: &str) -> Option<u32> {
+        self.agents.get(name).map(Child::id)
+    }
+
+    /// Kills every gateway an agent started (they outlive their agents).
+    fn kill_gateways(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for h in &self.hosts {
+            let pid = std::fs::read_to_string(h.dir.join("state/gateway.pid"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                pids.push(pid);
+                if !self.detached {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Leaves the fleet running; writes `teardown.sh` that stops all of it
+    /// and removes the directory. Returns its path.
+    pub fn keep(mut self) -> Result<PathBuf, String> {
+        let mut pids: Vec<u32> = self.agents.values().map(Child::id).collect();
+        pids.extend(self.upstream_proc.as_ref().map(Child::id));
+        self.detached = true;
+        pids.extend(self.kill_gateways());
+        if let Some(h) = self.haproxy.take() {
+            pids.push(h.detach());
+        }
+        let pg_stop = self.pg.take().map(PgCluster::detach).unwrap_or_default();
+        let script = self.dir.join("teardown.sh");
+        let text = format!(
+            "#!/bin/sh\n# Stops the rollgate demo fleet in {dir} and removes it.\n\
+             kill -9 {pids} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
+            dir = self.dir.display(),
+            pids = pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        );
+        std::fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        self.agents.clear();
+        self.upstream_proc = None;
+        Ok(script)
+    }
+}
+
+impl Drop for DemoFleet {
+    fn drop(&mut self) {
+        if self.detached && self.agents.is_empty() {
+            return; // kept: teardown.sh stops it
+        }
+        for c in self.agents.values_mut().chain(self.upstream_proc.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.detached = false;
+        self.kill_gateways();
+        self.haproxy.take();
+        self.pg.take();
+    }
+}
+
+/// The check `rollgate demo` makes before building anything: what is
+/// missing, and how to install it.
+pub fn missing_prerequisites(bins: &Bins) -> Vec<String> {
+    let mut missing = Vec::new();
+    if !Path::new(super::pg::DEFAULT_BIN_DIR).join("initdb").is_file() && std::env::var_os("ROLLGATE_PG_BIN").is_none() {
+        missing.push("PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)".to_string());
+    }
+    if haproxy::binary().is_none() {
+        missing.push("HAProxy (Debian: apt-get install haproxy)".to_string());
+    }
+    if !bins.demo_gateway.is_file() || !bins.agent.is_file() {
+        missing.push(format!(
+            "the rollgate-agent and demo-gateway binaries next to {} (cargo build --workspace)",
+            bins.rollgate.display()
+        ));
+    }
+    missing
+}
