@@ -28,7 +28,8 @@ pub struct DemoArgs {
 }
 
 pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
-    let exe = std::env::current_exe().map_err(|e| Failure::Failed(format!("cannot find this executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Failed(format!("cannot find this executable: {e}")))?;
     let bins = Bins::next_to(&exe);
     let missing = missing_prerequisites(&bins);
     if !missing.is_empty() {
@@ -40,8 +41,13 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     if a.dps == 0 || a.dps > 50 {
         return Err(Failure::Usage("--dps must be 1 to 50".into()));
     }
+    let temp = a.dir.is_none();
     let dir = a.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("rollgate-demo-{}-{}", std::process::id(), crate::rollout::log::now_ms()))
+        std::env::temp_dir().join(format!(
+            "rollgate-demo-{}-{}",
+            std::process::id(),
+            crate::rollout::log::now_ms()
+        ))
     });
     let spec = FleetSpec {
         dir,
@@ -55,14 +61,23 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     };
     let text = a.output == Output::Text;
     if text {
-        println!("Starting the demo fleet in {} (PostgreSQL, CP {}, {} DPs behind HAProxy)...", spec.dir.display(), a.from, a.dps);
+        println!(
+            "Starting the demo fleet in {} (PostgreSQL, CP {}, {} DPs behind HAProxy)...",
+            spec.dir.display(),
+            a.from,
+            a.dps
+        );
     }
     let fleet = tokio::task::spawn_blocking(move || DemoFleet::start(spec))
         .await
         .map_err(|e| Failure::Failed(e.to_string()))?
         .map_err(|e| Failure::Failed(format!("cannot start the demo fleet: {e}")))?;
     if text {
-        println!("Fleet up: load balancer http://{} → DPs; inventory {}", fleet.lb, fleet.inventory.display());
+        println!(
+            "Fleet up: load balancer http://{} → DPs; inventory {}",
+            fleet.lb,
+            fleet.inventory.display()
+        );
     }
     if a.no_upgrade {
         return keep_or_stop(fleet, a.keep, a.output);
@@ -70,9 +85,13 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     let before = fleet.versions();
     let load = Load::start(fleet.url(), a.rate, 8);
     if text {
-        println!("Sending {} requests/s through HAProxy; upgrading {} → {}\n", a.rate, a.from, a.to);
+        println!(
+            "Sending {} requests/s through HAProxy; upgrading {} → {}\n",
+            a.rate, a.from, a.to
+        );
     }
-    let inv = Inventory::load(&fleet.inventory).map_err(|e| Failure::Failed(format!("the demo inventory: {e}")))?;
+    let inv = Inventory::load(&fleet.inventory)
+        .map_err(|e| Failure::Failed(format!("the demo inventory: {e}")))?;
     let result = upgrade(
         inv,
         &fleet.catalog,
@@ -88,7 +107,9 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     let report = load.stop().await;
     let after = fleet.versions();
     let versions = |m: &BTreeMap<String, Option<String>>| -> BTreeMap<String, String> {
-        m.iter().map(|(k, v)| (k.clone(), v.clone().unwrap_or_else(|| "down".into()))).collect()
+        m.iter()
+            .map(|(k, v)| (k.clone(), v.clone().unwrap_or_else(|| "down".into())))
+            .collect()
     };
     let summary = serde_json::json!({
         "requests": report.sent,
@@ -98,18 +119,30 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     });
     if text {
         println!("\nDemo summary");
-        println!("  requests sent through HAProxy: {} in {:.0}s, failed: {}", report.sent, report.seconds, report.failed);
+        println!(
+            "  requests sent through HAProxy: {} in {:.0}s, failed: {}",
+            report.sent, report.seconds, report.failed
+        );
         for (ms, why) in report.failures.iter().take(5) {
             println!("    failure at +{:.1}s: {why}", *ms as f64 / 1000.0);
         }
         for (h, v) in versions(&before) {
-            println!("  {h:<6} {v} → {}", versions(&after).get(&h).cloned().unwrap_or_default());
+            println!(
+                "  {h:<6} {v} → {}",
+                versions(&after).get(&h).cloned().unwrap_or_default()
+            );
         }
     } else {
         println!("{summary}");
     }
     if a.keep {
         keep_or_stop(fleet, true, Output::Text)?;
+    } else {
+        let dir = fleet.dir.clone();
+        drop(fleet);
+        if temp {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
     result
 }
@@ -139,7 +172,10 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
         let r = exe.display();
         let (i, c) = (inventory.display(), catalog.display());
         println!("\nThe fleet keeps running.");
-        println!("  traffic:   curl http://{lb}{}", rollgate::testbed::fleet::ROUTE);
+        println!(
+            "  traffic:   curl http://{lb}{}",
+            rollgate::testbed::fleet::ROUTE
+        );
         println!("  status:    {r} status -i {i}");
         println!("  plan:      {r} plan -i {i} -c {c} --to 3.5.0");
         println!("  upgrade:   {r} upgrade -i {i} -c {c} --to 3.5.0");

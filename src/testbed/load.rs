@@ -35,14 +35,26 @@ impl Load {
     /// `rate` requests a second spread over `workers` keep-alive clients,
     /// each a GET of `url` that must answer 200.
     pub fn start(url: String, rate: u32, workers: u32) -> Load {
+        crate::tls::install_crypto_provider();
         let stop = Arc::new(AtomicBool::new(false));
-        let (sent, ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (sent, ok, failed) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let failures = Arc::new(Mutex::new(Vec::new()));
         let start = Instant::now();
         let every = Duration::from_secs_f64(f64::from(workers.max(1)) / f64::from(rate.max(1)));
         let mut tasks = Vec::new();
         for _ in 0..workers.max(1) {
-            let (stop, sent, ok, failed, failures, url) = (stop.clone(), sent.clone(), ok.clone(), failed.clone(), failures.clone(), url.clone());
+            let (stop, sent, ok, failed, failures, url) = (
+                stop.clone(),
+                sent.clone(),
+                ok.clone(),
+                failed.clone(),
+                failures.clone(),
+                url.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let client = reqwest::Client::builder()
                     .no_proxy()
@@ -77,12 +89,23 @@ impl Load {
                 }
             }));
         }
-        Load { stop, tasks, sent, ok, failures, failed, start }
+        Load {
+            stop,
+            tasks,
+            sent,
+            ok,
+            failures,
+            failed,
+            start,
+        }
     }
 
     /// Requests that got an answer so far (for progress lines).
     pub fn so_far(&self) -> (u64, u64) {
-        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops the workers (each finishes its request in flight) and reports.

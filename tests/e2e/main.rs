@@ -12,3 +12,4 @@ mod deploy;
 mod mtls;
 mod status;
 mod upgrade;
+mod zero_downtime;

@@ -77,12 +77,20 @@ async fn one_cp_and_four_dps_from_330_to_340() {
 }
 
 fn catalog_arg() -> String {
-    gateway::artifacts().join("releases.toml").display().to_string()
+    gateway::artifacts()
+        .join("releases.toml")
+        .display()
+        .to_string()
 }
 
 fn hosts_running(fleet: &crate::support::fixtures::Fleet) -> Vec<(String, Option<String>)> {
     let mut v = vec![("cp-1".to_string(), running_version(fleet.cp.addr))];
-    v.extend(fleet.dps.iter().map(|(h, _, a)| (h.name.clone(), running_version(*a))));
+    v.extend(
+        fleet
+            .dps
+            .iter()
+            .map(|(h, _, a)| (h.name.clone(), running_version(*a))),
+    );
     v
 }
 
@@ -91,8 +99,25 @@ async fn from_330_to_350_in_two_hops() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 2, "batch = 1").await;
-    let out = sb.rollgate(&["upgrade", "-i", "fleet.toml", "-c", &catalog_arg(), "--to", "3.5.0", "--yes", "--output", "json"]);
-    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let out = sb.rollgate(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog_arg(),
+        "--to",
+        "3.5.0",
+        "--yes",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
     let evs = events(&out.stdout);
     let hops: Vec<&str> = evs
         .iter()
@@ -103,7 +128,11 @@ async fn from_330_to_350_in_two_hops() {
     for (h, v) in hosts_running(&fleet) {
         assert_eq!(v.as_deref(), Some("3.5.0"), "{h}");
     }
-    assert_eq!(db.psql("SELECT max(version) FROM schema_version").trim(), "3", "both migrations ran");
+    assert_eq!(
+        db.psql("SELECT max(version) FROM schema_version").trim(),
+        "3",
+        "both migrations ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,28 +140,63 @@ async fn a_bad_dp_release_halts_after_the_canary() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 3, "batch = 2\nhealth_timeout = \"4s\"").await;
-    let out = sb.rollgate(&["upgrade", "-i", "fleet.toml", "-c", &catalog_arg(), "--to", "3.4.0-never-ready", "--yes", "--output", "json"]);
-    assert_eq!(out.code, Some(1), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    let out = sb.rollgate(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog_arg(),
+        "--to",
+        "3.4.0-never-ready",
+        "--yes",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
     let evs = events(&out.stdout);
     let last = evs.last().unwrap();
     assert_eq!(last["status"], "halted", "{last}");
-    assert!(last["error"].as_str().unwrap().contains("dp-1"), "the report names the host: {last}");
-    let failed: Vec<&serde_json::Value> = evs.iter().filter(|e| e["event"] == "step" && e["status"] == "failed").collect();
+    assert!(
+        last["error"].as_str().unwrap().contains("dp-1"),
+        "the report names the host: {last}"
+    );
+    let failed: Vec<&serde_json::Value> = evs
+        .iter()
+        .filter(|e| e["event"] == "step" && e["status"] == "failed")
+        .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!((failed[0]["host"].as_str(), failed[0]["step"].as_str()), (Some("dp-1"), Some("install")));
+    assert_eq!(
+        (failed[0]["host"].as_str(), failed[0]["step"].as_str()),
+        (Some("dp-1"), Some("install"))
+    );
     assert_eq!(failed[0]["detail"]["reverted"], true);
     // No DP after the canary was touched.
     for h in ["dp-2", "dp-3"] {
         assert!(
-            !evs.iter().any(|e| e["host"] == h && matches!(e["step"].as_str(), Some("drain" | "install"))),
+            !evs.iter()
+                .any(|e| e["host"] == h && matches!(e["step"].as_str(), Some("drain" | "install"))),
             "{h} was touched"
         );
     }
     for (h, _, addr) in &fleet.dps {
-        assert_eq!(running_version(*addr).as_deref(), Some("3.3.0"), "{} serves the old version", h.name);
+        assert_eq!(
+            running_version(*addr).as_deref(),
+            Some("3.3.0"),
+            "{} serves the old version",
+            h.name
+        );
     }
     let hosts = last["detail"]["hosts"].as_array().unwrap();
-    assert!(hosts.iter().all(|h| h["drain"] == "in rotation"), "no host left drained: {hosts:?}");
+    assert!(
+        hosts.iter().all(|h| h["drain"] == "in rotation"),
+        "no host left drained: {hosts:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,22 +205,61 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 4, "batch = 1").await;
-    let mut run = sb.rollgate_bg(&["upgrade", "-i", "fleet.toml", "-c", &catalog_arg(), "--to", "3.4.0", "--yes", "--output", "json"]);
+    let mut run = sb.rollgate_bg(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog_arg(),
+        "--to",
+        "3.4.0",
+        "--yes",
+        "--output",
+        "json",
+    ]);
     let line = run.wait_line(std::time::Duration::from_secs(180), "dp-2 installed", |l| {
-        l.contains("\"host\":\"dp-2\"") && l.contains("\"step\":\"install\"") && l.contains("\"status\":\"succeeded\"")
+        l.contains("\"host\":\"dp-2\"")
+            && l.contains("\"step\":\"install\"")
+            && l.contains("\"status\":\"succeeded\"")
     });
     run.kill9();
-    let rid = serde_json::from_str::<serde_json::Value>(&line).unwrap()["rollout"].as_str().unwrap().to_string();
+    let rid = serde_json::from_str::<serde_json::Value>(&line).unwrap()["rollout"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // A new upgrade is refused while the cut-off rollout is unfinished.
-    let again = sb.rollgate(&["upgrade", "-i", "fleet.toml", "-c", &catalog_arg(), "--to", "3.4.0", "--yes"]);
+    let again = sb.rollgate(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog_arg(),
+        "--to",
+        "3.4.0",
+        "--yes",
+    ]);
     assert_eq!(again.code, Some(2), "{}", again.stderr);
-    assert!(again.stderr.contains(&rid) && again.stderr.contains("resume"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains(&rid) && again.stderr.contains("resume"),
+        "{}",
+        again.stderr
+    );
 
     let out = sb.rollgate(&["resume", "-i", "fleet.toml", "--output", "json"]);
-    assert_eq!(out.code, Some(0), "stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
     let evs = events(&out.stdout);
-    assert!(evs.iter().any(|e| e["status"] == "done-before" && e["host"] == "dp-2"), "dp-2's steps are not repeated");
+    assert!(
+        evs.iter()
+            .any(|e| e["status"] == "done-before" && e["host"] == "dp-2"),
+        "dp-2's steps are not repeated"
+    );
     for (h, v) in hosts_running(&fleet) {
         assert_eq!(v.as_deref(), Some("3.4.0"), "{h}");
     }
@@ -166,7 +269,9 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
     for h in hosts {
         let mut c = crate::support::client::connect(&sb, h).await;
         let ops = c
-            .list_operations(pb::ListOperationsRequest { prefix: format!("{rid}/{}/install", h.name) })
+            .list_operations(pb::ListOperationsRequest {
+                prefix: format!("{rid}/{}/install", h.name),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -180,7 +285,11 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
     assert_eq!(doc["rollouts"][0]["outcome"], "succeeded", "{doc}");
     let show = sb.rollgate(&["show", "-i", "fleet.toml", &rid]);
     assert_eq!(show.code, Some(0));
-    assert!(show.stdout.contains("dp-4") && show.stdout.contains("install"), "{}", show.stdout);
+    assert!(
+        show.stdout.contains("dp-4") && show.stdout.contains("install"),
+        "{}",
+        show.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +297,18 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 1, "").await;
-    let mut run = sb.rollgate_bg(&["upgrade", "-i", "fleet.toml", "-c", &catalog_arg(), "--to", "3.4.0", "--yes", "--output", "json"]);
+    let mut run = sb.rollgate_bg(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog_arg(),
+        "--to",
+        "3.4.0",
+        "--yes",
+        "--output",
+        "json",
+    ]);
     run.wait_line(std::time::Duration::from_secs(120), "the backup", |l| {
         l.contains("\"step\":\"backup-copy\"") && l.contains("succeeded")
     });
@@ -196,13 +316,30 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
     let (code, lines) = run.finish(std::time::Duration::from_secs(120));
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     let evs = events(&lines.join("\n"));
-    let guard = evs.iter().find(|e| e["step"] == "write-freeze-guard").expect("guard event");
+    let guard = evs
+        .iter()
+        .find(|e| e["step"] == "write-freeze-guard")
+        .expect("guard event");
     assert_eq!(guard["status"], "failed");
-    let tables: Vec<&str> = guard["detail"]["changed_tables"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert!(tables.contains(&"public.routes"), "names the table written: {tables:?}");
-    assert!(!evs.iter().any(|e| e["step"] == "install"), "no install started");
+    let tables: Vec<&str> = guard["detail"]["changed_tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(
+        tables.contains(&"public.routes"),
+        "names the table written: {tables:?}"
+    );
+    assert!(
+        !evs.iter().any(|e| e["step"] == "install"),
+        "no install started"
+    );
     assert_eq!(running_version(fleet.cp.addr).as_deref(), Some("3.3.0"));
-    assert_eq!(gateway::current_of(&fleet.cp.host).as_deref(), Some("3.3.0"));
+    assert_eq!(
+        gateway::current_of(&fleet.cp.host).as_deref(),
+        Some("3.3.0")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,29 +360,85 @@ async fn plan_refuses_a_major_jump_and_a_downgrade() {
         )
     };
     let cat = sb.path().join("releases-more.toml");
-    std::fs::write(&cat, base.replace("artifact = \"", &format!("artifact = \"{}/", gateway::artifacts().display())) + &extra("4.0.0") + &extra("3.2.0")).unwrap();
+    std::fs::write(
+        &cat,
+        base.replace(
+            "artifact = \"",
+            &format!("artifact = \"{}/", gateway::artifacts().display()),
+        ) + &extra("4.0.0")
+            + &extra("3.2.0"),
+    )
+    .unwrap();
     let cat = cat.display().to_string();
 
-    let major = sb.rollgate(&["plan", "-i", "fleet.toml", "-c", &cat, "--to", "4.0.0", "--output", "json"]);
+    let major = sb.rollgate(&[
+        "plan",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &cat,
+        "--to",
+        "4.0.0",
+        "--output",
+        "json",
+    ]);
     assert_eq!(major.code, Some(2), "{}\n{}", major.stdout, major.stderr);
     let doc: serde_json::Value = serde_json::from_str(&major.stdout).unwrap();
-    assert!(doc["blocked"][0].as_str().unwrap().contains("major"), "{doc}");
+    assert!(
+        doc["blocked"][0].as_str().unwrap().contains("major"),
+        "{doc}"
+    );
 
     let down = sb.rollgate(&["plan", "-i", "fleet.toml", "-c", &cat, "--to", "3.2.0"]);
     assert_eq!(down.code, Some(2), "{}\n{}", down.stdout, down.stderr);
-    assert!(down.stdout.contains("downgrade") || down.stdout.contains("older"), "{}", down.stdout);
+    assert!(
+        down.stdout.contains("downgrade") || down.stdout.contains("older"),
+        "{}",
+        down.stdout
+    );
 
     let ok = sb.rollgate(&["plan", "-i", "fleet.toml", "-c", &cat, "--to", "3.5.0"]);
     assert_eq!(ok.code, Some(0), "{}\n{}", ok.stdout, ok.stderr);
     assert!(ok.stdout.contains("3.4.1 → 3.5.0"), "{}", ok.stdout);
     assert!(ok.stdout.contains("Breaking changes"), "{}", ok.stdout);
 
-    let dry = sb.rollgate(&["upgrade", "-i", "fleet.toml", "-c", &cat, "--to", "3.4.0", "--dry-run"]);
+    let dry = sb.rollgate(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &cat,
+        "--to",
+        "3.4.0",
+        "--dry-run",
+    ]);
     assert_eq!(dry.code, Some(0), "{}", dry.stderr);
-    assert!(dry.stdout.contains("canary batch: drain → install 3.4.0 → undrain on dp-1"), "{}", dry.stdout);
-    assert!(sb.path().join("state/rollouts").read_dir().map(|d| d.count()).unwrap_or(0) == 0, "a dry run records nothing");
+    assert!(
+        dry.stdout
+            .contains("canary batch: drain → install 3.4.0 → undrain on dp-1"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        sb.path()
+            .join("state/rollouts")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "a dry run records nothing"
+    );
 
     let unconfirmed = sb.rollgate(&["upgrade", "-i", "fleet.toml", "-c", &cat, "--to", "3.4.0"]);
-    assert_eq!(unconfirmed.code, Some(2), "breaking changes need --yes: {}", unconfirmed.stderr);
-    assert!(unconfirmed.stderr.contains("--yes"), "{}", unconfirmed.stderr);
+    assert_eq!(
+        unconfirmed.code,
+        Some(2),
+        "breaking changes need --yes: {}",
+        unconfirmed.stderr
+    );
+    assert!(
+        unconfirmed.stderr.contains("--yes"),
+        "{}",
+        unconfirmed.stderr
+    );
 }

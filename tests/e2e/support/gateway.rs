@@ -188,4 +188,3 @@ pub fn add_route(cp: SocketAddr, id: &str) {
     let (code, out) = http(cp, "POST", "/api/routes", &body);
     assert!(code == 200 || code == 201, "{code}: {out}");
 }
-

@@ -67,6 +67,33 @@ impl Sandbox {
         }
     }
 
+    /// The /16 of loopback addresses this test owns: 127.A.B.x.
+    pub fn net(&self) -> (u8, u8) {
+        self.net
+    }
+
+    /// A whole fleet (PostgreSQL, CP, `dps` DPs behind HAProxy, agents) on
+    /// `version`, in `<sandbox>/fleet`, with `policy` in its inventory.
+    pub fn demo_fleet(
+        &self,
+        dps: usize,
+        version: &str,
+        policy: &str,
+    ) -> rollgate::testbed::fleet::DemoFleet {
+        use rollgate::testbed::fleet::{Bins, DemoFleet, FleetSpec};
+        DemoFleet::start(FleetSpec {
+            dir: self.path().join("fleet"),
+            net: self.net,
+            dps,
+            version: version.into(),
+            bins: Bins::next_to(Path::new(ROLLGATE)),
+            artifacts_cache: env!("CARGO_TARGET_TMPDIR").into(),
+            policy: policy.into(),
+            detached: false,
+        })
+        .unwrap_or_else(|e| panic!("demo fleet: {e}"))
+    }
+
     /// The loopback address of simulated host `n` (1..=254).
     pub fn ip(&self, n: u8) -> Ipv4Addr {
         Ipv4Addr::new(127, self.net.0, self.net.1, n)
@@ -106,7 +133,12 @@ impl Sandbox {
     pub fn rollgate_bg<S: AsRef<str>>(&self, args: &[S]) -> Running {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        Running::spawn(ROLLGATE, args, self.path(), &self.path().join(format!("rollgate-{n}.stderr")))
+        Running::spawn(
+            ROLLGATE,
+            args,
+            self.path(),
+            &self.path().join(format!("rollgate-{n}.stderr")),
+        )
     }
 
     /// Writes a fleet.toml listing `hosts` (name, role, agent address).

@@ -177,7 +177,12 @@ impl Running {
     }
 
     /// Waits (deadline) for a stdout line for which `pred` holds.
-    pub fn wait_line(&mut self, deadline: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_line(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let end = Instant::now() + deadline;
         loop {
             let left = end.saturating_duration_since(Instant::now());
@@ -213,7 +218,10 @@ impl Running {
             }
             if Instant::now() >= end {
                 let _ = self.child.kill();
-                panic!("did not finish within {deadline:?}; output:\n{}", self.seen.join("\n"));
+                panic!(
+                    "did not finish within {deadline:?}; output:\n{}",
+                    self.seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
