@@ -119,7 +119,8 @@ impl DemoFleet {
             .ok_or_else(|| format!("no release {} in {}", spec.version, catalog_path.display()))?
             .clone();
         let pg = PgCluster::start().map_err(|e| format!("PostgreSQL: {e}"))?;
-        pg.createdb("gateway").map_err(|e| format!("PostgreSQL: {e}"))?;
+        pg.createdb("gateway")
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
         let ip = |n: u8| Ipv4Addr::new(127, spec.net.0, spec.net.1, n);
 
         let mut fleet = DemoFleet {
@@ -141,43 +142,77 @@ impl DemoFleet {
         let mut names = vec![("cp-1".to_string(), 1u8, Role::Cp)];
         names.extend((1..=spec.dps).map(|i| (format!("dp-{i}"), i as u8 + 1, Role::Dp)));
         let mut certs = Command::new(&spec.bins.rollgate);
-        certs.args(["certs", "init", "--dir"]).arg(spec.dir.join("certs"));
+        certs
+            .args(["certs", "init", "--dir"])
+            .arg(spec.dir.join("certs"));
         for (n, i, _) in &names {
             certs.arg("--agent").arg(format!("{n}={}", ip(*i)));
         }
-        let out = certs.output().map_err(|e| format!("cannot run rollgate certs init: {e}"))?;
+        let out = certs
+            .output()
+            .map_err(|e| format!("cannot run rollgate certs init: {e}"))?;
         if !out.status.success() {
-            return Err(format!("rollgate certs init: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "rollgate certs init: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         let Artifact::File(artifact) = &release.artifact else {
             return Err("the demo needs file artifacts".into());
         };
         let cp_addr = SocketAddr::new(ip(1).into(), free_port(ip(1))?);
         for (name, i, role) in &names {
-            let gateway = if *role == Role::Cp { cp_addr } else { SocketAddr::new(ip(*i).into(), free_port(ip(*i))?) };
+            let gateway = if *role == Role::Cp {
+                cp_addr
+            } else {
+                SocketAddr::new(ip(*i).into(), free_port(ip(*i))?)
+            };
             let host = HostInfo {
                 name: name.clone(),
                 role: *role,
                 dir: spec.dir.join(name),
                 gateway,
                 agent: SocketAddr::new(ip(*i).into(), free_port(ip(*i))?),
-                agent_check: if *role == Role::Dp { Some(SocketAddr::new(ip(*i).into(), free_port(ip(*i))?)) } else { None },
+                agent_check: if *role == Role::Dp {
+                    Some(SocketAddr::new(ip(*i).into(), free_port(ip(*i))?))
+                } else {
+                    None
+                },
             };
-            fleet.lay_out(&host, cp_addr, artifact, &release.version.to_string(), &release.sha256)?;
+            fleet.lay_out(
+                &host,
+                cp_addr,
+                artifact,
+                &release.version.to_string(),
+                &release.sha256,
+            )?;
             fleet.hosts.push(host);
         }
         // The upstream, then the agents (each starts its installed gateway).
         let upstream = fleet.spawn(
-            Command::new(&spec.bins.demo_gateway)
-                .args(["upstream", "--listen", &fleet.upstream.to_string(), "--name", "upstream"]),
+            Command::new(&spec.bins.demo_gateway).args([
+                "upstream",
+                "--listen",
+                &fleet.upstream.to_string(),
+                "--name",
+                "upstream",
+            ]),
             &spec.dir.join("upstream.log"),
         )?;
         fleet.upstream_proc = Some(upstream);
         for h in fleet.hosts.clone() {
-            let child = fleet.spawn(Command::new(&spec.bins.agent).arg("--config").arg(h.dir.join("agent.toml")).current_dir(&h.dir), &h.dir.join("agent.log"))?;
+            let child = fleet.spawn(
+                Command::new(&spec.bins.agent)
+                    .arg("--config")
+                    .arg(h.dir.join("agent.toml"))
+                    .current_dir(&h.dir),
+                &h.dir.join("agent.log"),
+            )?;
             fleet.agents.insert(h.name.clone(), child);
         }
-        wait(Duration::from_secs(60), "the CP to be ready", || http::ready(cp_addr))?;
+        wait(Duration::from_secs(60), "the CP to be ready", || {
+            http::ready(cp_addr)
+        })?;
         let route = format!(
             r#"{{"id":"api","path_prefix":"/api","upstream":"http://{}","plugins":[{{"name":"response-header","config":{{"name":"x-served-by","value":"rollgate-demo"}}}}]}}"#,
             fleet.upstream
@@ -188,9 +223,11 @@ impl DemoFleet {
         }
         for h in fleet.hosts.iter().filter(|h| h.role == Role::Dp) {
             let a = h.gateway;
-            wait(Duration::from_secs(60), &format!("{} to be ready", h.name), || {
-                http::get(a, ROUTE).is_some_and(|(c, _)| c == 200)
-            })?;
+            wait(
+                Duration::from_secs(60),
+                &format!("{} to be ready", h.name),
+                || http::get(a, ROUTE).is_some_and(|(c, _)| c == 200),
+            )?;
         }
         // HAProxy in front of the DPs.
         let lb = SocketAddr::new(ip(200).into(), free_port(ip(200))?);
@@ -206,37 +243,64 @@ impl DemoFleet {
             .collect();
         fleet.haproxy = Some(Haproxy::start(&spec.dir, lb, &servers)?);
         fleet.lb = lb;
-        wait(Duration::from_secs(30), "HAProxy to serve the route", || http::get(lb, ROUTE).is_some_and(|(c, _)| c == 200))?;
+        wait(
+            Duration::from_secs(30),
+            "HAProxy to serve the route",
+            || http::get(lb, ROUTE).is_some_and(|(c, _)| c == 200),
+        )?;
         fleet.write_inventory(&spec.policy)?;
         Ok(fleet)
     }
 
     fn spawn(&self, cmd: &mut Command, log: &Path) -> Result<Child, String> {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         if self.detached {
             cmd.process_group(0);
         }
-        cmd.spawn().map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
+        cmd.spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
     }
 
     /// A host's directory: agent.toml, gateway.toml, and an install root
     /// with `version` unpacked and current.
-    fn lay_out(&self, h: &HostInfo, cp: SocketAddr, artifact: &Path, version: &str, sha256: &str) -> Result<(), String> {
+    fn lay_out(
+        &self,
+        h: &HostInfo,
+        cp: SocketAddr,
+        artifact: &Path,
+        version: &str,
+        sha256: &str,
+    ) -> Result<(), String> {
         let io = |e: std::io::Error| format!("{}: {e}", h.dir.display());
         let rel = h.dir.join("root/releases").join(version);
         std::fs::create_dir_all(&rel).map_err(io)?;
         let f = std::fs::File::open(artifact).map_err(io)?;
-        tar::Archive::new(flate2::read::GzDecoder::new(f)).unpack(&rel).map_err(io)?;
-        std::fs::write(rel.join(".rollgate-release"), serde_json::json!({ "version": version, "sha256": sha256 }).to_string()).map_err(io)?;
-        std::os::unix::fs::symlink(format!("releases/{version}"), h.dir.join("root/current")).map_err(io)?;
+        tar::Archive::new(flate2::read::GzDecoder::new(f))
+            .unpack(&rel)
+            .map_err(io)?;
+        std::fs::write(
+            rel.join(".rollgate-release"),
+            serde_json::json!({ "version": version, "sha256": sha256 }).to_string(),
+        )
+        .map_err(io)?;
+        std::os::unix::fs::symlink(format!("releases/{version}"), h.dir.join("root/current"))
+            .map_err(io)?;
         let certs = self.dir.join("certs");
         let pg = self.pg.as_ref().ok_or("no database")?;
         let (role, gateway_toml, extra) = match h.role {
             Role::Cp => (
                 "cp",
-                format!("listen = \"{}\"\ndatabase_url = \"{}\"\n", h.gateway, pg.conninfo("gateway")),
+                format!(
+                    "listen = \"{}\"\ndatabase_url = \"{}\"\n",
+                    h.gateway,
+                    pg.conninfo("gateway")
+                ),
                 format!(
                     "[backup]\ndir = \"backups\"\nkeep = 5\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{}/api/export\"\n",
                     pg.bin_dir().display(),
@@ -283,7 +347,10 @@ impl DemoFleet {
         t.push_str(policy);
         t.push('\n');
         for h in &self.hosts {
-            t.push_str(&format!("\n[[hosts]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{}\"\n", h.name, h.agent, h.role));
+            t.push_str(&format!(
+                "\n[[hosts]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{}\"\n",
+                h.name, h.agent, h.role
+            ));
         }
         std::fs::write(&self.inventory, t).map_err(|e| format!("{}: {e}", self.inventory.display()))
     }
@@ -299,7 +366,10 @@ impl DemoFleet {
 
     /// What every gateway reports on /status (None: no answer).
     pub fn versions(&self) -> BTreeMap<String, Option<String>> {
-        self.hosts.iter().map(|h| (h.name.clone(), http::status_version(h.gateway))).collect()
+        self.hosts
+            .iter()
+            .map(|h| (h.name.clone(), http::status_version(h.gateway)))
+            .collect()
     }
 
     pub fn agent_pid(&self, name: &str) -> Option<u32> {
@@ -316,7 +386,10 @@ impl DemoFleet {
             if let Some(pid) = pid {
                 pids.push(pid);
                 if !self.detached {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -339,11 +412,16 @@ impl DemoFleet {
             "#!/bin/sh\n# Stops the rollgate demo fleet in {dir} and removes it.\n\
              kill -9 {pids} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
             dir = self.dir.display(),
-            pids = pids.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            pids = pids
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
         );
         std::fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
         self.agents.clear();
         self.upstream_proc = None;
         Ok(script)
@@ -355,7 +433,11 @@ impl Drop for DemoFleet {
         if self.detached && self.agents.is_empty() {
             return; // kept: teardown.sh stops it
         }
-        for c in self.agents.values_mut().chain(self.upstream_proc.iter_mut()) {
+        for c in self
+            .agents
+            .values_mut()
+            .chain(self.upstream_proc.iter_mut())
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -370,8 +452,14 @@ impl Drop for DemoFleet {
 /// missing, and how to install it.
 pub fn missing_prerequisites(bins: &Bins) -> Vec<String> {
     let mut missing = Vec::new();
-    if !Path::new(super::pg::DEFAULT_BIN_DIR).join("initdb").is_file() && std::env::var_os("ROLLGATE_PG_BIN").is_none() {
-        missing.push("PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)".to_string());
+    if !Path::new(super::pg::DEFAULT_BIN_DIR)
+        .join("initdb")
+        .is_file()
+        && std::env::var_os("ROLLGATE_PG_BIN").is_none()
+    {
+        missing.push(
+            "PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)".to_string(),
+        );
     }
     if haproxy::binary().is_none() {
         missing.push("HAProxy (Debian: apt-get install haproxy)".to_string());

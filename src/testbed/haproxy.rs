@@ -46,10 +46,14 @@ pub fn config(listen: SocketAddr, servers: &[Server]) -> String {
 
 /// The haproxy binary, when installed.
 pub fn binary() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy", "/usr/bin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        "/usr/sbin/haproxy",
+        "/usr/local/sbin/haproxy",
+        "/usr/bin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
 }
 
 /// A running HAProxy; stopped on drop unless detached.
@@ -66,7 +70,8 @@ impl Haproxy {
     pub fn start(dir: &Path, listen: SocketAddr, servers: &[Server]) -> Result<Haproxy, String> {
         let bin = binary().ok_or("haproxy is not installed (Debian: apt-get install haproxy)")?;
         let config_path = dir.join("haproxy.cfg");
-        std::fs::write(&config_path, config(listen, servers)).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        std::fs::write(&config_path, config(listen, servers))
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
         let check = Command::new(&bin)
             .arg("-c")
             .arg("-f")
@@ -74,7 +79,11 @@ impl Haproxy {
             .output()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
         if !check.status.success() {
-            return Err(format!("haproxy rejects {}: {}", config_path.display(), String::from_utf8_lossy(&check.stderr)));
+            return Err(format!(
+                "haproxy rejects {}: {}",
+                config_path.display(),
+                String::from_utf8_lossy(&check.stderr)
+            ));
         }
         let log = std::fs::File::create(dir.join("haproxy.log")).map_err(|e| e.to_string())?;
         let child = Command::new(&bin)
@@ -129,7 +138,12 @@ mod tests {
                 agent_check: "127.0.0.2:9999".parse().unwrap(),
             }],
         );
-        assert!(c.contains("server dp-1 127.0.0.2:9080 check agent-check agent-addr 127.0.0.2 agent-port 9999"), "{c}");
+        assert!(
+            c.contains(
+                "server dp-1 127.0.0.2:9080 check agent-check agent-addr 127.0.0.2 agent-port 9999"
+            ),
+            "{c}"
+        );
         assert!(c.contains("option httpchk GET /status/ready"));
     }
 
@@ -141,14 +155,29 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rollgate-haproxy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("h.cfg");
-        std::fs::write(&p, config("127.0.0.1:1".parse().unwrap(), &[Server {
-            name: "a".into(),
-            addr: "127.0.0.1:2".parse().unwrap(),
-            agent_check: "127.0.0.1:3".parse().unwrap(),
-        }]))
+        std::fs::write(
+            &p,
+            config(
+                "127.0.0.1:1".parse().unwrap(),
+                &[Server {
+                    name: "a".into(),
+                    addr: "127.0.0.1:2".parse().unwrap(),
+                    agent_check: "127.0.0.1:3".parse().unwrap(),
+                }],
+            ),
+        )
         .unwrap();
-        let out = Command::new(bin).arg("-c").arg("-f").arg(&p).output().unwrap();
+        let out = Command::new(bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(&p)
+            .output()
+            .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -236,7 +236,11 @@ impl PgCluster {
     /// --keep`); returns the shell command that stops it and removes its dir.
     pub fn detach(self) -> String {
         let pg_ctl = self.bin("pg_ctl");
-        let stop = format!("{} -D '{}' -m fast -w stop", pg_ctl.display(), self.data_dir().display());
+        let stop = format!(
+            "{} -D '{}' -m fast -w stop",
+            pg_ctl.display(),
+            self.data_dir().display()
+        );
         let stop = match &self.run_as {
             Some(user) => format!("runuser -u {user} -- {stop}"),
             None => stop,
