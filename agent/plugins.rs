@@ -33,17 +33,17 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::PluginFile>) {
         let p = e.path();
         if t.is_dir() {
             walk(root, &p, out);
-        } else if t.is_file() {
-            if let Ok(data) = std::fs::read(&p) {
-                out.push(pb::PluginFile {
-                    path: p
-                        .strip_prefix(root)
-                        .unwrap_or(&p)
-                        .to_string_lossy()
-                        .to_string(),
-                    sha256: hex::encode(Sha256::digest(&data)),
-                });
-            }
+        } else if t.is_file()
+            && let Ok(data) = std::fs::read(&p)
+        {
+            out.push(pb::PluginFile {
+                path: p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .to_string(),
+                sha256: hex::encode(Sha256::digest(&data)),
+            });
         }
     }
 }

@@ -105,9 +105,7 @@ pub struct Hello {
     pub role: Role,
     pub agent_version: String,
     pub installed: Option<Version>,
-    pub releases: Vec<Version>,
     pub disk_free_bytes: u64,
-    pub custom_plugin_dirs: Vec<String>,
     /// (path relative to the release, sha256) of each custom plugin file.
     pub custom_plugin_files: Vec<(String, String)>,
     pub database_backup: bool,
@@ -117,14 +115,6 @@ impl TryFrom<pb::HelloResponse> for Hello {
     type Error = WireError;
 
     fn try_from(h: pb::HelloResponse) -> Result<Self, WireError> {
-        let releases = h
-            .releases
-            .iter()
-            .map(|r| convert::optional_version(r, "HelloResponse", "releases"))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
         Ok(Hello {
             role: convert::role_from_wire(h.role, "HelloResponse")?,
             installed: convert::optional_version(
@@ -132,11 +122,9 @@ impl TryFrom<pb::HelloResponse> for Hello {
                 "HelloResponse",
                 "installed_version",
             )?,
-            releases,
             host_name: h.host_name,
             agent_version: h.agent_version,
             disk_free_bytes: h.disk_free_bytes,
-            custom_plugin_dirs: h.custom_plugin_dirs,
             custom_plugin_files: h
                 .custom_plugin_files
                 .into_iter()

@@ -168,7 +168,6 @@ fn default_agent_silence() -> Duration {
 #[derive(Debug, Clone)]
 pub struct Inventory {
     pub path: PathBuf,
-    pub tls_files: TlsFiles,
     pub tls: TlsMaterial,
     pub coordinator: CoordinatorSettings,
     pub policy: Policy,
@@ -189,7 +188,6 @@ impl Inventory {
             .map_err(|e| err(format!("key `tls`: {e}")))?;
         Ok(Inventory {
             path: path.to_path_buf(),
-            tls_files: parsed.tls,
             tls,
             coordinator: parsed.coordinator,
             policy: parsed.policy,

@@ -187,23 +187,6 @@ impl Reporter {
         }
     }
 
-    /// A free-form line (plans, reports); JSON mode wraps it in an event.
-    pub fn say(&self, rollout: &str, text: &str) {
-        match &*self.lock() {
-            Sink::Json => {
-                let ev = Event::new("status", rollout, "info")
-                    .detail(serde_json::json!({ "message": text }));
-                if let Ok(s) = serde_json::to_string(&ev) {
-                    println!("{s}");
-                }
-            }
-            Sink::Plain { .. } => println!("{text}"),
-            Sink::Bars { mp, .. } => {
-                let _ = mp.println(text);
-            }
-        }
-    }
-
     pub fn finish(&self) {
         if let Sink::Bars { overall, .. } = &*self.lock() {
             overall.finish_and_clear();

@@ -1,5 +1,7 @@
 //! `rollgate status`: one row per host, asked of every agent at once.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use rollgate::compat::{self, Compat};
 use rollgate::role::Role;
@@ -16,6 +18,11 @@ pub struct HostStatus {
     pub name: String,
     pub role: Role,
     pub address: String,
+    /// The inventory's labels (zone, gateway group, ...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The rollgate-agent version on the host.
+    pub agent_version: Option<String>,
     /// The release the host's install root points at.
     pub version: Option<String>,
     /// The version the running gateway reports.
@@ -80,6 +87,8 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
         name: p.host.name.clone(),
         role: p.host.role,
         address: p.host.address.to_string(),
+        labels: p.host.labels.clone(),
+        agent_version: None,
         version: None,
         running_version: None,
         healthy: None,
@@ -96,6 +105,7 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
         }
     };
     s.reachable = true;
+    s.agent_version = Some(hello.agent_version.clone());
     s.version = hello.installed.as_ref().map(ToString::to_string);
     s.running_version = Some(health.running_version).filter(|v| !v.is_empty());
     s.healthy = Some(health.healthy);

@@ -53,13 +53,13 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
     }
     let rid = new_id("rb");
     let _lock = lock::acquire(&state_dir, &rid, "rollback").map_err(Failure::Failed)?;
-    if let Some(l) = super::upgrade::unfinished(&state_dir) {
-        if l.spec.id != orig.spec.id {
-            return Err(Failure::Blocked(format!(
-                "rollout {} is unfinished; resume it or roll it back first",
-                l.spec.id
-            )));
-        }
+    if let Some(l) = super::upgrade::unfinished(&state_dir)
+        && l.spec.id != orig.spec.id
+    {
+        return Err(Failure::Blocked(format!(
+            "rollout {} is unfinished; resume it or roll it back first",
+            l.spec.id
+        )));
     }
     let current = installed_versions(&inv).await?;
     let moving: Vec<String> = orig

@@ -285,13 +285,13 @@ pub async fn resume(
         None => unfinished(&state_dir)
             .ok_or_else(|| Failure::Usage("no rollout to resume: the last one ended".into()))?,
     };
-    if let Some((o, why)) = &log.outcome {
-        if *o != Outcome::Interrupted {
-            return Err(Failure::Usage(format!(
-                "rollout {} ended ({o:?}: {why}); only an interrupted rollout can be resumed",
-                log.spec.id
-            )));
-        }
+    if let Some((o, why)) = &log.outcome
+        && *o != Outcome::Interrupted
+    {
+        return Err(Failure::Usage(format!(
+            "rollout {} ended ({o:?}: {why}); only an interrupted rollout can be resumed",
+            log.spec.id
+        )));
     }
     let _lock = lock::acquire(&state_dir, &log.spec.id, "resume").map_err(Failure::Failed)?;
     let catalog = match &log.spec.catalog {

@@ -452,11 +452,9 @@ impl Drop for DemoFleet {
 /// missing, and how to install it.
 pub fn missing_prerequisites(bins: &Bins) -> Vec<String> {
     let mut missing = Vec::new();
-    if !Path::new(super::pg::DEFAULT_BIN_DIR)
-        .join("initdb")
-        .is_file()
-        && std::env::var_os("ROLLGATE_PG_BIN").is_none()
-    {
+    let pg_bin = std::env::var_os("ROLLGATE_PG_BIN")
+        .map_or_else(|| PathBuf::from(super::pg::DEFAULT_BIN_DIR), PathBuf::from);
+    if !pg_bin.join("initdb").is_file() {
         missing.push(
             "PostgreSQL 15 server binaries (Debian: apt-get install postgresql-15)".to_string(),
         );

@@ -205,3 +205,75 @@ async fn staging_refuses_when_the_disk_floor_would_be_crossed() {
     assert!(f.message.contains("bytes free"), "{f:?}");
     assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
 }
+
+/// Serves `body` once per connection on a loopback port, like a plain HTTP
+/// artifact server would.
+fn serve(ip: std::net::Ipv4Addr, body: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_fetches_an_artifact_from_an_http_url() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2)]);
+    let dp = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let good = release("3.4.1");
+    let bytes = std::fs::read(gateway::artifact_path(&good)).unwrap();
+    let at = serve(sb.ip(50), bytes.clone());
+    let stage = |op: &str, sha: &str| pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+            operation_id: op.into(),
+            version: "3.4.1".into(),
+            sha256: sha.into(),
+            size: good.size,
+            source: Some(pb::stage_header::Source::Location(format!(
+                "http://{at}/demo-gateway-3.4.1.tar.gz"
+            ))),
+        })),
+    };
+    let bad = crate::support::client::drive(
+        c.stage(futures::stream::iter([stage(
+            "t/dp-1/url-bad",
+            &"1".repeat(64),
+        )]))
+        .await,
+    )
+    .await
+    .1
+    .unwrap();
+    assert_eq!(failure(&bad).code(), pb::FailureCode::ChecksumMismatch);
+    assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
+    let ok = crate::support::client::drive(
+        c.stage(futures::stream::iter([stage("t/dp-1/url", &good.sha256)]))
+            .await,
+    )
+    .await
+    .1
+    .unwrap();
+    match success(&ok) {
+        pb::success::Detail::Stage(s) => assert_eq!(s.bytes, bytes.len() as u64),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        dp.dir
+            .join("root/releases/3.4.1/bin/demo-gateway")
+            .is_file()
+    );
+}

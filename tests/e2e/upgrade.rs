@@ -346,7 +346,27 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
 async fn plan_refuses_a_major_jump_and_a_downgrade() {
     let sb = Sandbox::new();
     let db = Db::start();
-    let _fleet = fleet_on_330(&sb, &db, 1, "").await;
+    let mut fleet = fleet_on_330(&sb, &db, 1, "").await;
+    // dp-1 treats the release's conf/ as a custom plugin dir, and someone
+    // edited a file in it: the plan must warn.
+    {
+        let (dp, agent, _) = &mut fleet.dps[0];
+        let cfg = std::fs::read_to_string(dp.config_path()).unwrap();
+        std::fs::write(
+            dp.config_path(),
+            cfg.replace(
+                "install_root = \"root\"",
+                "install_root = \"root\"\ncustom_plugin_dirs = [\"conf\"]",
+            ),
+        )
+        .unwrap();
+        let f = dp.dir.join("root/current/conf/dp.toml");
+        let text = std::fs::read_to_string(&f).unwrap();
+        std::fs::write(&f, text + "\n# local change\n").unwrap();
+        agent.signal(nix::sys::signal::Signal::SIGKILL);
+        agent.wait_exit(std::time::Duration::from_secs(10)).unwrap();
+        *agent = dp.start_agent();
+    }
     // A catalog with a 4.0.0 and a 3.2.0 (same bytes as other releases: the
     // planner refuses before any artifact is read).
     let base = std::fs::read_to_string(gateway::artifacts().join("releases.toml")).unwrap();
@@ -401,6 +421,12 @@ async fn plan_refuses_a_major_jump_and_a_downgrade() {
     assert_eq!(ok.code, Some(0), "{}\n{}", ok.stdout, ok.stderr);
     assert!(ok.stdout.contains("3.4.1 → 3.5.0"), "{}", ok.stdout);
     assert!(ok.stdout.contains("Breaking changes"), "{}", ok.stdout);
+    assert!(
+        ok.stdout
+            .contains("custom plugin conf/dp.toml differs from 3.5.0"),
+        "{}",
+        ok.stdout
+    );
 
     let dry = sb.rollgate(&[
         "upgrade",

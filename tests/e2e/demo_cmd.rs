@@ -1,0 +1,109 @@
+//! `rollgate demo` as a newcomer runs it.
+
+use std::time::Duration;
+
+use crate::support::{ROLLGATE, Sandbox, proc};
+
+#[test]
+fn demo_without_its_prerequisites_exits_64_saying_how_to_install_them() {
+    let sb = Sandbox::new();
+    let out = std::process::Command::new(ROLLGATE)
+        .args(["demo", "--no-upgrade"])
+        .env("ROLLGATE_PG_BIN", sb.path().join("no-postgres"))
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("postgresql-15") && stderr.contains("deploy/demo.sh"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("kept");
+    let out = proc::run(
+        ROLLGATE,
+        &[
+            "demo",
+            "--keep",
+            "--no-upgrade",
+            "--dps",
+            "2",
+            "--output",
+            "json",
+            "--dir",
+            &dir.display().to_string(),
+        ],
+        sb.path(),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let doc: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+    let teardown = doc["teardown"].as_str().unwrap().to_string();
+    // Whatever happens below, stop the kept fleet.
+    struct Teardown(String);
+    impl Drop for Teardown {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("sh").arg(&self.0).output();
+        }
+    }
+    let guard = Teardown(teardown.clone());
+    let inv = doc["inventory"].as_str().unwrap();
+    let status = proc::run(
+        ROLLGATE,
+        &["status", "-i", inv, "--output", "json"],
+        sb.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code, Some(0), "{}", status.stderr);
+    let hosts: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(hosts["hosts"].as_array().unwrap().len(), 3);
+    assert!(
+        hosts["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["healthy"] == true && h["version"] == "3.3.0"),
+        "{hosts}"
+    );
+    let lb: std::net::SocketAddr = doc["lb"].as_str().unwrap().parse().unwrap();
+    let (code, _) = rollgate::testbed::http::get(lb, rollgate::testbed::fleet::ROUTE).unwrap();
+    assert_eq!(code, 200, "traffic flows through the kept load balancer");
+    let plan = proc::run(
+        ROLLGATE,
+        &[
+            "plan",
+            "-i",
+            inv,
+            "-c",
+            doc["catalog"].as_str().unwrap(),
+            "--to",
+            "3.4.0",
+        ],
+        sb.path(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(plan.code, Some(0), "{}", plan.stdout);
+    let backup = proc::run(
+        ROLLGATE,
+        &["backup", "-i", inv, "--output", "json"],
+        sb.path(),
+        Duration::from_secs(120),
+    );
+    assert_eq!(backup.code, Some(0), "{}\n{}", backup.stdout, backup.stderr);
+    assert!(
+        dir.join("state/backups").read_dir().unwrap().count() == 1,
+        "rollgate backup kept a copy"
+    );
+
+    drop(guard);
+    assert!(!dir.exists(), "teardown removed the fleet");
+    assert!(
+        rollgate::testbed::http::get(lb, "/").is_none(),
+        "nothing listens any more"
+    );
+}
