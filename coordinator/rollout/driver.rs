@@ -311,10 +311,17 @@ impl<F: FleetApi> Driver<F> {
         };
         // One list per host: an agent runs one step at a time, so a host's
         // hops are staged in turn while hosts go in parallel.
-        let mut jobs: Vec<(String, Vec<rollgate::catalog::Release>)> = spec.hosts.iter().map(|h| (h.name.clone(), Vec::new())).collect();
+        let mut jobs: Vec<(String, Vec<rollgate::catalog::Release>)> = spec
+            .hosts
+            .iter()
+            .map(|h| (h.name.clone(), Vec::new()))
+            .collect();
         for hop in hops {
             let Some(rel) = catalog.get(hop).cloned() else {
-                return Err(Halt::Other(format!("{hop} is not in the catalog {}", catalog.path.display())));
+                return Err(Halt::Other(format!(
+                    "{hop} is not in the catalog {}",
+                    catalog.path.display()
+                )));
             };
             for (h, list) in spec.hosts.iter().zip(jobs.iter_mut()) {
                 if h.from < *hop {
@@ -330,11 +337,19 @@ impl<F: FleetApi> Driver<F> {
                     for rel in releases {
                         let v = rel.version.clone();
                         let op = op_id(&ctx.rid, &host, "stage", Some(&v));
-                        let mut r = ctx.run(&host, "stage", Some(&v), &op, || ctx.fleet.stage(&host, &op, &rel)).await;
+                        let mut r = ctx
+                            .run(&host, "stage", Some(&v), &op, || {
+                                ctx.fleet.stage(&host, &op, &rel)
+                            })
+                            .await;
                         // A stage cut off by an agent restart was cleaned up: once more.
                         if matches!(&r, Err(f) if f.is_interrupted()) {
                             let op2 = format!("{op}.2");
-                            r = ctx.run(&host, "stage", Some(&v), &op2, || ctx.fleet.stage(&host, &op2, &rel)).await;
+                            r = ctx
+                                .run(&host, "stage", Some(&v), &op2, || {
+                                    ctx.fleet.stage(&host, &op2, &rel)
+                                })
+                                .await;
                         }
                         if let Err(f) = r {
                             return (host, Err(f));
@@ -546,7 +561,7 @@ impl<F: FleetApi> Driver<F> {
                 .detail(serde_json::json!({ "hosts": hosts, "canary": canary })),
         );
         for h in &hosts {
-            if !self.monitor.healthy(h) && !self.already_done(h, hop) {
+            if !self.monitor.healthy(h) && !self.already_begun(h, hop) {
                 return Err(Halt::Other(format!(
                     "{h} is not healthy before its batch: {}",
                     self.monitor.summary(h)
@@ -604,9 +619,16 @@ impl<F: FleetApi> Driver<F> {
         Ok(())
     }
 
-    fn already_done(&self, host: &str, hop: &Version) -> bool {
-        let op = op_id(&self.rid(), host, "undrain", Some(hop));
-        self.ctx.log().ended(&op).is_some_and(|e| e.ok)
+    /// True when the journal shows `host`'s sequence for `hop` began (this
+    /// is a resume): the driver re-attaches to it whatever the host's health
+    /// now — it may be mid-install, or failed and quarantined.
+    fn already_begun(&self, host: &str, hop: &Version) -> bool {
+        let op = op_id(&self.rid(), host, "drain", Some(hop));
+        self.ctx
+            .log()
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::Begin { op: o, .. } if *o == op))
     }
 
     /// Failed hosts are back on their old release (the agent reverted them).

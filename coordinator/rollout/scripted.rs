@@ -1,1 +1,572 @@
+//! The rollout driver against scripted in-process agents.
+//!
+//! `ScriptedFleet` is a `FleetApi` kept in memory: each host has a version,
+//! a drained flag, health, and the releases staged on it. Like the real
+//! agent it answers a repeated operation id with the recorded result and
+//! does nothing twice; it records every call (host, step, op id, when it
+//! started and returned) and tells real actions apart from re-attaches. A
+//! script makes a step of a host fail, or makes something happen when a
+//! host acts (another host turns unhealthy or silent, the database is
+//! written, the operator presses Ctrl-C). Health goes to the driver the way
+//! the real watchers send it: a report per host on a timer.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rollgate::catalog::Release;
+use rollgate::pb;
+use rollgate::pb::success::Detail;
+use rollgate::role::Role;
+use rollgate::version::Version;
+use tokio::sync::{mpsc, watch};
+
+use super::log::now_ms;
+use crate::client::{CallError, Hello};
+use crate::fleet::{FleetApi, Health, HealthUpdate, StepFailure, StepOutcome};
+
+mod harness;
+mod resume;
+mod tests;
+
+// === impl ScriptedFleet ===
+
+/// What the driver asked of an agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    Hello,
+    Stage,
+    Backup,
+    FetchBackup,
+    Fingerprint,
+    Install,
+    Rollback,
+    Drain,
+    Undrain,
+}
+
+/// One call, as the fleet saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub host: String,
+    pub step: Step,
+    /// The operation id; empty for calls that carry none.
+    pub op: String,
+    /// The version a stage, install or rollback was about.
+    pub version: Option<Version>,
+    /// The backup id (backup, fetch_backup) or baseline (fingerprint).
+    pub arg: String,
+    pub started: Instant,
+    /// When the answer went back; `None` while pending or if abandoned.
+    pub ended: Option<Instant>,
+    /// The call changed the host; false when answered from the record of
+    /// an earlier call with the same operation id.
+    pub acted: bool,
+    /// Put in by `replay` (the agents' history before a resume), not by
+    /// the driver under test.
+    pub replayed: bool,
+}
+
+/// Something that happens when a host carries out a step.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// The host's gateway starts failing its probes.
+    Unhealthy(String),
+    /// The host's agent stops reporting and stops answering calls.
+    Silent(String),
+    /// Someone writes to a table of the CP database.
+    DbWrite(String),
+    /// The operator presses Ctrl-C.
+    Interrupt(watch::Sender<bool>),
+}
+
+#[derive(Debug)]
+struct HostState {
+    role: Role,
+    version: Version,
+    drained: bool,
+    healthy: bool,
+    silent: bool,
+    staged: BTreeSet<Version>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    hosts: BTreeMap<String, HostState>,
+    calls: Vec<Call>,
+    /// The agents' record of operations: id → result.
+    results: HashMap<String, StepOutcome>,
+    failures: HashMap<(String, Step), StepFailure>,
+    /// One-shot: (host, step) → what happens when it acts.
+    triggers: Vec<(String, Step, Effect)>,
+    /// Write counters of the CP database, per table.
+    db: BTreeMap<String, i64>,
+    /// Fingerprints taken with each backup, by backup id.
+    backups: HashMap<String, pb::Fingerprint>,
+}
+
+/// An in-memory fleet. Clones share the same hosts: the agents' truth
+/// outlives any one driver, as it does across a coordinator crash.
+#[derive(Clone, Default)]
+pub struct ScriptedFleet {
+    state: Arc<Mutex<State>>,
+}
+
+/// How long a step other than install takes; install holds healthy for
+/// `min_healthy` like the real agent's health gate.
+const STEP_TIME: Duration = Duration::from_millis(5);
+
+impl ScriptedFleet {
+    pub fn new<'a>(hosts: impl IntoIterator<Item = (&'a str, Role, Version)>) -> Self {
+        let fleet = ScriptedFleet::default();
+        {
+            let mut s = fleet.lock();
+            for (name, role, version) in hosts {
+                s.hosts.insert(
+                    name.to_string(),
+                    HostState {
+                        role,
+                        staged: BTreeSet::from([version.clone()]),
+                        version,
+                        drained: false,
+                        healthy: true,
+                        silent: false,
+                    },
+                );
+            }
+            s.db = BTreeMap::from([("public.routes".into(), 10), ("public.services".into(), 4)]);
+        }
+        fleet
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every action of `step` on `host` fails with `failure`.
+    pub fn fail(&self, host: &str, step: Step, failure: StepFailure) -> &Self {
+        self.lock().failures.insert((host.into(), step), failure);
+        self
+    }
+
+    /// When `host` first carries out `step`, `effect` happens.
+    pub fn on(&self, host: &str, step: Step, effect: Effect) -> &Self {
+        self.lock().triggers.push((host.into(), step, effect));
+        self
+    }
+
+    pub fn set_silent(&self, host: &str) {
+        if let Some(h) = self.lock().hosts.get_mut(host) {
+            h.silent = true;
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    pub fn version(&self, host: &str) -> Version {
+        self.lock().hosts[host].version.clone()
+    }
+
+    pub fn drained(&self, host: &str) -> bool {
+        self.lock().hosts[host].drained
+    }
+
+    /// The steps the driver asked of `host`, in order.
+    pub fn steps(&self, host: &str) -> Vec<Step> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.host == host && !c.replayed)
+            .map(|c| c.step)
+            .collect()
+    }
+
+    /// How many times `step` really ran on `host` (re-attaches not counted),
+    /// including the history put in by `replay`.
+    pub fn actions(&self, host: &str, step: Step, version: Option<&Version>) -> usize {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|c| c.host == host && c.step == step && c.acted)
+            .filter(|c| version.is_none() || c.version.as_ref() == version)
+            .count()
+    }
+
+    /// Carries out `c` again as the agent would have, without the driver:
+    /// the history of the agents before a coordinator resumes.
+    pub fn replay(&self, c: &Call) {
+        let mut s = self.lock();
+        let r = s.act(&c.host, c.step, c.version.as_ref(), &c.arg);
+        s.results.insert(c.op.clone(), r);
+        s.calls.push(Call {
+            acted: true,
+            replayed: true,
+            started: Instant::now(),
+            ended: Some(Instant::now()),
+            ..c.clone()
+        });
+    }
+
+    fn record(
+        &self,
+        host: &str,
+        step: Step,
+        op: &str,
+        version: Option<&Version>,
+        arg: &str,
+    ) -> usize {
+        let mut s = self.lock();
+        s.calls.push(Call {
+            host: host.into(),
+            step,
+            op: op.into(),
+            version: version.cloned(),
+            arg: arg.into(),
+            started: Instant::now(),
+            ended: None,
+            acted: false,
+            replayed: false,
+        });
+        s.calls.len() - 1
+    }
+
+    fn returned(&self, idx: usize, acted: bool) {
+        let mut s = self.lock();
+        s.calls[idx].ended = Some(Instant::now());
+        s.calls[idx].acted = acted;
+    }
+
+    fn is_silent(&self, host: &str) -> bool {
+        self.lock().hosts.get(host).is_none_or(|h| h.silent)
+    }
+
+    /// One mutating step: answered from the record when the operation id
+    /// is known, otherwise carried out after `takes`. A silent agent never
+    /// answers (the driver must give up on it).
+    async fn step(
+        &self,
+        host: &str,
+        step: Step,
+        op: &str,
+        version: Option<&Version>,
+        arg: &str,
+        takes: Duration,
+    ) -> StepOutcome {
+        let idx = self.record(host, step, op, version, arg);
+        if self.is_silent(host) {
+            std::future::pending::<()>().await;
+        }
+        let known = self.lock().results.get(op).cloned();
+        if let Some(r) = known {
+            self.returned(idx, false);
+            return r;
+        }
+        tokio::time::sleep(takes).await;
+        // The agent may have died while the step ran.
+        if self.is_silent(host) {
+            std::future::pending::<()>().await;
+        }
+        let r = {
+            let mut s = self.lock();
+            let r = s.act(host, step, version, arg);
+            s.results.insert(op.into(), r.clone());
+            r
+        };
+        self.returned(idx, true);
+        r
+    }
+}
+
+impl State {
+    fn fingerprint(&self) -> pb::Fingerprint {
+        pb::Fingerprint {
+            tables: self
+                .db
+                .iter()
+                .map(|(t, w)| pb::TableWrites {
+                    table: t.clone(),
+                    writes: *w,
+                })
+                .collect(),
+            export_sha256: "e".repeat(64),
+            excluded_tables: vec!["public.heartbeats".into()],
+            taken_at_unix_ms: now_ms(),
+        }
+    }
+
+    /// What the agent does for `step`, then what the script says happens.
+    fn act(&mut self, host: &str, step: Step, version: Option<&Version>, arg: &str) -> StepOutcome {
+        let r = self.act_inner(host, step, version, arg);
+        let fired: Vec<Effect> = {
+            let (fire, keep) = std::mem::take(&mut self.triggers)
+                .into_iter()
+                .partition(|(h, s, _)| h == host && *s == step);
+            self.triggers = keep;
+            fire.into_iter().map(|(.., e)| e).collect()
+        };
+        for e in fired {
+            match e {
+                Effect::Unhealthy(h) => {
+                    self.hosts.get_mut(&h).expect("scripted host").healthy = false
+                }
+                Effect::Silent(h) => self.hosts.get_mut(&h).expect("scripted host").silent = true,
+                Effect::DbWrite(t) => *self.db.entry(t).or_default() += 1,
+                Effect::Interrupt(tx) => {
+                    let _ = tx.send(true);
+                }
+            }
+        }
+        r
+    }
+
+    fn act_inner(
+        &mut self,
+        host: &str,
+        step: Step,
+        version: Option<&Version>,
+        arg: &str,
+    ) -> StepOutcome {
+        let failure = self.failures.get(&(host.to_string(), step)).cloned();
+        let fp = self.fingerprint();
+        let Some(h) = self.hosts.get_mut(host) else {
+            return Err(precondition(format!("{host} is not a scripted host")));
+        };
+        if let Some(f) = failure {
+            match step {
+                // The agent put back what `active_version` names.
+                Step::Install | Step::Rollback => {
+                    if let Ok(v) = f.active_version.parse() {
+                        h.version = v;
+                    }
+                    h.healthy = f.gateway_healthy;
+                }
+                // A failed drain undoes itself on the agent.
+                Step::Drain => h.drained = false,
+                _ => {}
+            }
+            return Err(f);
+        }
+        let v = || version.cloned().expect("a versioned step");
+        Ok(match step {
+            Step::Stage => {
+                h.staged.insert(v());
+                Detail::Stage(pb::StageResult {
+                    version: v().to_string(),
+                    release_dir: format!("/opt/gw/releases/{}", v()),
+                    bytes: 1,
+                    already_present: false,
+                })
+            }
+            Step::Backup => {
+                self.backups.insert(arg.into(), fp.clone());
+                Detail::Backup(pb::BackupResult {
+                    backup_id: arg.into(),
+                    dir: format!("/var/backups/rollgate/{arg}"),
+                    files: vec![pb::BackupFile {
+                        path: "db.dump".into(),
+                        size: 1,
+                        sha256: "d".repeat(64),
+                    }],
+                    fingerprint: Some(fp),
+                })
+            }
+            Step::Install | Step::Rollback => {
+                if !h.staged.contains(&v()) {
+                    return Err(precondition(format!("{} is not staged on {host}", v())));
+                }
+                let previous = std::mem::replace(&mut h.version, v());
+                h.healthy = true;
+                let r = pb::InstallResult {
+                    previous_version: previous.to_string(),
+                    version: v().to_string(),
+                    pid: 4242,
+                    healthy_for_ms: 1,
+                    restore: None,
+                };
+                if step == Step::Install {
+                    Detail::Install(r)
+                } else {
+                    Detail::Rollback(r)
+                }
+            }
+            Step::Drain => {
+                h.drained = true;
+                Detail::Drain(pb::DrainResult::default())
+            }
+            Step::Undrain => {
+                h.drained = false;
+                Detail::Undrain(pb::UndrainResult {})
+            }
+            Step::Hello | Step::FetchBackup | Step::Fingerprint => {
+                return Err(precondition(format!("{step:?} is not an operation")));
+            }
+        })
+    }
+}
+
+fn precondition(message: String) -> StepFailure {
+    StepFailure {
+        code: "PRECONDITION".into(),
+        message,
+        detail: String::new(),
+        reverted: false,
+        active_version: String::new(),
+        gateway_healthy: true,
+        lost: false,
+    }
+}
+
+impl FleetApi for ScriptedFleet {
+    async fn hello(&self, host: &str) -> Result<Hello, CallError> {
+        let idx = self.record(host, Step::Hello, "", None, "");
+        let s = self.lock();
+        let h = s
+            .hosts
+            .get(host)
+            .ok_or_else(|| CallError::Mismatch(format!("{host} is not a scripted host")))?;
+        let hello = Hello {
+            host_name: host.into(),
+            role: h.role,
+            agent_version: "scripted".into(),
+            installed: Some(h.version.clone()),
+            disk_free_bytes: 1 << 40,
+            custom_plugin_files: Vec::new(),
+            database_backup: h.role == Role::Cp,
+        };
+        drop(s);
+        self.returned(idx, false);
+        Ok(hello)
+    }
+
+    async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
+        self.step(host, Step::Stage, op, Some(&release.version), "", STEP_TIME)
+            .await
+    }
+
+    async fn backup(&self, host: &str, op: &str, backup_id: &str) -> StepOutcome {
+        self.step(host, Step::Backup, op, None, backup_id, STEP_TIME)
+            .await
+    }
+
+    async fn fetch_backup(
+        &self,
+        host: &str,
+        backup_id: &str,
+        _files: &[pb::BackupFile],
+        _into: &Path,
+    ) -> Result<(), String> {
+        // Nothing to copy: the driver's part is asking, and noting the copy.
+        let idx = self.record(host, Step::FetchBackup, "", None, backup_id);
+        self.returned(idx, false);
+        Ok(())
+    }
+
+    async fn fingerprint(
+        &self,
+        host: &str,
+        baseline_backup: &str,
+    ) -> Result<pb::FingerprintResponse, CallError> {
+        let idx = self.record(host, Step::Fingerprint, "", None, baseline_backup);
+        let r = {
+            let s = self.lock();
+            let current = s.fingerprint();
+            let baseline = if baseline_backup.is_empty() {
+                None
+            } else {
+                Some(s.backups.get(baseline_backup).cloned().ok_or_else(|| {
+                    CallError::Mismatch(format!("no backup {baseline_backup} on {host}"))
+                })?)
+            };
+            let changed_tables = baseline
+                .as_ref()
+                .map(|b| rollgate::fingerprint::changed_tables(b, &current))
+                .unwrap_or_default();
+            let export_changed = baseline
+                .as_ref()
+                .is_some_and(|b| b.export_sha256 != current.export_sha256);
+            pb::FingerprintResponse {
+                current: Some(current),
+                baseline,
+                changed_tables,
+                export_changed,
+            }
+        };
+        self.returned(idx, false);
+        Ok(r)
+    }
+
+    async fn install(
+        &self,
+        host: &str,
+        op: &str,
+        version: &Version,
+        min_healthy: Duration,
+        _health_timeout: Duration,
+    ) -> StepOutcome {
+        self.step(host, Step::Install, op, Some(version), "", min_healthy)
+            .await
+    }
+
+    async fn rollback(
+        &self,
+        host: &str,
+        op: &str,
+        to: &Version,
+        _restore: Option<&str>,
+        _health_timeout: Duration,
+    ) -> StepOutcome {
+        self.step(host, Step::Rollback, op, Some(to), "", STEP_TIME)
+            .await
+    }
+
+    async fn drain(&self, host: &str, op: &str, _timeout: Duration) -> StepOutcome {
+        self.step(host, Step::Drain, op, None, "", STEP_TIME).await
+    }
+
+    async fn undrain(&self, host: &str, op: &str) -> StepOutcome {
+        self.step(host, Step::Undrain, op, None, "", STEP_TIME)
+            .await
+    }
+
+    /// A report for every host that is not silent, every `interval`, until
+    /// the driver drops its receiver.
+    fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>) {
+        let fleet = self.clone();
+        let hosts = hosts.to_vec();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            while !tx.is_closed() {
+                tick.tick().await;
+                let reports: Vec<HealthUpdate> = {
+                    let s = fleet.lock();
+                    hosts
+                        .iter()
+                        .filter_map(|name| {
+                            let h = s.hosts.get(name).filter(|h| !h.silent)?;
+                            Some(HealthUpdate::Report {
+                                host: name.clone(),
+                                health: Health {
+                                    healthy: h.healthy,
+                                    running_version: h.version.to_string(),
+                                    summary: if h.healthy {
+                                        format!("healthy on {}", h.version)
+                                    } else {
+                                        "ready answered 503".into()
+                                    },
+                                },
+                            })
+                        })
+                        .collect()
+                };
+                for r in reports {
+                    if tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
