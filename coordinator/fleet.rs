@@ -16,7 +16,7 @@ use rollgate::version::Version;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::client::{Agent, CallError, CallPolicy, Hello};
+use crate::client::{Agent, CallError, CallPolicy};
 use crate::inventory::Inventory;
 
 /// A step that ended without success.
@@ -81,7 +81,6 @@ pub type StepOutcome = Result<pb::success::Detail, StepFailure>;
 #[derive(Debug, Clone)]
 pub struct Health {
     pub healthy: bool,
-    pub running_version: String,
     pub summary: String,
 }
 
@@ -101,7 +100,6 @@ pub enum HealthUpdate {
 /// What the driver asks of the fleet. Every step carries an operation id, so
 /// calling again with the same id re-attaches to the agent's operation.
 pub trait FleetApi: Send + Sync + 'static {
-    fn hello(&self, host: &str) -> impl Future<Output = Result<Hello, CallError>> + Send;
     fn stage(
         &self,
         host: &str,
@@ -316,15 +314,6 @@ async fn stage_messages(op: &str, r: &Release) -> Result<Vec<pb::StageRequest>, 
 }
 
 impl FleetApi for GrpcFleet {
-    async fn hello(&self, host: &str) -> Result<Hello, CallError> {
-        let a = self.agent(host).await?;
-        let r = a.hello().await;
-        if r.is_err() {
-            self.forget(host).await;
-        }
-        r
-    }
-
     async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
         let msgs = stage_messages(op, release).await.map_err(|e| {
             StepFailure {
@@ -522,7 +511,6 @@ impl FleetApi for GrpcFleet {
                                             let health = Health {
                                                 healthy: r.healthy,
                                                 summary: summarize(&r),
-                                                running_version: r.running_version,
                                             };
                                             if tx
                                                 .send(HealthUpdate::Report {

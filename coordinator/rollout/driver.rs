@@ -52,7 +52,7 @@ pub enum Halt {
     Step {
         host: String,
         step: String,
-        failure: StepFailure,
+        failure: Box<StepFailure>,
     },
     Alarm(Alarm),
     Guard {
@@ -126,6 +126,10 @@ pub struct Driver<F: FleetApi> {
     interrupt: watch::Receiver<bool>,
     /// Hosts quarantined after a failure within the budget.
     pub quarantined: Vec<String>,
+    /// The interrupt sender is gone: stop selecting on it.
+    interrupt_gone: bool,
+    /// Alarms already reported (each is told once, when first seen).
+    told: Option<String>,
 }
 
 impl<F: FleetApi> Driver<F> {
@@ -156,6 +160,8 @@ impl<F: FleetApi> Driver<F> {
             health_rx: rx,
             interrupt,
             quarantined: Vec::new(),
+            interrupt_gone: false,
+            told: None,
         }
     }
 
@@ -187,15 +193,16 @@ impl<F: FleetApi> Driver<F> {
                 out = &mut fut => return (Some(out), halt.or_else(|| self.check())),
                 Some(u) = self.health_rx.recv() => self.monitor.update(u),
                 _ = tick.tick() => {}
-                _ = self.interrupt.changed() => {}
+                // Without a sender (tests) there is nothing to wait for.
+                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
             }
             if halt.is_none() {
                 halt = self.check();
             }
-            if let Some(Halt::Alarm(a)) = &halt {
-                if Some(a.host()) == own_host {
-                    return (None, halt);
-                }
+            if let Some(Halt::Alarm(a)) = &halt
+                && Some(a.host()) == own_host
+            {
+                return (None, halt);
             }
         }
     }
@@ -210,12 +217,41 @@ impl<F: FleetApi> Driver<F> {
         if self.interrupted() {
             return Some(Halt::Interrupted);
         }
-        self.monitor.alarm().map(Halt::Alarm)
+        let alarm = self.monitor.alarm()?;
+        // Say it the moment it is noticed; the rollout halts once the steps
+        // in flight are done.
+        let text = alarm.to_string();
+        if self.told.as_deref() != Some(text.as_str()) {
+            let status = match &alarm {
+                Alarm::Lost { .. } => "lost",
+                Alarm::Unhealthy { .. } => "unhealthy",
+            };
+            self.emit(
+                Event::new("status", &self.rid(), status)
+                    .host(alarm.host())
+                    .error(text.clone()),
+            );
+            self.told = Some(text);
+        }
+        Some(Halt::Alarm(alarm))
     }
 
     /// Lets health catch up for `d`, halting on an alarm.
+    /// Nothing to wait for but time, so an alarm ends the hold at once.
     pub async fn hold(&mut self, d: Duration) -> Option<Halt> {
-        self.monitored(None, tokio::time::sleep(d)).await.1
+        let end = tokio::time::Instant::now() + d;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => return self.check(),
+                Some(u) = self.health_rx.recv() => self.monitor.update(u),
+                _ = tick.tick() => {}
+                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
+            }
+            if let Some(h) = self.check() {
+                return Some(h);
+            }
+        }
     }
 
     /// Runs the whole upgrade; returns how it ended and why.
@@ -240,11 +276,17 @@ impl<F: FleetApi> Driver<F> {
             Err(Halt::Interrupted) => (Outcome::Interrupted, Halt::Interrupted.to_string()),
             Err(h) => (Outcome::Halted, h.to_string()),
         };
-        let _ = self.ctx.log().append(Record::Ended {
+        let mut log = self.ctx.log();
+        if let Err(e) = log.append(Record::Ended {
             outcome,
             reason: reason.clone(),
             at_ms: now_ms(),
-        });
+        }) {
+            // The hosts are where the report says; only the record is missing,
+            // so `resume` would re-check every step against the agents.
+            tracing::error!(journal = %log.path.display(), error = %e, "cannot record how the rollout ended");
+        }
+        drop(log);
         (outcome, reason)
     }
 
@@ -366,7 +408,7 @@ impl<F: FleetApi> Driver<F> {
                 return Err(Halt::Step {
                     host,
                     step: "stage".into(),
-                    failure,
+                    failure: Box::new(failure),
                 });
             }
         }
@@ -393,7 +435,7 @@ impl<F: FleetApi> Driver<F> {
                 return Err(Halt::Step {
                     host: cp.into(),
                     step: "backup".into(),
-                    failure,
+                    failure: Box::new(failure),
                 });
             }
             None => return Err(Halt::Other("backup abandoned".into())),
@@ -543,7 +585,7 @@ impl<F: FleetApi> Driver<F> {
             Some(Err(failure)) => Err(Halt::Step {
                 host: cp.into(),
                 step: "install".into(),
-                failure,
+                failure: Box::new(failure),
             }),
             None => Err(halt.unwrap_or(Halt::Other("CP install abandoned".into()))),
         }
@@ -598,14 +640,16 @@ impl<F: FleetApi> Driver<F> {
         // The whole batch holds healthy before the next one starts.
         let p = self.ctx.policy.clone();
         let start = Instant::now();
-        let halt = self.hold(p.min_healthy()).await;
-        if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt {
-            if hosts.contains(host) {
-                let host = host.clone();
-                let why = why.clone();
-                self.roll_back_dp(&host, hop).await;
-                return Err(Halt::Alarm(Alarm::Unhealthy { host, why }));
-            }
+        // At least two health reports, so one bad report plus a second (the
+        // alarm threshold) can land inside the hold.
+        let halt = self.hold(p.min_healthy().max(HEALTH_INTERVAL * 3)).await;
+        if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt
+            && hosts.contains(host)
+        {
+            let host = host.clone();
+            let why = why.clone();
+            self.roll_back_dp(&host, hop).await;
+            return Err(Halt::Alarm(Alarm::Unhealthy { host, why }));
         }
         if let Some(h) = halt {
             return Err(h);
@@ -651,7 +695,7 @@ impl<F: FleetApi> Driver<F> {
                 return Err(Halt::Step {
                     host,
                     step,
-                    failure,
+                    failure: Box::new(failure),
                 });
             }
             return Err(Halt::Budget {
@@ -740,14 +784,15 @@ impl<F: FleetApi> Driver<F> {
                 }))),
                 Some(u) = self.health_rx.recv() => self.monitor.update(u),
                 _ = tick.tick() => {}
-                _ = self.interrupt.changed() => {}
+                // Without a sender (tests) there is nothing to wait for.
+                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
             }
             if halt.is_none() {
                 halt = self.check();
-                if let Some(Halt::Alarm(Alarm::Lost { host, .. })) = &halt {
-                    if let Some(a) = aborts.get(host) {
-                        a.abort();
-                    }
+                if let Some(Halt::Alarm(Alarm::Lost { host, .. })) = &halt
+                    && let Some(a) = aborts.get(host)
+                {
+                    a.abort();
                 }
             }
         }

@@ -43,7 +43,6 @@ struct Seen {
     bad_streak: u32,
     summary: String,
     broken: Option<String>,
-    running_version: String,
 }
 
 /// The latest health of every host; pure bookkeeping, driven by updates.
@@ -71,7 +70,6 @@ impl Monitor {
                             bad_streak: 0,
                             summary: "no report yet".into(),
                             broken: None,
-                            running_version: String::new(),
                         },
                     )
                 })
@@ -90,7 +88,6 @@ impl Monitor {
                     s.broken = None;
                     s.bad_streak = if health.healthy { 0 } else { s.bad_streak + 1 };
                     s.summary = health.summary;
-                    s.running_version = health.running_version;
                 }
             }
             HealthUpdate::Broken { host, why } => {
@@ -112,13 +109,6 @@ impl Monitor {
         self.seen
             .get(host)
             .map(|s| s.summary.clone())
-            .unwrap_or_default()
-    }
-
-    pub fn running_version(&self, host: &str) -> String {
-        self.seen
-            .get(host)
-            .map(|s| s.running_version.clone())
             .unwrap_or_default()
     }
 
@@ -175,7 +165,6 @@ mod tests {
             host: host.into(),
             health: Health {
                 healthy,
-                running_version: "3.4.0".into(),
                 summary: if healthy {
                     "ok".into()
                 } else {

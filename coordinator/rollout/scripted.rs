@@ -419,8 +419,9 @@ fn precondition(message: String) -> StepFailure {
     }
 }
 
-impl FleetApi for ScriptedFleet {
-    async fn hello(&self, host: &str) -> Result<Hello, CallError> {
+impl ScriptedFleet {
+    /// Host facts, as Hello gives them (the driver itself does not ask).
+    pub async fn hello(&self, host: &str) -> Result<Hello, CallError> {
         let idx = self.record(host, Step::Hello, "", None, "");
         let s = self.lock();
         let h = s
@@ -440,7 +441,9 @@ impl FleetApi for ScriptedFleet {
         self.returned(idx, false);
         Ok(hello)
     }
+}
 
+impl FleetApi for ScriptedFleet {
     async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
         self.step(host, Step::Stage, op, Some(&release.version), "", STEP_TIME)
             .await
@@ -550,7 +553,6 @@ impl FleetApi for ScriptedFleet {
                                 host: name.clone(),
                                 health: Health {
                                     healthy: h.healthy,
-                                    running_version: h.version.to_string(),
                                     summary: if h.healthy {
                                         format!("healthy on {}", h.version)
                                     } else {

@@ -94,6 +94,7 @@ impl RolloutSpec {
         self.hosts.iter().filter(|h| h.role == Role::Cp).collect()
     }
 
+    #[cfg(test)]
     pub fn dps(&self) -> Vec<&HostPlan> {
         self.hosts.iter().filter(|h| h.role == Role::Dp).collect()
     }

@@ -69,7 +69,7 @@ impl<F: FleetApi> Driver<F> {
                         return Err(Halt::Step {
                             host,
                             step,
-                            failure,
+                            failure: Box::new(failure),
                         });
                     }
                 }
@@ -111,7 +111,7 @@ impl<F: FleetApi> Driver<F> {
                     return Err(Halt::Step {
                         host: cp.clone(),
                         step: "rollback".into(),
-                        failure,
+                        failure: Box::new(failure),
                     });
                 }
                 None => return Err(halt.unwrap_or(Halt::Other("CP rollback abandoned".into()))),

@@ -12,7 +12,8 @@ use super::{Host, Proc, Sandbox};
 
 /// A CP host whose agent has installed 3.3.0, serving.
 pub struct Cp {
-    pub agent: Proc,
+    /// Keeps the CP's agent running as long as the fixture lives.
+    pub _agent: Proc,
     pub host: Host,
     pub addr: SocketAddr,
 }
@@ -30,7 +31,11 @@ pub async fn cp_on_330(sb: &Sandbox, db: &Db) -> Cp {
         .unwrap();
     success(&r);
     wait_serving(addr, "3.3.0");
-    Cp { agent, host, addr }
+    Cp {
+        _agent: agent,
+        host,
+        addr,
+    }
 }
 
 /// A DP host (dp-1) with 3.3.0 and `more` staged, running 3.3.0.

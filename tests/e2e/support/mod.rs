@@ -67,11 +67,6 @@ impl Sandbox {
         }
     }
 
-    /// The /16 of loopback addresses this test owns: 127.A.B.x.
-    pub fn net(&self) -> (u8, u8) {
-        self.net
-    }
-
     /// A whole fleet (PostgreSQL, CP, `dps` DPs behind HAProxy, agents) on
     /// `version`, in `<sandbox>/fleet`, with `policy` in its inventory.
     pub fn demo_fleet(
@@ -168,7 +163,6 @@ impl Drop for Sandbox {
 pub struct Host {
     pub name: String,
     pub role: &'static str,
-    pub ip: Ipv4Addr,
     pub dir: PathBuf,
     pub agent_addr: SocketAddr,
 }
@@ -210,7 +204,6 @@ impl Host {
         Host {
             name: name.into(),
             role,
-            ip,
             dir,
             agent_addr,
         }

@@ -28,10 +28,6 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn<S: AsRef<str>>(program: &str, args: &[S], cwd: &Path, log: &Path) -> Proc {
-        Proc::spawn_env(program, args, cwd, log, &[])
-    }
-
     pub fn spawn_env<S: AsRef<str>>(
         program: &str,
         args: &[S],
