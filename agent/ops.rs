@@ -169,6 +169,15 @@ impl Ops {
                 return follow(op, run.events.subscribe());
             }
         }
+        if !resume && inner.running.is_none() && inner.states.values().any(|s| s.result.is_none()) {
+            // A step cut off by a restart that recovery has not taken up yet:
+            // ask the caller to come back (it retries, and then follows it).
+            tracing::info!(
+                op,
+                "a cut-off step is about to be recovered; asking the caller to retry"
+            );
+            return unavailable("the agent is recovering a step cut off by its restart; retry");
+        }
         if let Some(run) = &inner.running {
             return single(
                 op,
@@ -282,6 +291,13 @@ pub fn single(op: &str, result: pb::OperationResult) -> EventStream {
         event: Some(Ev::Result(result)),
     };
     Box::pin(futures::stream::iter([Ok(ev)]))
+}
+
+/// A stream that ends at once with UNAVAILABLE: the caller retries.
+fn unavailable(why: &str) -> EventStream {
+    Box::pin(futures::stream::iter([Err(Status::unavailable(
+        why.to_string(),
+    ))]))
 }
 
 /// Forwards a running operation's events until its result.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rollgate::pb;
 
 use crate::support::client::{
-    connect, drive, failure, install, install_result, stage_file, success,
+    connect, drive, failure, install, install_result, stage_file, success, until_result,
 };
 use crate::support::fixtures::{cp_on_330, dp_on_330};
 use crate::support::gateway::{Db, current_of, release, wait_serving};
@@ -62,9 +62,11 @@ async fn install_survives_a_kill_at_every_step_boundary() {
 
         agent = dp.start_agent();
         let mut c = connect(&sb, &dp).await;
-        let r = install(&mut c, &op, target)
-            .await
-            .expect("a result after the restart");
+        let r = until_result(|| {
+            let (mut c, op) = (c.clone(), op.clone());
+            async move { install(&mut c, &op, target).await }
+        })
+        .await;
         if finishes {
             assert_eq!(install_result(&r).version, target, "{fp}");
             on = target;
@@ -113,8 +115,12 @@ async fn stage_and_drain_survive_a_kill() {
         died(&mut dying, &fp);
         drop(dying);
         agent = dp.start_agent();
-        let mut c = connect(&sb, &dp).await;
-        let r = stage_file(&mut c, &op, &release("3.4.0")).await.unwrap();
+        let c = connect(&sb, &dp).await;
+        let r = until_result(|| {
+            let (mut c, op) = (c.clone(), op.clone());
+            async move { stage_file(&mut c, &op, &release("3.4.0")).await }
+        })
+        .await;
         let on_disk = dp.dir.join("root/releases/3.4.0").is_dir();
         if staged {
             success(&r);
@@ -153,17 +159,18 @@ async fn stage_and_drain_survive_a_kill() {
     died(&mut dying, fp);
     drop(dying);
     let _agent = dp.start_agent();
-    let mut c = connect(&sb, &dp).await;
-    let r = drive(
-        c.drain(pb::DrainRequest {
-            operation_id: "t/dp-1/drain-crash".into(),
-            timeout_ms: 1000,
-        })
-        .await,
-    )
-    .await
-    .1
-    .unwrap();
+    let c = connect(&sb, &dp).await;
+    let r = until_result(|| {
+        let mut c = c.clone();
+        async move {
+            let req = pb::DrainRequest {
+                operation_id: "t/dp-1/drain-crash".into(),
+                timeout_ms: 1000,
+            };
+            drive(c.drain(req).await).await.1
+        }
+    })
+    .await;
     let f = failure(&r);
     assert_eq!(f.code(), pb::FailureCode::Interrupted);
     assert!(

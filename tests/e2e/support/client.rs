@@ -134,3 +134,21 @@ pub fn install_result(r: &pb::OperationResult) -> &pb::InstallResult {
         other => panic!("expected an install result, got {other:?}"),
     }
 }
+
+/// Calls `f` until it yields a result, as the coordinator does after an
+/// agent restart (the agent answers UNAVAILABLE until its recovery has taken
+/// up a cut-off step).
+pub async fn until_result<F, Fut>(mut f: F) -> pb::OperationResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<pb::OperationResult>>,
+{
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(r) = f().await {
+            return r;
+        }
+        assert!(std::time::Instant::now() < end, "no result within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
