@@ -3,6 +3,11 @@
 
 /// Counts ESTABLISHED connections whose local port is one of `ports`.
 pub fn established_on(ports: &[u16]) -> usize {
+    // Nothing to count; and the tables are costly to read on a busy host
+    // (tens of thousands of TIME_WAIT lines: ~50 ms of kernel time per read).
+    if ports.is_empty() {
+        return 0;
+    }
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
