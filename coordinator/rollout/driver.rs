@@ -579,7 +579,7 @@ impl<F: FleetApi> Driver<F> {
             .await;
         match r {
             Some(Ok(_)) => {
-                self.monitor.passed.insert(cp.to_string());
+                self.monitor.pass(cp.to_string());
                 halt.map_or(Ok(()), Err)
             }
             Some(Err(failure)) => Err(Halt::Step {
@@ -621,7 +621,7 @@ impl<F: FleetApi> Driver<F> {
         for (host, end) in &ends {
             match end {
                 HostEnd::Done => {
-                    self.monitor.passed.insert(host.clone());
+                    self.monitor.pass(host.clone());
                     self.monitor.reset_streak(host);
                 }
                 HostEnd::Failed {
@@ -689,7 +689,7 @@ impl<F: FleetApi> Driver<F> {
         if self.quarantined.len() + failed.len() > budget {
             let (host, step, failure, _) = failed[0].clone();
             for (h, ..) in &failed {
-                self.monitor.ignored.insert(h.clone());
+                self.monitor.ignore(h.clone());
             }
             if failed.len() == 1 {
                 return Err(Halt::Step {
@@ -706,7 +706,7 @@ impl<F: FleetApi> Driver<F> {
             });
         }
         for (h, step, f, left_drained) in failed {
-            self.monitor.ignored.insert(h.clone());
+            self.monitor.ignore(h.clone());
             self.emit(
                 Event::new("host", &self.rid(), "quarantined")
                     .host(&h)
@@ -734,7 +734,7 @@ impl<F: FleetApi> Driver<F> {
             .find(|h| h.name == host)
             .map(|h| h.from.clone());
         let Some(from) = from else { return };
-        self.monitor.ignored.insert(host.to_string());
+        self.monitor.ignore(host.to_string());
         let ctx = self.ctx.clone();
         let (ends, _) = self
             .run_hosts(&[host.to_string()], move |ctx, host| {

@@ -3,13 +3,16 @@
 //! unhealthy twice in a row, or any host whose agent has been silent longer
 //! than `agent_silence`, raises an alarm that halts the rollout.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::fleet::HealthUpdate;
 
 /// Consecutive unhealthy reports that make an alarm (one may be a blip).
 const BAD_STREAK: u32 = 2;
+/// How stale a clean scan may be before silences are looked for again. A
+/// bad report forces a scan at once; only silence waits for this.
+const SCAN_EVERY: Duration = Duration::from_millis(100);
 
 /// Why a rollout must stop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +51,17 @@ struct Seen {
 /// The latest health of every host; pure bookkeeping, driven by updates.
 #[derive(Debug)]
 pub struct Monitor {
-    seen: HashMap<String, Seen>,
+    /// Sorted by host, so alarms come in a stable order.
+    seen: BTreeMap<String, Seen>,
     silence: Duration,
     /// Hosts whose upgrade (or rollback) passed: their health now counts.
-    pub passed: HashSet<String>,
+    passed: HashSet<String>,
     /// Hosts known to have failed: no more alarms about them.
-    pub ignored: HashSet<String>,
+    ignored: HashSet<String>,
+    /// When the last scan found nothing; a new scan is due after SCAN_EVERY.
+    clean_since: Option<Instant>,
+    /// A report or a broken stream since that scan may have raised an alarm.
+    dirty: bool,
 }
 
 impl Monitor {
@@ -77,7 +85,21 @@ impl Monitor {
             silence,
             passed: HashSet::new(),
             ignored: HashSet::new(),
+            clean_since: None,
+            dirty: true,
         }
+    }
+
+    /// The host's upgrade passed: from now on its health counts.
+    pub fn pass(&mut self, host: String) {
+        self.passed.insert(host);
+        self.dirty = true;
+    }
+
+    /// The host failed and is dealt with: no more alarms about it.
+    pub fn ignore(&mut self, host: String) {
+        self.ignored.insert(host);
+        self.dirty = true;
     }
 
     pub fn update(&mut self, u: HealthUpdate) {
@@ -86,6 +108,7 @@ impl Monitor {
                 if let Some(s) = self.seen.get_mut(&host) {
                     s.last_report = Instant::now();
                     s.broken = None;
+                    self.dirty |= !health.healthy;
                     s.bad_streak = if health.healthy { 0 } else { s.bad_streak + 1 };
                     s.summary = health.summary;
                 }
@@ -93,6 +116,7 @@ impl Monitor {
             HealthUpdate::Broken { host, why } => {
                 if let Some(s) = self.seen.get_mut(&host) {
                     s.broken = Some(why);
+                    self.dirty = true;
                 }
             }
         }
@@ -112,25 +136,35 @@ impl Monitor {
             .unwrap_or_default()
     }
 
-    /// The first alarm, if any.
-    pub fn alarm(&self) -> Option<Alarm> {
-        let mut hosts: Vec<&String> = self.seen.keys().collect();
-        hosts.sort();
-        for h in hosts {
+    /// The first alarm, if any. Called after every health report, so it
+    /// looks at the hosts only when something may have changed: a bad report
+    /// or a broken stream since the last scan, or the last clean scan is
+    /// older than SCAN_EVERY (silences grow with time alone).
+    pub fn alarm(&mut self) -> Option<Alarm> {
+        let now = Instant::now();
+        if !self.dirty
+            && self
+                .clean_since
+                .is_some_and(|t| now.duration_since(t) < SCAN_EVERY)
+        {
+            return None;
+        }
+        self.dirty = false;
+        let found = self.scan(now);
+        self.clean_since = if found.is_none() { Some(now) } else { None };
+        found
+    }
+
+    fn scan(&self, now: Instant) -> Option<Alarm> {
+        for (h, s) in &self.seen {
             if self.ignored.contains(h) {
                 continue;
             }
-            let s = &self.seen[h];
-            if s.last_report.elapsed() > self.silence {
+            let quiet = now.saturating_duration_since(s.last_report);
+            if quiet > self.silence {
                 let why = match &s.broken {
-                    Some(b) => format!(
-                        "no health report for {:.1}s ({b})",
-                        s.last_report.elapsed().as_secs_f64()
-                    ),
-                    None => format!(
-                        "no health report for {:.1}s",
-                        s.last_report.elapsed().as_secs_f64()
-                    ),
+                    Some(b) => format!("no health report for {:.1}s ({b})", quiet.as_secs_f64()),
+                    None => format!("no health report for {:.1}s", quiet.as_secs_f64()),
                 };
                 return Some(Alarm::Lost {
                     host: h.clone(),
@@ -180,7 +214,7 @@ mod tests {
         m.update(report("dp-1", false));
         m.update(report("dp-1", false));
         assert_eq!(m.alarm(), None, "dp-1 was not upgraded by us yet");
-        m.passed.insert("dp-1".into());
+        m.pass("dp-1".into());
         assert!(matches!(m.alarm(), Some(Alarm::Unhealthy { host, .. }) if host == "dp-1"));
         m.update(report("dp-1", true));
         assert_eq!(m.alarm(), None);
@@ -198,7 +232,7 @@ mod tests {
         });
         let a = m.alarm().unwrap();
         assert!(a.to_string().contains("connection refused"), "{a}");
-        m.ignored.insert("dp-1".into());
+        m.ignore("dp-1".into());
         assert_eq!(m.alarm(), None);
     }
 }

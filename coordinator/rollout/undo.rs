@@ -63,7 +63,7 @@ impl<F: FleetApi> Driver<F> {
             for (host, end) in ends {
                 match end {
                     HostEnd::Done => {
-                        self.monitor.passed.insert(host);
+                        self.monitor.pass(host);
                     }
                     HostEnd::Failed { step, failure, .. } => {
                         return Err(Halt::Step {
@@ -105,7 +105,7 @@ impl<F: FleetApi> Driver<F> {
                 .await;
             match r {
                 Some(Ok(_)) => {
-                    self.monitor.passed.insert(cp.clone());
+                    self.monitor.pass(cp.clone());
                 }
                 Some(Err(failure)) => {
                     return Err(Halt::Step {
