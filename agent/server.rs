@@ -123,6 +123,33 @@ fn health_report(
         memory_available_bytes: mem_available,
         gateway_rss_bytes: obs.rss_bytes,
         active_operation_id: s.ops.active().unwrap_or_default(),
+        // Set by the watch that sends it.
+        unhealthy_streak: 0,
+    }
+}
+
+/// What makes two reports "the same" for a heartbeat-paced watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReportKey {
+    process: i32,
+    healthy: bool,
+    streak: u32,
+    version: String,
+    drain: i32,
+    active: String,
+}
+
+impl ReportKey {
+    fn of(r: &pb::HealthReport) -> Self {
+        ReportKey {
+            process: r.process,
+            healthy: r.healthy,
+            // 2 bad looks make an alarm; more of them change nothing.
+            streak: r.unhealthy_streak.min(2),
+            version: r.running_version.clone(),
+            drain: r.drain_state,
+            active: r.active_operation_id.clone(),
+        }
     }
 }
 
@@ -228,10 +255,12 @@ impl pb::agent_server::Agent for AgentService {
         req: Request<pb::WatchHealthRequest>,
     ) -> Result<Response<Self::WatchHealthStream>, Status> {
         let peer = req.remote_addr();
-        let interval = match req.into_inner().interval_ms {
+        let r = req.into_inner();
+        let interval = match r.interval_ms {
             0 => Duration::from_secs(1),
             ms => Duration::from_millis(u64::from(ms)).max(MIN_INTERVAL),
         };
+        let heartbeat = Duration::from_millis(u64::from(r.heartbeat_ms));
         let (tx, rx) = mpsc::channel(4);
         let svc = self.clone();
         let span = tracing::info_span!("watch_health", peer = ?peer, interval_ms = interval.as_millis() as u64);
@@ -240,14 +269,30 @@ impl pb::agent_server::Agent for AgentService {
                 tracing::debug!("health watch started");
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut seq = 0;
+                let (mut seq, mut streak) = (0, 0u32);
+                let mut last: Option<(ReportKey, std::time::Instant)> = None;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = tx.closed() => break,
                     }
+                    let mut report = svc.report(seq + 1).await;
+                    streak = if report.healthy {
+                        0
+                    } else {
+                        streak.saturating_add(1)
+                    };
+                    report.unhealthy_streak = streak;
+                    let key = ReportKey::of(&report);
+                    let quiet = !heartbeat.is_zero()
+                        && last
+                            .as_ref()
+                            .is_some_and(|(k, at)| *k == key && at.elapsed() < heartbeat);
+                    if quiet {
+                        continue;
+                    }
                     seq += 1;
-                    let report = svc.report(seq).await;
+                    last = Some((key, std::time::Instant::now()));
                     if tx.send(Ok(report)).await.is_err() {
                         break;
                     }

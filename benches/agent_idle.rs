@@ -313,7 +313,10 @@ async fn watch(
     unhealthy: Arc<AtomicU64>,
 ) {
     let mut stream = client
-        .watch_health(pb::WatchHealthRequest { interval_ms: 1000 })
+        .watch_health(pb::WatchHealthRequest {
+            interval_ms: 1000,
+            heartbeat_ms: 0,
+        })
         .await
         .expect("WatchHealth")
         .into_inner();

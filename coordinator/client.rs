@@ -224,7 +224,10 @@ impl Agent {
             let mut c = self.client.clone();
             let fut = async {
                 let mut stream = c
-                    .watch_health(pb::WatchHealthRequest { interval_ms: 1000 })
+                    .watch_health(pb::WatchHealthRequest {
+                        interval_ms: 1000,
+                        heartbeat_ms: 0,
+                    })
                     .await?
                     .into_inner();
                 stream.message().await?.ok_or_else(|| CallError::Status {

@@ -81,6 +81,9 @@ pub type StepOutcome = Result<pb::success::Detail, StepFailure>;
 #[derive(Debug, Clone)]
 pub struct Health {
     pub healthy: bool,
+    /// Consecutive unhealthy looks, as the agent counted them (0 if the
+    /// agent does not count: every report is then one look).
+    pub streak: u32,
     pub summary: String,
 }
 
@@ -184,6 +187,20 @@ impl GrpcFleet {
         let a = Agent::connect_retrying(h, &self.inv, &self.policy).await?;
         self.agents.lock().await.insert(host.to_string(), a.clone());
         Ok(a)
+    }
+
+    /// Reuses channels opened before the rollout (by the plan).
+    pub fn adopt(&self, agents: Vec<Agent>) {
+        if let Ok(mut cache) = self.agents.try_lock() {
+            for a in agents {
+                cache.insert(a.host.name.clone(), a);
+            }
+        }
+    }
+
+    /// The open channels, for a last survey of the fleet.
+    pub async fn channels(&self) -> HashMap<String, Agent> {
+        self.agents.lock().await.clone()
     }
 
     async fn forget(&self, host: &str) {
@@ -485,21 +502,38 @@ impl FleetApi for GrpcFleet {
     }
 
     fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>) {
+        // Changes come at once; unchanged reports once a heartbeat, well
+        // inside the silence after which an agent counts as lost.
+        let heartbeat = (self.inv.policy.agent_silence / 3)
+            .min(Duration::from_secs(1))
+            .max(interval);
+        // A stream multiplexes over the step channel when one is open.
+        let open: HashMap<String, Agent> = self
+            .agents
+            .try_lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         for host in hosts {
             let Some(h) = self.inv.host(host).cloned() else {
                 continue;
             };
+            let mut reuse = open.get(host).cloned();
             let inv = self.inv.clone();
             let policy = self.policy.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
                 loop {
-                    let why = match Agent::connect(&h, &inv, &policy).await {
+                    let agent = match reuse.take() {
+                        Some(a) => Ok(a),
+                        None => Agent::connect(&h, &inv, &policy).await,
+                    };
+                    let why = match agent {
                         Ok(a) => match a
                             .client
                             .clone()
                             .watch_health(pb::WatchHealthRequest {
                                 interval_ms: interval.as_millis() as u32,
+                                heartbeat_ms: heartbeat.as_millis() as u32,
                             })
                             .await
                         {
@@ -510,6 +544,7 @@ impl FleetApi for GrpcFleet {
                                         Ok(Some(r)) => {
                                             let health = Health {
                                                 healthy: r.healthy,
+                                                streak: r.unhealthy_streak,
                                                 summary: summarize(&r),
                                             };
                                             if tx

@@ -6,7 +6,7 @@ pub mod plan;
 pub mod rollback;
 pub mod upgrade;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -64,6 +64,9 @@ pub fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
     }
 }
 
+/// How long the closing survey waits for one agent.
+const SURVEY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// One host as the end-of-rollout report shows it.
 #[derive(Debug, Serialize)]
 pub struct HostState {
@@ -77,20 +80,30 @@ pub struct HostState {
 
 /// Asks every agent where its host stands now.
 pub async fn fleet_state(inv: &Inventory) -> Vec<HostState> {
+    fleet_state_over(inv, &HashMap::new()).await
+}
+
+/// As `fleet_state`, over channels already open where there are some.
+pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) -> Vec<HostState> {
     let policy = CallPolicy::from_inventory(inv);
     futures::stream::iter(&inv.hosts)
         .map(|h| {
             let policy = policy.clone();
             async move {
-                let r = async {
-                    let a = Agent::connect(h, inv, &policy).await?;
+                let ask = async {
+                    let a = match open.get(&h.name) {
+                        Some(a) => a.clone(),
+                        None => Agent::connect(h, inv, &policy).await?,
+                    };
                     let hello = a.hello().await?;
                     let health = a.health_once().await?;
                     Ok::<_, crate::client::CallError>((hello, health))
-                }
-                .await;
+                };
+                // A survey, not a retry loop: an agent that does not answer
+                // at once is reported as unreachable.
+                let r = tokio::time::timeout(SURVEY_TIMEOUT, ask).await;
                 match r {
-                    Ok((hello, health)) => HostState {
+                    Ok(Ok((hello, health))) => HostState {
                         name: h.name.clone(),
                         installed: hello.installed.map(|v| v.to_string()),
                         running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
@@ -105,7 +118,7 @@ pub async fn fleet_state(inv: &Inventory) -> Vec<HostState> {
                         ),
                         reachable: true,
                     },
-                    Err(_) => HostState {
+                    Ok(Err(_)) | Err(_) => HostState {
                         name: h.name.clone(),
                         installed: None,
                         running: None,
@@ -146,6 +159,7 @@ pub async fn installed_versions(inv: &Inventory) -> Result<BTreeMap<String, Vers
 /// to the exit code.
 pub async fn finish(
     inv: &Inventory,
+    open: &HashMap<String, Agent>,
     reporter: &Arc<Reporter>,
     output: Output,
     rid: &str,
@@ -153,7 +167,7 @@ pub async fn finish(
     reason: String,
 ) -> Result<(), Failure> {
     reporter.finish();
-    let hosts = fleet_state(inv).await;
+    let hosts = fleet_state_over(inv, open).await;
     let status = serde_json::to_value(outcome)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

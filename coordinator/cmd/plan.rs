@@ -48,25 +48,35 @@ pub struct PlanReport {
     pub from_versions: BTreeMap<String, Version>,
     #[serde(skip)]
     pub hop_versions: Vec<Version>,
+    /// The channels opened to ask the agents, for the rollout to reuse
+    /// (a TLS handshake per host saved).
+    #[serde(skip)]
+    pub agents: Vec<Agent>,
 }
 
 struct Seen {
     host: Host,
     hello: Result<(Hello, bool), String>,
+    agent: Option<Agent>,
 }
 
 async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
-    let hello = async {
+    let r = async {
         let a = Agent::connect_retrying(host, inv, policy).await?;
         let hello = a.hello().await?;
         let health = a.health_once().await?;
-        Ok::<_, crate::client::CallError>((hello, health.healthy))
+        Ok::<_, crate::client::CallError>((hello, health.healthy, a))
     }
     .await
     .map_err(|e| e.to_string());
+    let (hello, agent) = match r {
+        Ok((h, healthy, a)) => (Ok((h, healthy)), Some(a)),
+        Err(e) => (Err(e), None),
+    };
     Seen {
         host: host.clone(),
         hello,
+        agent,
     }
 }
 
@@ -198,6 +208,7 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
         hosts: checks,
         from_versions,
         hop_versions: hops,
+        agents: seen.into_iter().filter_map(|s| s.agent).collect(),
     }
 }
 

@@ -155,5 +155,5 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
         backup_id,
     };
     let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
-    drive(inv, None, log, a.output, false).await
+    drive(inv, None, log, a.output, false, Vec::new()).await
 }

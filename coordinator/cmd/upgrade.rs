@@ -144,7 +144,7 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
     }
     let log = RolloutLog::create(&state_dir, spec)
         .map_err(|e| Failure::Failed(format!("cannot create the rollout journal: {e}")))?;
-    drive(inv, Some(catalog), log, a.output, false).await
+    drive(inv, Some(catalog), log, a.output, false, report.agents).await
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -226,13 +226,15 @@ pub async fn drive(
     log: RolloutLog,
     output: Output,
     resuming: bool,
+    open: Vec<crate::client::Agent>,
 ) -> Result<(), Failure> {
     let inv = Arc::new(inv);
     let spec = log.spec.clone();
     let reporter = Arc::new(Reporter::new(output));
     let fleet = Arc::new(GrpcFleet::new(inv.clone(), step_deadline(&inv.policy)));
+    fleet.adopt(open);
     let ctx = Arc::new(Ctx {
-        fleet,
+        fleet: fleet.clone(),
         log: Mutex::new(log),
         reporter: reporter.clone(),
         rid: spec.id.clone(),
@@ -257,7 +259,8 @@ pub async fn drive(
         }
         Kind::Backup => driver.backup_only().await,
     };
-    finish(&inv, &reporter, output, &spec.id, outcome, reason).await
+    let open = fleet.channels().await;
+    finish(&inv, &open, &reporter, output, &spec.id, outcome, reason).await
 }
 
 fn total_steps(spec: &RolloutSpec) -> u64 {
@@ -298,7 +301,7 @@ pub async fn resume(
         Some(p) => Some(load_catalog(p)?),
         None => None,
     };
-    drive(inv, catalog, log, output, true).await
+    drive(inv, catalog, log, output, true, Vec::new()).await
 }
 
 /// `rollgate backup`: the upgrade's backup phase alone.
@@ -333,5 +336,5 @@ pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
         backup_id: Some(rid.clone()),
     };
     let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
-    drive(inv, None, log, output, false).await
+    drive(inv, None, log, output, false, Vec::new()).await
 }

@@ -109,7 +109,13 @@ impl Monitor {
                     s.last_report = Instant::now();
                     s.broken = None;
                     self.dirty |= !health.healthy;
-                    s.bad_streak = if health.healthy { 0 } else { s.bad_streak + 1 };
+                    s.bad_streak = match (health.healthy, health.streak) {
+                        (true, _) => 0,
+                        // The agent counts its looks; reports in between may
+                        // have been left out as unchanged.
+                        (false, n) if n > 0 => n,
+                        (false, _) => s.bad_streak + 1,
+                    };
                     s.summary = health.summary;
                 }
             }
@@ -199,6 +205,7 @@ mod tests {
             host: host.into(),
             health: Health {
                 healthy,
+                streak: 0,
                 summary: if healthy {
                     "ok".into()
                 } else {
@@ -220,6 +227,25 @@ mod tests {
         assert_eq!(m.alarm(), None);
         m.update(report("dp-1", false));
         assert_eq!(m.alarm(), None, "one bad report is a blip");
+    }
+
+    #[test]
+    fn the_agents_own_streak_counts_when_it_sends_only_changes() {
+        let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
+        m.pass("dp-1".into());
+        let counted = |streak| HealthUpdate::Report {
+            host: "dp-1".into(),
+            health: Health {
+                healthy: false,
+                streak,
+                summary: "process Stopped".into(),
+            },
+        };
+        m.update(counted(1));
+        assert_eq!(m.alarm(), None);
+        // The agent looked twice; one report in between was left out.
+        m.update(counted(2));
+        assert!(matches!(m.alarm(), Some(Alarm::Unhealthy { .. })));
     }
 
     #[test]

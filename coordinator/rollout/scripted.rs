@@ -553,6 +553,8 @@ impl FleetApi for ScriptedFleet {
                                 host: name.clone(),
                                 health: Health {
                                     healthy: h.healthy,
+                                    // Every report is one look: the monitor counts.
+                                    streak: 0,
                                     summary: if h.healthy {
                                         format!("healthy on {}", h.version)
                                     } else {

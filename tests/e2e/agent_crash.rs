@@ -199,7 +199,10 @@ async fn the_gateway_outlives_its_agent_and_is_readopted() {
     let _agent = dp.start_agent();
     let mut c = connect(&sb, &dp).await;
     let mut watch = c
-        .watch_health(pb::WatchHealthRequest { interval_ms: 200 })
+        .watch_health(pb::WatchHealthRequest {
+            interval_ms: 200,
+            heartbeat_ms: 0,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -218,7 +218,8 @@ async fn an_agent_that_stops_answering_halts_the_rollout_and_no_host_is_left_dra
     // Noticed within the silence deadline plus the step in flight.
     assert!(
         noticed < Duration::from_secs(20),
-        "halted {noticed:?} after the agent stopped"
+        "halted {noticed:?} after the agent stopped; events:\n{}",
+        lines.join("\n")
     );
     for h in last["detail"]["hosts"].as_array().unwrap() {
         if h["reachable"] == true {
