@@ -4,7 +4,7 @@
 //! how the rollout ended.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::spec::RolloutSpec;
+use super::writer::Writer;
 
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -77,7 +78,8 @@ pub struct StepEnd {
 #[derive(Debug)]
 pub struct RolloutLog {
     pub path: PathBuf,
-    file: File,
+    /// The file's single writer (group commit).
+    writer: Writer,
     pub spec: RolloutSpec,
     pub records: Vec<Record>,
     ends: HashMap<String, StepEnd>,
@@ -102,7 +104,7 @@ impl RolloutLog {
         rollgate::fsx::sync_dir(&dir)?;
         let mut log = RolloutLog {
             path,
-            file,
+            writer: Writer::start(file),
             spec: spec.clone(),
             records: Vec::new(),
             ends: HashMap::new(),
@@ -152,7 +154,7 @@ impl RolloutLog {
         file.flush().ok();
         let mut log = RolloutLog {
             path: path.to_path_buf(),
-            file,
+            writer: Writer::start(file),
             spec,
             records: Vec::new(),
             ends: HashMap::new(),
@@ -189,14 +191,23 @@ impl RolloutLog {
         self.records.push(rec);
     }
 
-    /// Appends (fsync) and applies a record.
+    /// Appends (fsync) and applies a record, waiting for the disk: for the
+    /// rare records written from synchronous code.
     pub fn append(&mut self, rec: Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&rec).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
+        self.writer.write_blocking(line_of(&rec)?)?;
         self.apply(rec);
         Ok(())
+    }
+
+    /// Applies a record and queues it for the disk; the receiver says when it
+    /// is durable. The caller must wait for that before acting on it.
+    pub fn submit(
+        &mut self,
+        rec: Record,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
+        let rx = self.writer.submit(line_of(&rec)?);
+        self.apply(rec);
+        Ok(rx)
     }
 
     pub fn ended(&self, op: &str) -> Option<&StepEnd> {
@@ -210,6 +221,12 @@ impl RolloutLog {
             at_ms: now_ms(),
         })
     }
+}
+
+fn line_of(rec: &Record) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// Every rollout journal in the state dir, oldest first.

@@ -10,3 +10,4 @@ mod scripted;
 pub mod spec;
 pub mod steps;
 pub mod undo;
+pub mod writer;

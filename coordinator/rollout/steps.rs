@@ -35,11 +35,18 @@ impl<F: FleetApi> Ctx<F> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn journal(&self, rec: Record) -> Result<(), StepFailure> {
-        self.log().append(rec).map_err(|e| StepFailure {
+    /// Journals a record and waits until it is on disk (group commit: the
+    /// lock is not held while waiting).
+    async fn journal(&self, rec: Record) -> Result<(), StepFailure> {
+        let failed = |e: std::io::Error| StepFailure {
             code: "JOURNAL".into(),
             ..StepFailure::lost(format!("cannot write the rollout journal: {e}"))
-        })
+        };
+        let durable = self.log().submit(rec).map_err(failed)?;
+        durable
+            .await
+            .map_err(|_| failed(std::io::Error::other("the journal writer has stopped")))?
+            .map_err(failed)
     }
 
     /// Runs `call` as step `step` of `host`, unless the journal says it ended.
@@ -72,7 +79,8 @@ impl<F: FleetApi> Ctx<F> {
             host: host.into(),
             step: step.into(),
             at_ms: now_ms(),
-        })?;
+        })
+        .await?;
         let mut e = ev();
         e.status = "started".into();
         self.reporter.emit(e);
@@ -89,7 +97,8 @@ impl<F: FleetApi> Ctx<F> {
             ok: r.is_ok(),
             summary,
             at_ms: now_ms(),
-        })?;
+        })
+        .await?;
         let mut e = ev().elapsed(start.elapsed());
         match &r {
             Ok(_) => e.status = "succeeded".into(),
