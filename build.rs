@@ -29,6 +29,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Serialize, serde::Deserialize)]",
         )
         .message_attribute(".rollgate.v1", "#[serde(default)]")
+        // Artifact and backup slices as `Bytes`: one artifact read is shared
+        // by every host's Stage stream instead of copied per host.
+        .bytes(".rollgate.v1.StageRequest.chunk")
+        .bytes(".rollgate.v1.FileChunk.data")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -20,7 +20,7 @@ pub async fn run<S: AsRef<OsStr>>(
         "{} {}",
         program.display(),
         args.iter()
-            .map(|a| a.as_ref().to_string_lossy())
+            .map(|a| redact(&a.as_ref().to_string_lossy()))
             .collect::<Vec<_>>()
             .join(" ")
     );
@@ -74,4 +74,43 @@ pub async fn run_argv(
         .split_first()
         .ok_or_else(|| StepError::internal("empty command in the config"))?;
     run(Path::new(program), args, timeout).await
+}
+
+/// Hides passwords in an argument before it is shown (errors, logs, the
+/// journal): `password=...` in a libpq key=value string and the password
+/// part of a `scheme://user:password@host` URL.
+pub fn redact(arg: &str) -> String {
+    let mut out = arg
+        .split(' ')
+        .map(|w| match w.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some((scheme, rest)) = out.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        out = format!("{scheme}://{user}:***@{host}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact("host=db user=gw password=s3cret dbname=gw"),
+            "host=db user=gw password=*** dbname=gw"
+        );
+        assert_eq!(
+            redact("postgres://gw:s3cret@db:5432/gw"),
+            "postgres://gw:***@db:5432/gw"
+        );
+        assert_eq!(redact("-Fc"), "-Fc");
+    }
 }

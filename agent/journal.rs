@@ -146,8 +146,17 @@ impl Journal {
     pub fn append(&mut self, e: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        let len = self.file.metadata()?.len();
+        let r = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        if r.is_err() {
+            // Never leave half a line: the next entry would be glued to it
+            // and replay would cut everything after.
+            let _ = self.file.set_len(len);
+        }
+        r
     }
 
     /// Rewrites the journal without the oldest ended operations once it holds

@@ -124,6 +124,10 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     let agent = AgentServer::new(server::AgentService::new(state.clone()));
     let check = allow.clone();
     let router = Server::builder()
+        // A coordinator that vanishes without closing (a partition, not a
+        // kill) is noticed, so a stream it fed does not hold a step forever.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .tls_config(tls.server_config())
         .context("bad TLS material")?
         .add_service(InterceptedService::new(health_service, move |r| {

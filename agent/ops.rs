@@ -251,16 +251,15 @@ impl Ops {
             }
             None => tracing::error!(op, "operation ended without an outcome"),
         }
-        if let Err(e) = inner.append(
-            op,
-            kind,
-            Event::End {
-                result: result.clone(),
-            },
-        ) {
+        let end = Event::End {
+            result: result.clone(),
+        };
+        if let Err(e) = inner.append(op, kind, end.clone()) {
             // The host is in the state the result says; only the record is
-            // missing. A restart will treat the step as cut off and re-check.
+            // missing. Keep the result in memory so repeated ids get it; a
+            // restart will treat the step as cut off and re-check the host.
             tracing::error!(op, error = %e, "cannot journal the end of the operation");
+            inner.remember(op, kind, end);
         }
         inner.running = None;
         let _ = events.send(pb::OperationEvent {
@@ -281,6 +280,17 @@ impl Inner {
         self.journal.append(&e)?;
         crate::journal::apply(&mut self.states, e, &mut self.seq);
         Ok(())
+    }
+
+    /// Applies an entry to the in-memory state only (its journal write failed).
+    fn remember(&mut self, op: &str, kind: &str, event: Event) {
+        let e = Entry {
+            op: op.to_string(),
+            kind: kind.to_string(),
+            at_ms: crate::server::unix_ms(SystemTime::now()),
+            event,
+        };
+        crate::journal::apply(&mut self.states, e, &mut self.seq);
     }
 }
 

@@ -9,7 +9,6 @@ use futures::StreamExt;
 use rollgate::pb;
 use serde_json::Value;
 
-use crate::drain_state::Drain;
 use crate::journal::OpState;
 use crate::ops::{EventStream, OpCtx};
 use crate::service::ProcessStatus;
@@ -101,15 +100,18 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepResul
             backup::clean_partials(state);
             Err(interrupted("backup", true))
         }
-        "drain" => {
-            let back = drain::set(state, Drain::Ready);
-            Err(interrupted(
-                "drain (the host is back in rotation)",
-                back.is_ok(),
-            ))
-        }
+        "drain" => match drain::back_in_rotation(state).await {
+            Ok(()) => Err(interrupted("drain (the host is back in rotation)", true)),
+            Err(e) => Err(StepError::new(
+                pb::FailureCode::Interrupted,
+                format!(
+                    "the agent stopped during the drain and could not put the host back: {}; it may be out of rotation",
+                    e.message
+                ),
+            )),
+        },
         "undrain" => {
-            drain::set(state, Drain::Ready)?;
+            drain::back_in_rotation(state).await?;
             Ok(pb::success::Detail::Undrain(pb::UndrainResult {}))
         }
         "restore" => {
@@ -131,7 +133,7 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepResul
         "install" | "rollback" => {
             let plan: Plan = serde_json::from_value(st.begin.clone())
                 .map_err(|e| StepError::internal(format!("unreadable plan in the journal: {e}")))?;
-            if st.passed("reverted") {
+            if st.passed("reverting") {
                 // A revert was under way: finish it.
                 let r = install::revert(state, ctx, &plan).await;
                 return Err(StepError::new(
@@ -150,7 +152,17 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepResul
                 start_if_stopped(state).await?;
                 return install::finish_gate(state, ctx, &plan).await;
             }
-            // Not switched yet: current is still the previous release.
+            // No `switched` in the journal: the step either never switched or
+            // was cut off between the rename and the journal entry. Either
+            // way the previous release is the one to run.
+            if let Some(prev) = &plan.previous
+                && state.root.current().as_ref() != Some(prev)
+            {
+                stop_if_running(state).await?;
+                install::switch(state.root.path(), prev).map_err(|e| {
+                    StepError::internal(format!("cannot switch back to {prev}: {e}"))
+                })?;
+            }
             start_if_stopped(state).await?;
             Err(interrupted(&st.kind, true))
         }
@@ -159,6 +171,13 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepResul
             st.kind
         ))),
     }
+}
+
+async fn stop_if_running(state: &AgentState) -> Result<(), StepError> {
+    if matches!(state.service.status().await, ProcessStatus::Running { .. }) {
+        install::stop(state).await?;
+    }
+    Ok(())
 }
 
 async fn start_if_stopped(state: &AgentState) -> Result<(), StepError> {

@@ -530,7 +530,7 @@ impl pb::agent_server::Agent for AgentService {
                     Ok(n) => {
                         if tx
                             .send(Ok(pb::FileChunk {
-                                data: buf[..n].to_vec(),
+                                data: bytes::Bytes::copy_from_slice(&buf[..n]),
                             }))
                             .await
                             .is_err()

@@ -3,6 +3,8 @@
 //! scripted one (`crate::rollout::scripted`).
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -164,6 +166,8 @@ pub struct GrpcFleet {
     agents: Mutex<HashMap<String, Agent>>,
     /// How long a step may take before the driver gives up on it.
     step_deadline: Duration,
+    /// Artifacts read once per rollout, in 1 MiB slices, by version.
+    artifacts: Mutex<HashMap<String, Arc<Vec<Bytes>>>>,
 }
 
 impl GrpcFleet {
@@ -173,6 +177,7 @@ impl GrpcFleet {
             inv,
             agents: Mutex::new(HashMap::new()),
             step_deadline,
+            artifacts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -187,6 +192,31 @@ impl GrpcFleet {
         let a = Agent::connect_retrying(h, &self.inv, &self.policy).await?;
         self.agents.lock().await.insert(host.to_string(), a.clone());
         Ok(a)
+    }
+
+    /// A file artifact's slices, read from disk the first time only.
+    async fn artifact(&self, r: &Release) -> Result<Arc<Vec<Bytes>>, String> {
+        let key = r.version.to_string();
+        let mut cache = self.artifacts.lock().await;
+        if let Some(c) = cache.get(&key) {
+            return Ok(c.clone());
+        }
+        let chunks = match &r.artifact {
+            Artifact::Url(_) => Vec::new(),
+            Artifact::File(p) => {
+                let data = tokio::fs::read(p)
+                    .await
+                    .map_err(|e| format!("cannot read artifact {}: {e}", p.display()))?;
+                let data = Bytes::from(data);
+                (0..data.len())
+                    .step_by(1 << 20)
+                    .map(|o| data.slice(o..(o + (1 << 20)).min(data.len())))
+                    .collect()
+            }
+        };
+        let chunks = Arc::new(chunks);
+        cache.insert(key, chunks.clone());
+        Ok(chunks)
     }
 
     /// Reuses channels opened before the rollout (by the plan).
@@ -296,50 +326,41 @@ fn outcome(r: pb::OperationResult) -> StepOutcome {
     }
 }
 
-/// The artifact's messages for a Stage call: streamed from here for files,
-/// fetched by the agent for URLs.
-async fn stage_messages(op: &str, r: &Release) -> Result<Vec<pb::StageRequest>, String> {
-    let mut header = pb::StageHeader {
+/// The artifact's messages for a Stage call: streamed from here for files
+/// (the slices of `chunks`, shared, not copied), fetched by the agent for URLs.
+fn stage_messages(op: &str, r: &Release, chunks: &[Bytes]) -> Vec<pb::StageRequest> {
+    let source = match &r.artifact {
+        Artifact::Url(u) => pb::stage_header::Source::Location(u.clone()),
+        Artifact::File(_) => pb::stage_header::Source::Coordinator(pb::CoordinatorSource {}),
+    };
+    let header = pb::StageHeader {
         operation_id: op.into(),
         version: r.version.to_string(),
         sha256: r.sha256.clone(),
         size: r.size,
-        source: None,
+        source: Some(source),
     };
-    let mut msgs = Vec::new();
-    match &r.artifact {
-        Artifact::Url(u) => header.source = Some(pb::stage_header::Source::Location(u.clone())),
-        Artifact::File(p) => {
-            header.source = Some(pb::stage_header::Source::Coordinator(
-                pb::CoordinatorSource {},
-            ));
-            let data = tokio::fs::read(p)
-                .await
-                .map_err(|e| format!("cannot read artifact {}: {e}", p.display()))?;
-            msgs.extend(data.chunks(1 << 20).map(|c| pb::StageRequest {
-                msg: Some(pb::stage_request::Msg::Chunk(c.to_vec())),
-            }));
-        }
+    let mut msgs = vec![pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(header)),
+    }];
+    if matches!(r.artifact, Artifact::File(_)) {
+        msgs.extend(chunks.iter().map(|c| pb::StageRequest {
+            msg: Some(pb::stage_request::Msg::Chunk(c.clone())),
+        }));
     }
-    msgs.insert(
-        0,
-        pb::StageRequest {
-            msg: Some(pb::stage_request::Msg::Header(header)),
-        },
-    );
-    Ok(msgs)
+    msgs
 }
 
 impl FleetApi for GrpcFleet {
     async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
-        let msgs = stage_messages(op, release).await.map_err(|e| {
+        let chunks = self.artifact(release).await.map_err(|e| {
             StepFailure {
                 code: "FETCH_FAILED".into(),
                 ..StepFailure::lost(e)
             }
             .not_lost()
         })?;
-        let msgs = Arc::new(msgs);
+        let msgs = Arc::new(stage_messages(op, release, &chunks));
         self.step(host, op, |a| {
             let msgs = msgs.clone();
             async move {
@@ -377,6 +398,18 @@ impl FleetApi for GrpcFleet {
         let mut names: Vec<(String, Option<&pb::BackupFile>)> =
             files.iter().map(|f| (f.path.clone(), Some(f))).collect();
         names.push(("MANIFEST".into(), None));
+        // The names come from the agent: only plain relative paths may
+        // become files here (no '/', no '..', nothing absolute).
+        for (path, _) in &names {
+            let plain = std::path::Path::new(path)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || path.is_empty() {
+                return Err(format!(
+                    "{host}: backup file name {path:?} is not a plain relative path; nothing copied"
+                ));
+            }
+        }
         for (path, meta) in names {
             let target = into.join(&path);
             if let Some(parent) = target.parent() {

@@ -122,8 +122,46 @@ pub fn unpack(
         }
     }
     check_free(dest, min_free, free)?;
+    links_stay_inside(dest)?;
     sync_tree(dest).map_err(|e| io_err(dest, e))?;
     Ok(written)
+}
+
+/// Every symbolic link, followed as the kernel follows it (through other
+/// links), must end inside the release. Each link was checked by its text
+/// when unpacked, but links that lead through other links (`a -> .`,
+/// `b -> a/..`) can only be judged once all of them exist.
+fn links_stay_inside(dest: &Path) -> Result<(), ArchiveError> {
+    let root = fs::canonicalize(dest).map_err(|e| io_err(dest, e))?;
+    let mut stack = vec![dest.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).map_err(|e| io_err(&dir, e))? {
+            let e = e.map_err(|e| io_err(&dir, e))?;
+            let p = e.path();
+            let t = e.file_type().map_err(|e| io_err(&p, e))?;
+            let shown = || p.strip_prefix(dest).unwrap_or(&p).display().to_string();
+            if t.is_symlink() {
+                match fs::canonicalize(&p) {
+                    Ok(real) if real.starts_with(&root) => {}
+                    Ok(real) => {
+                        return Err(unsafe_entry(
+                            &shown(),
+                            format!(
+                                "symbolic link resolves to {}, outside the release",
+                                real.display()
+                            ),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(unsafe_entry(&shown(), "symbolic link leads nowhere".into()));
+                    }
+                }
+            } else if t.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn malformed(e: io::Error) -> ArchiveError {
@@ -328,6 +366,19 @@ mod tests {
                     ("f", EntryType::Regular, b"2", ""),
                 ],
                 "twice",
+            ),
+            // Each link looks harmless alone; together they climb out.
+            (
+                vec![
+                    ("a", EntryType::Symlink, b"", "."),
+                    ("b", EntryType::Symlink, b"", "a/.."),
+                    ("c", EntryType::Symlink, b"", "b/.."),
+                ],
+                "outside the release",
+            ),
+            (
+                vec![("d", EntryType::Symlink, b"", "missing")],
+                "leads nowhere",
             ),
         ];
         for (entries, want) in cases {

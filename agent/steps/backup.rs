@@ -91,7 +91,11 @@ async fn build(
         &serde_json::to_vec_pretty(&fp).map_err(|e| StepError::internal(e.to_string()))?,
     )?;
 
-    let files = manifest_of(partial)
+    // Hashing a large dump takes a while: off the agent's only thread.
+    let dir = partial.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || manifest_of(&dir))
+        .await
+        .map_err(|e| StepError::internal(format!("hashing task failed: {e}")))?
         .map_err(|e| StepError::internal(format!("cannot hash the backup: {e}")))?;
     write(MANIFEST_FILE, pg::render_manifest(&files).as_bytes())?;
     rollgate::fsx::sync_dir(&partial.join("config"))
@@ -173,11 +177,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::BackupFile>) -> std::io::Resu
         if rel == MANIFEST_FILE || rel.starts_with('.') {
             continue;
         }
-        let data = std::fs::read(&p)?;
+        let (size, sha256) = pg::hash_file(&p)?;
         out.push(pb::BackupFile {
             path: rel,
-            size: data.len() as u64,
-            sha256: pg::sha256_hex(&data),
+            size,
+            sha256,
         });
     }
     Ok(())

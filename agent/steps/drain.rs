@@ -33,10 +33,17 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     if let Some(argv) = &cfg.drain_command
         && let Err(e) = command::run_argv(argv, timeout).await
     {
-        let back = set(state, Drain::Ready);
+        let back = back_in_rotation(state).await;
+        let mut detail = e.detail;
+        if let Err(b) = &back {
+            detail.push_str(&format!(
+                "\nputting the host back failed too, it may be out of rotation: {}",
+                b.message
+            ));
+        }
         return Err(
             StepError::new(e.code, format!("drain hook failed: {}", e.message))
-                .detail(e.detail)
+                .detail(detail)
                 .reverted(back.is_ok()),
         );
     }
@@ -48,10 +55,10 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
         timeout.as_millis() as u64,
     );
     let deadline = start + timeout;
-    let mut remaining = netstat::established_on(&cfg.gateway_ports);
+    let mut remaining = count(&cfg.gateway_ports).await;
     while remaining > 0 && Instant::now() < deadline {
         tokio::time::sleep(POLL).await;
-        remaining = netstat::established_on(&cfg.gateway_ports);
+        remaining = count(&cfg.gateway_ports).await;
     }
     if remaining > 0 {
         tracing::warn!(
@@ -74,6 +81,24 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
 
 pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepResult {
     let checks_before = state.drain.checks().borrow().0;
+    back_in_rotation(state).await?;
+    phase(ctx, "ready", serde_json::Value::Null)?;
+    wait_lb(state, checks_before, Drain::Ready).await;
+    Ok(pb::success::Detail::Undrain(pb::UndrainResult {}))
+}
+
+/// Established connections on the gateway ports. Reading /proc/net/tcp on a
+/// busy host takes tens of milliseconds: off the agent's only thread.
+async fn count(ports: &[u16]) -> usize {
+    let ports = ports.to_vec();
+    tokio::task::spawn_blocking(move || netstat::established_on(&ports))
+        .await
+        .unwrap_or(0)
+}
+
+/// Puts the host back into its load balancer the way it is configured: the
+/// undrain hook when there is one, and agent-check `ready`.
+pub async fn back_in_rotation(state: &AgentState) -> Result<(), StepError> {
     if let Some(argv) = &state.config.drain.undrain_command {
         command::run_argv(argv, state.config.drain.timeout)
             .await
@@ -82,10 +107,7 @@ pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepResult {
                     .detail(e.detail)
             })?;
     }
-    set(state, Drain::Ready)?;
-    phase(ctx, "ready", serde_json::Value::Null)?;
-    wait_lb(state, checks_before, Drain::Ready).await;
-    Ok(pb::success::Detail::Undrain(pb::UndrainResult {}))
+    set(state, Drain::Ready)
 }
 
 pub fn set(state: &AgentState, d: Drain) -> Result<(), StepError> {

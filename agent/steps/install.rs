@@ -250,6 +250,11 @@ impl Reverted {
 
 /// Goes back to the release that was current before the plan.
 pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> Reverted {
+    // Journalled first: a crash from here on must finish the revert, not
+    // take the failed release up again.
+    if let Err(e) = phase(ctx, "reverting", serde_json::Value::Null) {
+        return Reverted::Nothing(format!("cannot journal the revert: {}", e.message));
+    }
     let Some(prev) = plan.previous.clone() else {
         let _ = stop(state).await;
         return Reverted::Nothing("there was no release before; the gateway is stopped".into());

@@ -50,6 +50,25 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// (size, sha256) of a file, read in slices: a dump may be gigabytes. Blocking:
+/// call it from `spawn_blocking`.
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 /// The declarative export (the whole gateway config), from the configured
 /// URL or command. None when neither is configured.
 pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
@@ -284,13 +303,13 @@ pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::Backup
     let files2 = files.clone();
     tokio::task::spawn_blocking(move || -> Result<(), StepError> {
         for f in &files2 {
-            let data = std::fs::read(d.join(&f.path)).map_err(|e| {
+            let (size, sha) = hash_file(&d.join(&f.path)).map_err(|e| {
                 StepError::new(
                     pb::FailureCode::VerifyFailed,
                     format!("backup file {} is missing: {e}", f.path),
                 )
             })?;
-            if sha256_hex(&data) != f.sha256 || data.len() as u64 != f.size {
+            if sha != f.sha256 || size != f.size {
                 return Err(StepError::new(
                     pb::FailureCode::VerifyFailed,
                     format!("backup file {} does not match its MANIFEST", f.path),
@@ -311,27 +330,118 @@ pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::Backup
 }
 
 /// Restores the database from a verified backup in one transaction: it is
-/// either fully restored or left as it was.
+/// either fully restored or left as it was. The caller has checked the backup (`check_backup`) before stopping the
+/// gateway: not again here, while the gateway is down.
 pub async fn restore(state: &AgentState, id: &str) -> Result<(), StepError> {
-    check_backup(state, id).await?;
+    rollgate::ids::check_backup_id(id).map_err(StepError::invalid)?;
     let cfg = config(state)?;
     let dump = backup_dir(cfg, id).join(DUMP_FILE);
+    // `pg_restore --clean` drops only what the dump holds: tables or schemas
+    // a newer release created would stay, and the next upgrade's migration
+    // would trip over them. So the database goes back exactly to the dump:
+    // in ONE psql transaction, drop every user schema, recreate `public` as
+    // PostgreSQL creates it, and replay the dump's SQL. The SQL is written to
+    // a file first and pg_restore's exit checked, so a dump that cannot be
+    // read in full is never half-applied.
+    let sql = state
+        .config
+        .agent
+        .state_dir
+        .join(format!("restore-{id}.sql"));
+    let _cleanup = RemoveOnDrop(sql.clone());
     command::run(
         &tool(cfg, "pg_restore"),
         &[
-            "--clean".as_ref(),
-            "--if-exists".as_ref(),
-            "--single-transaction".as_ref(),
-            "--exit-on-error".as_ref(),
             "--no-owner".as_ref(),
-            "-d".as_ref(),
-            cfg.database_url.as_ref(),
+            "-f".as_ref(),
+            sql.as_os_str(),
             dump.as_os_str(),
         ],
         DB_COMMAND_TIMEOUT,
     )
     .await
+    .map_err(|e| {
+        StepError::new(
+            pb::FailureCode::VerifyFailed,
+            format!("backup {id} cannot be read: {}", e.message),
+        )
+        .detail(e.detail)
+    })?;
+    let schemas = user_schemas(cfg).await?;
+    let mut reset: String = schemas
+        .iter()
+        .map(|n| {
+            format!(
+                "DROP SCHEMA IF EXISTS \"{}\" CASCADE;",
+                n.replace('"', "\"\"")
+            )
+        })
+        .collect();
+    reset.push_str("CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;");
+    command::run(
+        &tool(cfg, "psql"),
+        &[
+            "-X".as_ref(),
+            "-q".as_ref(),
+            "--single-transaction".as_ref(),
+            "-v".as_ref(),
+            "ON_ERROR_STOP=1".as_ref(),
+            "-d".as_ref(),
+            cfg.database_url.as_ref(),
+            "-c".as_ref(),
+            reset.as_ref(),
+            "-f".as_ref(),
+            sql.as_os_str(),
+        ],
+        DB_COMMAND_TIMEOUT,
+    )
+    .await
     .map(|_| ())
+    .map_err(|e| {
+        StepError::new(
+            e.code,
+            format!(
+                "the restore failed; the database is unchanged (one transaction): {}",
+                e.message
+            ),
+        )
+        .detail(e.detail)
+    })
+}
+
+/// Removes a file when dropped (a restore's SQL, whatever happens).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The schemas a restore replaces: all but PostgreSQL's own.
+async fn user_schemas(cfg: &BackupSection) -> Result<Vec<String>, StepError> {
+    let (client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| {
+            StepError::new(
+                pb::FailureCode::CommandFailed,
+                format!("cannot connect to the database: {e}"),
+            )
+        })?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let rows = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND nspname NOT LIKE 'pg\\_toast%' AND nspname NOT LIKE 'pg\\_temp\\_%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| StepError::new(pb::FailureCode::CommandFailed, format!("cannot list the schemas: {e}")));
+    drop(client);
+    task.abort();
+    Ok(rows?.iter().map(|r| r.get(0)).collect())
 }
 
 /// Compares a fresh export with the backed-up one.

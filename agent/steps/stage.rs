@@ -356,7 +356,16 @@ async fn receive(
             }
         }
         (Source::Url(u), _) => {
-            let resp = reqwest::Client::new()
+            // Bounded: a stalled download must end the step, not hold the
+            // host's only operation slot forever.
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .read_timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(|e| {
+                    StepError::internal(format!("cannot build the download client: {e}"))
+                })?;
+            let resp = client
                 .get(u.clone())
                 .send()
                 .await

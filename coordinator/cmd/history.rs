@@ -48,7 +48,7 @@ fn row(l: &RolloutLog) -> Row {
 pub fn history(inv: &Inventory, output: Output) -> Result<(), Failure> {
     let rows: Vec<Row> = log::list(&inv.coordinator.state_dir)
         .iter()
-        .filter_map(|p| RolloutLog::open(p).ok())
+        .filter_map(|p| RolloutLog::read(p).ok())
         .map(|l| row(&l))
         .collect();
     match output {
@@ -84,7 +84,7 @@ struct StepLine {
 
 pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
     let p = log::rollouts_dir(&inv.coordinator.state_dir).join(format!("{id}.jsonl"));
-    let l = RolloutLog::open(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?;
+    let l = RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?;
     let mut hosts: BTreeMap<String, Vec<StepLine>> = BTreeMap::new();
     let mut begun: BTreeMap<String, i64> = BTreeMap::new();
     for r in &l.records {

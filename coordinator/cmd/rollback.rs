@@ -27,12 +27,12 @@ pub struct RollbackArgs {
 fn target_rollout(state_dir: &Path, id: Option<&str>) -> Result<RolloutLog, Failure> {
     if let Some(id) = id {
         let p = log::rollouts_dir(state_dir).join(format!("{id}.jsonl"));
-        return RolloutLog::open(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")));
+        return RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")));
     }
     log::list(state_dir)
         .iter()
         .rev()
-        .filter_map(|p| RolloutLog::open(p).ok())
+        .filter_map(|p| RolloutLog::read(p).ok())
         .find(|l| l.spec.kind == Kind::Upgrade)
         .ok_or_else(|| {
             Failure::Usage(format!(

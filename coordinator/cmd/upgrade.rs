@@ -71,7 +71,7 @@ fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
 /// The rollout that was cut off (no end, or interrupted), if any.
 pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
     let last = log::list(state_dir).into_iter().last()?;
-    let l = RolloutLog::open(&last).ok()?;
+    let l = RolloutLog::read(&last).ok()?;
     match &l.outcome {
         None | Some((Outcome::Interrupted, _)) => Some(l),
         _ => None,
@@ -280,23 +280,25 @@ pub async fn resume(
     output: Output,
 ) -> Result<(), Failure> {
     let state_dir = inv.coordinator.state_dir.clone();
-    let log = match rollout {
+    let seen = match rollout {
         Some(id) => {
             let p = log::rollouts_dir(&state_dir).join(format!("{id}.jsonl"));
-            RolloutLog::open(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?
+            RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?
         }
         None => unfinished(&state_dir)
             .ok_or_else(|| Failure::Usage("no rollout to resume: the last one ended".into()))?,
     };
-    if let Some((o, why)) = &log.outcome
+    if let Some((o, why)) = &seen.outcome
         && *o != Outcome::Interrupted
     {
         return Err(Failure::Usage(format!(
             "rollout {} ended ({o:?}: {why}); only an interrupted rollout can be resumed",
-            log.spec.id
+            seen.spec.id
         )));
     }
-    let _lock = lock::acquire(&state_dir, &log.spec.id, "resume").map_err(Failure::Failed)?;
+    let _lock = lock::acquire(&state_dir, &seen.spec.id, "resume").map_err(Failure::Failed)?;
+    // Only now, holding the lock, open the journal to continue it.
+    let log = RolloutLog::open(&seen.path).map_err(Failure::Failed)?;
     let catalog = match &log.spec.catalog {
         Some(p) => Some(load_catalog(p)?),
         None => None,

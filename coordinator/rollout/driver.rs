@@ -565,6 +565,8 @@ impl<F: FleetApi> Driver<F> {
     }
 
     async fn install_cp(&mut self, cp: &str, hop: &Version) -> Result<(), Halt> {
+        // From an earlier hop this CP counts as passed; its restart now is ours.
+        self.monitor.unpass(cp);
         let op = op_id(&self.rid(), cp, "install", Some(hop));
         let p = self.ctx.policy.clone();
         let ctx = self.ctx.clone();
@@ -609,6 +611,10 @@ impl<F: FleetApi> Driver<F> {
                     self.monitor.summary(h)
                 )));
             }
+        }
+        // Hosts that passed an earlier hop are restarted on purpose now.
+        for h in &hosts {
+            self.monitor.unpass(h);
         }
         let ends = self
             .run_hosts(&hosts, |ctx, host| {
@@ -725,14 +731,26 @@ impl<F: FleetApi> Driver<F> {
     /// A host that passed its install but then failed its batch's hold goes
     /// back to the release it had: drain, rollback, undrain.
     async fn roll_back_dp(&mut self, host: &str, hop: &Version) {
-        let from = self
-            .ctx
-            .log()
-            .spec
-            .hosts
-            .iter()
-            .find(|h| h.name == host)
-            .map(|h| h.from.clone());
+        // Back one hop, not to where the rollout started: the CP already runs
+        // this hop, and a DP two minors behind it would be incompatible.
+        let from = {
+            let log = self.ctx.log();
+            let start = log
+                .spec
+                .hosts
+                .iter()
+                .find(|h| h.name == host)
+                .map(|h| h.from.clone());
+            start.map(|start| {
+                log.spec
+                    .hops
+                    .iter()
+                    .filter(|v| *v < hop && **v > start)
+                    .max()
+                    .cloned()
+                    .unwrap_or(start)
+            })
+        };
         let Some(from) = from else { return };
         self.monitor.ignore(host.to_string());
         let ctx = self.ctx.clone();
@@ -812,11 +830,12 @@ pub async fn upgrade_dp<F: FleetApi>(ctx: Arc<Ctx<F>>, host: String, hop: Versio
         })
         .await
     {
-        // A failed drain undoes itself on the agent.
+        // A failed drain undoes itself on the agent, when it says so.
+        let left_drained = failure.lost || !failure.reverted;
         return HostEnd::Failed {
             step: "drain".into(),
             failure,
-            left_drained: false,
+            left_drained,
         };
     }
     let install_op = op("install");
@@ -884,10 +903,11 @@ pub async fn rollback_dp<F: FleetApi>(
         })
         .await
     {
+        let left_drained = failure.lost || !failure.reverted;
         return HostEnd::Failed {
             step: "drain".into(),
             failure,
-            left_drained: false,
+            left_drained,
         };
     }
     let rb_op = op("rollback");

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -78,8 +78,8 @@ pub struct StepEnd {
 #[derive(Debug)]
 pub struct RolloutLog {
     pub path: PathBuf,
-    /// The file's single writer (group commit).
-    writer: Writer,
+    /// The file's single writer (group commit); None when opened to read.
+    writer: Option<Writer>,
     pub spec: RolloutSpec,
     pub records: Vec<Record>,
     ends: HashMap<String, StepEnd>,
@@ -104,7 +104,7 @@ impl RolloutLog {
         rollgate::fsx::sync_dir(&dir)?;
         let mut log = RolloutLog {
             path,
-            writer: Writer::start(file),
+            writer: Some(Writer::start(file)),
             spec: spec.clone(),
             records: Vec::new(),
             ends: HashMap::new(),
@@ -115,46 +115,40 @@ impl RolloutLog {
         Ok(log)
     }
 
-    /// Opens and replays an existing journal. A torn last line (a crash in
-    /// the middle of a write) is cut off.
+    /// Opens an existing journal to continue it (`resume`, under the fleet
+    /// lock). A torn last line — a crash in the middle of a write — is cut
+    /// off; a whole line this build cannot read is refused, not cut.
     pub fn open(path: &Path) -> Result<RolloutLog, String> {
-        let mut file = OpenOptions::new()
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut records = Vec::new();
-        let mut good = 0u64;
-        let mut line = String::new();
-        let mut r = BufReader::new(&file);
-        loop {
-            line.clear();
-            let n = r
-                .read_line(&mut line)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            if n == 0 || !line.ends_with('\n') {
-                break;
-            }
-            match serde_json::from_str::<Record>(line.trim_end()) {
-                Ok(rec) => {
-                    records.push(rec);
-                    good += n as u64;
-                }
-                Err(_) => break,
-            }
+            .map_err(err)?;
+        let (records, good, torn) = read_records(path, &file)?;
+        let mut log = RolloutLog::from_records(path, records)?;
+        if torn {
+            file.set_len(good).map_err(err)?;
         }
-        drop(r);
-        if file.metadata().map(|m| m.len()).unwrap_or(0) != good {
-            file.set_len(good)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
+        log.writer = Some(Writer::start(file));
+        Ok(log)
+    }
+
+    /// Reads a journal without changing it (history, show, choosing what to
+    /// roll back). Appending to it is refused.
+    pub fn read(path: &Path) -> Result<RolloutLog, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (records, _, _) = read_records(path, &file)?;
+        RolloutLog::from_records(path, records)
+    }
+
+    fn from_records(path: &Path, records: Vec<Record>) -> Result<RolloutLog, String> {
         let Some(Record::Created { spec }) = records.first().cloned() else {
             return Err(format!("{} does not start with a rollout", path.display()));
         };
-        file.flush().ok();
         let mut log = RolloutLog {
             path: path.to_path_buf(),
-            writer: Writer::start(file),
+            writer: None,
             spec,
             records: Vec::new(),
             ends: HashMap::new(),
@@ -194,7 +188,7 @@ impl RolloutLog {
     /// Appends (fsync) and applies a record, waiting for the disk: for the
     /// rare records written from synchronous code.
     pub fn append(&mut self, rec: Record) -> std::io::Result<()> {
-        self.writer.write_blocking(line_of(&rec)?)?;
+        self.writer()?.write_blocking(line_of(&rec)?)?;
         self.apply(rec);
         Ok(())
     }
@@ -205,9 +199,15 @@ impl RolloutLog {
         &mut self,
         rec: Record,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
-        let rx = self.writer.submit(line_of(&rec)?);
+        let rx = self.writer()?.submit(line_of(&rec)?);
         self.apply(rec);
         Ok(rx)
+    }
+
+    fn writer(&self) -> std::io::Result<&Writer> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the rollout journal was opened to read only"))
     }
 
     pub fn ended(&self, op: &str) -> Option<&StepEnd> {
@@ -223,22 +223,68 @@ impl RolloutLog {
     }
 }
 
+/// The whole records of a journal, where they end, and whether a torn last
+/// line follows them. A whole line that does not parse is an error.
+fn read_records(path: &Path, file: &std::fs::File) -> Result<(Vec<Record>, u64, bool), String> {
+    let mut records = Vec::new();
+    let mut good = 0u64;
+    let mut line = String::new();
+    let mut r = BufReader::new(file);
+    loop {
+        line.clear();
+        let n = r
+            .read_line(&mut line)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            return Ok((records, good, false));
+        }
+        if !line.ends_with('\n') {
+            return Ok((records, good, true));
+        }
+        match serde_json::from_str::<Record>(line.trim_end()) {
+            Ok(rec) => {
+                records.push(rec);
+                good += n as u64;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: record at byte {good} cannot be read ({e}); written by another rollgate version? The journal is left as it is",
+                    path.display()
+                ));
+            }
+        }
+    }
+}
+
 fn line_of(rec: &Record) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
     line.push(b'\n');
     Ok(line)
 }
 
-/// Every rollout journal in the state dir, oldest first.
+/// Every rollout journal in the state dir, oldest first (by the creation
+/// time in each one's first record; the rest is not read).
 pub fn list(state_dir: &Path) -> Vec<PathBuf> {
     let Ok(rd) = std::fs::read_dir(rollouts_dir(state_dir)) else {
         return Vec::new();
     };
-    let mut v: Vec<PathBuf> = rd
+    let created = |p: &Path| -> i64 {
+        let first = std::fs::File::open(p).ok().and_then(|f| {
+            let mut line = String::new();
+            BufReader::new(f).read_line(&mut line).ok()?;
+            serde_json::from_str::<Record>(line.trim_end()).ok()
+        });
+        match first {
+            Some(Record::Created { spec }) => spec.created_ms,
+            _ => 0,
+        }
+    };
+    let mut v: Vec<(i64, PathBuf)> = rd
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .map(|p| (created(&p), p))
         .collect();
-    v.sort_by_key(|p| RolloutLog::open(p).map(|l| l.spec.created_ms).unwrap_or(0));
-    v
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
 }

@@ -96,6 +96,15 @@ impl Monitor {
         self.dirty = true;
     }
 
+    /// The host is about to be restarted on purpose (its next hop): its
+    /// health does not count again until that step has passed.
+    pub fn unpass(&mut self, host: &str) {
+        self.passed.remove(host);
+        if let Some(s) = self.seen.get_mut(host) {
+            s.bad_streak = 0;
+        }
+    }
+
     /// The host failed and is dealt with: no more alarms about it.
     pub fn ignore(&mut self, host: String) {
         self.ignored.insert(host);

@@ -85,6 +85,7 @@ fn run(mut file: File, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
+        let len = file.metadata().map(|m| m.len());
         let mut result = Ok(());
         for job in &batch {
             if let Err(e) = file.write_all(&job.line) {
@@ -94,6 +95,12 @@ fn run(mut file: File, rx: mpsc::Receiver<Job>) {
         }
         if result.is_ok() {
             result = file.sync_data();
+        }
+        if result.is_err()
+            && let Ok(len) = len
+        {
+            // Never leave half a record: later ones would be glued to it.
+            let _ = file.set_len(len);
         }
         if let Err(e) = &result {
             tracing::error!(error = %e, records = batch.len(), "cannot write the rollout journal");

@@ -147,7 +147,9 @@ async fn bad_artifacts_are_refused_and_nothing_is_left_behind() {
         })),
     }];
     msgs.push(pb::StageRequest {
-        msg: Some(pb::stage_request::Msg::Chunk(bytes[..1000].to_vec())),
+        msg: Some(pb::stage_request::Msg::Chunk(
+            bytes::Bytes::copy_from_slice(&bytes[..1000]),
+        )),
     });
     let r = crate::support::client::drive(c.stage(futures::stream::iter(msgs)).await)
         .await

@@ -311,6 +311,12 @@ async fn rollback_with_restore_db_returns_every_host_and_the_data() {
         "2"
     );
 
+    // What a newer release's migration leaves (3.5 creates config_history):
+    // the restore must take the database back exactly, not leave it.
+    let pg = fleet.pg.as_ref().unwrap();
+    pg.psql("gateway", "CREATE TABLE public.made_by_new_release (x int)")
+        .unwrap();
+
     let load = Load::start(fleet.url(), RATE, 8);
     let out = rollgate(
         &sb,
@@ -351,6 +357,13 @@ async fn rollback_with_restore_db_returns_every_host_and_the_data() {
         export_after, export_before,
         "the data is back, byte for byte"
     );
+    let left = pg
+        .psql(
+            "gateway",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'made_by_new_release'",
+        )
+        .unwrap();
+    assert_eq!(left.trim(), "0", "a table the newer release made is gone");
     assert_rate(&report);
     assert_eq!(report.failed, 0, "{report:?}");
 }

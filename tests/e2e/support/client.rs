@@ -122,7 +122,9 @@ pub async fn stage_stream(
     }];
     for chunk in bytes.chunks(64 * 1024) {
         msgs.push(pb::StageRequest {
-            msg: Some(pb::stage_request::Msg::Chunk(chunk.to_vec())),
+            msg: Some(pb::stage_request::Msg::Chunk(
+                bytes::Bytes::copy_from_slice(chunk),
+            )),
         });
     }
     drive(c.stage(futures::stream::iter(msgs)).await).await.1
