@@ -59,7 +59,6 @@ fn main() -> ExitCode {
     let loaded = match config::load(&args.config) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(file = %e.file.display(), "{e}");
             eprintln!("rollgate-agent: bad configuration: {e}");
             return ExitCode::from(exit::USAGE);
         }

@@ -40,23 +40,39 @@ pub enum CertsError {
 #[derive(Debug, Clone)]
 pub struct AgentName {
     pub name: String,
-    pub ip: IpAddr,
+    /// Where the agent is reached: an IP address or a DNS name; either goes
+    /// into the certificate's subject alternative names with the host name.
+    pub addr: Addr,
+}
+
+#[derive(Debug, Clone)]
+pub enum Addr {
+    Ip(IpAddr),
+    Dns(String),
 }
 
 impl std::str::FromStr for AgentName {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (name, ip) = s
-            .split_once('=')
-            .ok_or_else(|| format!("--agent {s:?}: expected NAME=IP, e.g. dp-1=10.0.0.5"))?;
+        let (name, at) = s.split_once('=').ok_or_else(|| {
+            format!(
+                "--agent {s:?}: expected NAME=ADDRESS (an IP or a DNS name), e.g. dp-1=10.0.0.5"
+            )
+        })?;
         check_host_name(name).map_err(|e| format!("--agent {s:?}: {e}"))?;
-        let ip = ip
-            .parse()
-            .map_err(|_| format!("--agent {s:?}: {ip:?} is not an IP address"))?;
+        let addr = match at.parse() {
+            Ok(ip) => Addr::Ip(ip),
+            Err(_) => {
+                check_host_name(at).map_err(|_| {
+                    format!("--agent {s:?}: {at:?} is neither an IP address nor a DNS name")
+                })?;
+                Addr::Dns(at.to_string())
+            }
+        };
         Ok(AgentName {
             name: name.to_string(),
-            ip,
+            addr,
         })
     }
 }
@@ -168,7 +184,7 @@ pub fn init(
         let (cert, key) = leaf(
             &issuer,
             &a.name,
-            Some(a.ip),
+            Some(&a.addr),
             ExtendedKeyUsagePurpose::ServerAuth,
             now,
             valid_days,
@@ -204,15 +220,19 @@ fn dn(cn: &str) -> DistinguishedName {
 fn leaf(
     issuer: &Issuer<'_, KeyPair>,
     name: &str,
-    ip: Option<IpAddr>,
+    addr: Option<&Addr>,
     usage: ExtendedKeyUsagePurpose,
     now: OffsetDateTime,
     valid_days: i64,
 ) -> Result<(String, String), CertsError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![name.to_string()])?;
-    if let Some(ip) = ip {
-        params.subject_alt_names.push(SanType::IpAddress(ip));
+    match addr {
+        Some(Addr::Ip(ip)) => params.subject_alt_names.push(SanType::IpAddress(*ip)),
+        Some(Addr::Dns(d)) if d != name => params
+            .subject_alt_names
+            .push(SanType::DnsName(d.as_str().try_into()?)),
+        _ => {}
     }
     params.distinguished_name = dn(name);
     params.is_ca = IsCa::ExplicitNoCa;

@@ -76,6 +76,7 @@ pub struct DemoArgs {
     /// Where to build the fleet (default: a new temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -85,6 +86,7 @@ pub struct InventoryArgs {
     /// The fleet inventory.
     #[arg(long, short = 'i', env = "ROLLGATE_INVENTORY")]
     pub inventory: PathBuf,
+    /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -179,8 +181,8 @@ pub struct CertsInitArgs {
     /// Directory for ca.pem/ca.key and <name>.pem/<name>.key.
     #[arg(long)]
     pub dir: PathBuf,
-    /// An agent certificate: NAME=IP (both go into its subject alternative names).
-    #[arg(long = "agent", value_name = "NAME=IP", value_parser = parse_agent)]
+    /// An agent certificate: NAME=ADDRESS, the address an IP or a DNS name (both go into its subject alternative names).
+    #[arg(long = "agent", value_name = "NAME=ADDRESS", value_parser = parse_agent)]
     pub agents: Vec<AgentName>,
     /// A client certificate name; default: rollgate-coordinator when the CA is new.
     #[arg(long = "client", value_name = "NAME")]
@@ -191,6 +193,7 @@ pub struct CertsInitArgs {
     /// Validity of the issued certificates, in days.
     #[arg(long, default_value_t = 825)]
     pub valid_days: i64,
+    /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -204,6 +207,7 @@ pub struct StatusArgs {
     /// The fleet inventory.
     #[arg(long, short = 'i', env = "ROLLGATE_INVENTORY")]
     pub inventory: PathBuf,
+    /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }

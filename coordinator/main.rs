@@ -96,6 +96,10 @@ async fn run(command: Command) -> Result<(), Failure> {
                     for f in &w.files {
                         println!("wrote {}", f.display());
                     }
+                    println!(
+                        "next: on each host put ca.pem, <host>.pem and <host>.key in /etc/rollgate/ \
+                         (see deploy/agent.toml); the inventory's [tls] names ca.pem and the client's .pem/.key"
+                    );
                 }
             }
             Ok(())
@@ -203,6 +207,7 @@ async fn plan(a: cli::PlanArgs) -> Result<(), Failure> {
     let inv = load_inventory(&a.inv.inventory)?;
     let catalog = rollgate::catalog::Catalog::load(&a.catalog)
         .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
+    cmd::upgrade::in_catalog(&catalog, &a.to)?;
     let r = cmd::plan::plan(&inv, &catalog, &a.to).await;
     match a.inv.output {
         Output::Json => print_json(&r),

@@ -96,6 +96,19 @@ impl Event {
         }
         if let Some(e) = &self.error {
             s.push_str(&format!(" — {e}"));
+        } else if let Some(m) = self.detail.as_ref().and_then(|d| d["message"].as_str()) {
+            s.push_str(&format!(" — {m}"));
+        }
+        // A failure's detail (last probe, the gateway's last log lines).
+        if let Some(d) = self
+            .detail
+            .as_ref()
+            .and_then(|d| d["detail"].as_str())
+            .filter(|d| !d.is_empty())
+        {
+            for l in d.lines().take(14) {
+                s.push_str(&format!("\n      {l}"));
+            }
         }
         s
     }
@@ -173,10 +186,14 @@ impl Reporter {
             Sink::Bars { mp, overall, start } => {
                 if ev.event == "step" && ev.status != "started" {
                     overall.inc(1);
+                    // The total is an estimate (guards, re-stages): never
+                    // show more done than there is.
+                    if overall.position() > overall.length().unwrap_or(0) {
+                        overall.set_length(overall.position());
+                    }
                 }
-                if ev.event == "step" && ev.status == "started" {
-                    overall.set_message(ev.line());
-                } else {
+                overall.set_message(ev.line());
+                if ev.event != "step" || ev.status != "started" {
                     let _ = mp.println(format!(
                         "[{:>7.1}s] {}",
                         start.elapsed().as_secs_f64(),

@@ -202,6 +202,8 @@ pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepRe
             }))
         }
         Err(GateFailed { reason, last }) => {
+            // Read before the revert starts the old release and writes more.
+            let log = gateway_log_tail(state);
             tracing::warn!(target_version = %plan.target, %reason, "health gate failed; reverting");
             ctx.progress(
                 "revert",
@@ -215,13 +217,35 @@ pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepRe
                 format!("{} failed its health gate: {reason}", plan.target),
             )
             .detail(format!(
-                "last probe: {}\n{}",
+                "last probe: {}\n{}{log}",
                 last.describe(),
                 reverted.detail()
             ))
             .reverted(reverted.ok()))
         }
     }
+}
+
+/// The last lines the gateway wrote (exec manager: the agent keeps its log),
+/// so a failure report says why a release would not come up.
+fn gateway_log_tail(state: &AgentState) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    let path = state.config.agent.state_dir.join("gateway.log");
+    let Ok(mut f) = std::fs::File::open(&path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let last = &lines[lines.len().saturating_sub(8)..];
+    if last.is_empty() {
+        return String::new();
+    }
+    format!("\nlast lines of {}:\n{}", path.display(), last.join("\n"))
 }
 
 /// How a revert went.

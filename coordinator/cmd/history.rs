@@ -141,16 +141,12 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
                 summary.outcome,
                 summary.reason
             );
-            println!(
-                "created {}; hops {}",
-                summary.created,
-                l.spec
-                    .hops
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" → ")
-            );
+            let hops: Vec<String> = l.spec.hops.iter().map(ToString::to_string).collect();
+            if hops.is_empty() {
+                println!("created {}", summary.created);
+            } else {
+                println!("created {}; hops {}", summary.created, hops.join(" → "));
+            }
             for (h, steps) in &hosts {
                 println!("\n{h}:");
                 for s in steps {
@@ -163,7 +159,9 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
                         .elapsed_ms
                         .map(|ms| format!(" ({:.1}s)", ms as f64 / 1000.0))
                         .unwrap_or_default();
-                    println!("  {}  {:<18} {status}{took}", s.started, s.step);
+                    // The op id's last part names the step and its version.
+                    let what = s.op.rsplit('/').next().unwrap_or(&s.step);
+                    println!("  {}  {what:<26} {status}{took}", s.started);
                 }
             }
         }

@@ -47,7 +47,7 @@ pub fn confirm(question: &str, yes: bool) -> Result<(), Failure> {
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure::Blocked(format!(
-            "{question} — pass --yes to confirm (no terminal to ask on)"
+            "{question} Re-run with --yes to accept (there is no terminal to ask on)."
         )));
     }
     eprint!("{question} Type yes to continue: ");
@@ -202,6 +202,8 @@ pub async fn finish(
         Outcome::Interrupted => Err(Failure::Failed(format!(
             "rollout {rid} interrupted: `rollgate resume` continues it"
         ))),
-        _ => Err(Failure::Failed(format!("rollout {rid} {status}: {reason}"))),
+        _ => Err(Failure::Failed(format!(
+            "rollout {rid} {status}: {reason}. Fix the cause (the agent's logs on the host say more), then run `rollgate upgrade` again — hosts already on the target are skipped — or undo it with `rollgate rollback {rid}`"
+        ))),
     }
 }

@@ -64,6 +64,24 @@ fn step_deadline(p: &Policy) -> Duration {
     (p.health_timeout + p.min_healthy + p.drain_timeout) * 2 + Duration::from_secs(600)
 }
 
+/// Refuses a target the catalog does not list, naming what it does list,
+/// before any agent is asked anything.
+pub fn in_catalog(catalog: &Catalog, to: &Version) -> Result<(), Failure> {
+    if catalog.get(to).is_some() {
+        return Ok(());
+    }
+    let known: Vec<String> = catalog
+        .releases
+        .iter()
+        .map(|r| r.version.to_string())
+        .collect();
+    Err(Failure::Blocked(format!(
+        "{to} is not in the catalog {}; it lists {}",
+        catalog.path.display(),
+        known.join(", ")
+    )))
+}
+
 fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
     Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
 }
@@ -80,13 +98,7 @@ pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
 
 pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {
     let catalog = load_catalog(catalog_path)?;
-    if catalog.get(&a.to).is_none() {
-        return Err(Failure::Blocked(format!(
-            "{} is not in the catalog {}",
-            a.to,
-            catalog_path.display()
-        )));
-    }
+    in_catalog(&catalog, &a.to)?;
     let state_dir = inv.coordinator.state_dir.clone();
     let rid = new_id("r");
     let _lock = lock::acquire(&state_dir, &rid, "upgrade").map_err(Failure::Failed)?;
@@ -285,8 +297,7 @@ pub async fn resume(
             let p = log::rollouts_dir(&state_dir).join(format!("{id}.jsonl"));
             RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?
         }
-        None => unfinished(&state_dir)
-            .ok_or_else(|| Failure::Usage("no rollout to resume: the last one ended".into()))?,
+        None => unfinished(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
     };
     if let Some((o, why)) = &seen.outcome
         && *o != Outcome::Interrupted
@@ -339,4 +350,22 @@ pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
     };
     let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
     drive(inv, None, log, output, false, Vec::new()).await
+}
+
+/// Why there is nothing to resume, and what to do instead.
+fn last_ended(state_dir: &Path) -> String {
+    let Some(l) = log::list(state_dir)
+        .last()
+        .and_then(|p| RolloutLog::read(p).ok())
+    else {
+        return "no rollout to resume: none has run with this inventory".into();
+    };
+    let (outcome, reason) = l
+        .outcome
+        .map(|(o, r)| (format!("{o:?}").to_lowercase(), r))
+        .unwrap_or_default();
+    format!(
+        "nothing to resume: the last rollout {} ended {outcome} ({reason}). Run `rollgate upgrade` again to go on from where the hosts are, or `rollgate rollback {}`",
+        l.spec.id, l.spec.id
+    )
 }

@@ -482,6 +482,13 @@ impl<F: FleetApi> Driver<F> {
             return Ok(()); // the swap already started: too late to guard, and no need
         }
         let baseline = if i == 0 { rid.clone() } else { String::new() };
+        self.emit(
+            Event::new("step", &rid, "started")
+                .host(cp)
+                .step("write-freeze-guard")
+                .hop(hop)
+                .detail(serde_json::json!({ "message": "reading the database's write counters until they settle (11 s or more)" })),
+        );
         let ctx = self.ctx.clone();
         let (r, halt) = self
             .monitored(Some(cp), ctx.fleet.fingerprint(cp, &baseline))
@@ -542,6 +549,12 @@ impl<F: FleetApi> Driver<F> {
         if self.ctx.log().notes.contains_key(&key) {
             return Ok(());
         }
+        self.emit(
+            Event::new("step", &self.rid(), "started")
+                .host(cp)
+                .step("db-baseline")
+                .detail(serde_json::json!({ "message": "recording the database's write counters for the next hop's guard (11 s or more)" })),
+        );
         let ctx = self.ctx.clone();
         let (r, halt) = self
             .monitored(Some(cp), ctx.fleet.fingerprint(cp, ""))
@@ -648,7 +661,14 @@ impl<F: FleetApi> Driver<F> {
         let start = Instant::now();
         // At least two health reports, so one bad report plus a second (the
         // alarm threshold) can land inside the hold.
-        let halt = self.hold(p.min_healthy().max(HEALTH_INTERVAL * 3)).await;
+        let hold = p.min_healthy().max(HEALTH_INTERVAL * 3);
+        self.emit(
+            Event::new("batch", &rid, "holding")
+                .hop(hop)
+                .batch(b)
+                .detail(serde_json::json!({ "message": format!("the batch must stay healthy for {hold:?}"), "hold_ms": hold.as_millis() as u64 })),
+        );
+        let halt = self.hold(hold).await;
         if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt
             && hosts.contains(host)
         {

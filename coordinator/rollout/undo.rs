@@ -92,13 +92,19 @@ impl<F: FleetApi> Driver<F> {
             let restore = (restore_db && i == 0)
                 .then(|| spec.backup_id.clone())
                 .flatten();
-            let op = op_id(&self.ctx.rid, cp, "rollback", Some(to));
+            // Named for what it does, so the report shows the data went back too.
+            let step = if restore.is_some() {
+                "rollback-restore-db"
+            } else {
+                "rollback"
+            };
+            let op = op_id(&self.ctx.rid, cp, step, Some(to));
             let ctx = self.ctx.clone();
             let timeout = ctx.policy.health_timeout();
             let (r, halt) = self
                 .monitored(
                     Some(cp),
-                    ctx.run(cp, "rollback", Some(to), &op, || {
+                    ctx.run(cp, step, Some(to), &op, || {
                         ctx.fleet.rollback(cp, &op, to, restore.as_deref(), timeout)
                     }),
                 )

@@ -399,24 +399,36 @@ impl DemoFleet {
     /// Leaves the fleet running; writes `teardown.sh` that stops all of it
     /// and removes the directory. Returns its path.
     pub fn keep(mut self) -> Result<PathBuf, String> {
-        let mut pids: Vec<u32> = self.agents.values().map(Child::id).collect();
-        pids.extend(self.upstream_proc.as_ref().map(Child::id));
+        let agents: Vec<u32> = self.agents.values().map(Child::id).collect();
+        let mut others: Vec<u32> = self
+            .upstream_proc
+            .as_ref()
+            .map(Child::id)
+            .into_iter()
+            .collect();
         self.detached = true;
-        pids.extend(self.kill_gateways());
         if let Some(h) = self.haproxy.take() {
-            pids.push(h.detach());
+            others.push(h.detach());
         }
         let pg_stop = self.pg.take().map(PgCluster::detach).unwrap_or_default();
         let script = self.dir.join("teardown.sh");
-        let text = format!(
-            "#!/bin/sh\n# Stops the rollgate demo fleet in {dir} and removes it.\n\
-             kill -9 {pids} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
-            dir = self.dir.display(),
-            pids = pids
-                .iter()
+        let list = |v: &[u32]| {
+            v.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
-                .join(" "),
+                .join(" ")
+        };
+        // Agents first, so none starts a gateway again; then the gateways,
+        // whichever pids they have by now (upgrades restart them), from the
+        // agents' pid files.
+        let text = format!(
+            "#!/bin/sh\n# Stops the rollgate demo fleet in {dir} and removes it.\n\
+             kill -9 {agents} 2>/dev/null\n\
+             for f in '{dir}'/*/state/gateway.pid; do [ -f \"$f\" ] && kill -9 $(cut -d' ' -f1 \"$f\") 2>/dev/null; done\n\
+             kill -9 {others} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
+            dir = self.dir.display(),
+            agents = list(&agents),
+            others = list(&others),
         );
         std::fs::write(&script, text).map_err(|e| format!("{}: {e}", script.display()))?;
         use std::os::unix::fs::PermissionsExt;

@@ -171,5 +171,5 @@ fn certs_init_refuses_to_overwrite_without_force_and_keys_are_private() {
         "bad usage is 64, not clap's 2: {}",
         bad.stderr
     );
-    assert!(bad.stderr.contains("NAME=IP"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("NAME=ADDRESS"), "{}", bad.stderr);
 }

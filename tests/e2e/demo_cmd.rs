@@ -100,8 +100,24 @@ fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
         "rollgate backup kept a copy"
     );
 
+    let gateways: Vec<i32> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|h| std::fs::read_to_string(h.path().join("state/gateway.pid")).ok())
+        .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(gateways.len(), 3, "every host runs a gateway");
     drop(guard);
     assert!(!dir.exists(), "teardown removed the fleet");
+    for pid in gateways {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let alive = state.is_some_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        });
+        assert!(!alive, "gateway {pid} outlived the teardown");
+    }
     assert!(
         rollgate::testbed::http::get(lb, "/").is_none(),
         "nothing listens any more"

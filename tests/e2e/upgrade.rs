@@ -318,7 +318,7 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
     let evs = events(&lines.join("\n"));
     let guard = evs
         .iter()
-        .find(|e| e["step"] == "write-freeze-guard")
+        .find(|e| e["step"] == "write-freeze-guard" && e["status"] != "started")
         .expect("guard event");
     assert_eq!(guard["status"], "failed");
     let tables: Vec<&str> = guard["detail"]["changed_tables"]
