@@ -195,6 +195,12 @@ async fn ensure_running(state: &AgentState) {
     {
         return;
     }
+    // A step that began meanwhile owns the gateway (it may have just stopped
+    // it on purpose).
+    if let Some(op) = state.ops.active() {
+        tracing::info!(%op, "not starting the gateway: a step is running");
+        return;
+    }
     match state.service.status().await {
         ProcessStatus::Running { pid } => tracing::info!(pid, "re-adopted the running gateway"),
         ProcessStatus::Stopped => match install::start_current(state, None).await {

@@ -450,7 +450,7 @@ impl<F: FleetApi> Driver<F> {
         let copy = self.ctx.fleet.fetch_backup(cp, &rid, &b.files, &into).await;
         match copy {
             Ok(()) => {
-                let _ = self.ctx.log().note(
+                self.note_or_warn(
                     "backup_copy",
                     serde_json::json!({ "dir": into, "host_dir": b.dir, "files": b.files.len() }),
                 );
@@ -465,6 +465,15 @@ impl<F: FleetApi> Driver<F> {
             Err(e) => Err(Halt::Other(format!(
                 "cannot copy the backup from {cp}: {e}"
             ))),
+        }
+    }
+
+    /// Journals a note that helps a later resume but is not a step: a failed
+    /// write is logged, not fatal (the hosts are where the report says).
+    fn note_or_warn(&self, key: &str, value: serde_json::Value) {
+        let mut log = self.ctx.log();
+        if let Err(e) = log.note(key, value) {
+            tracing::warn!(journal = %log.path.display(), key, error = %e, "cannot journal a note");
         }
     }
 
@@ -739,7 +748,7 @@ impl<F: FleetApi> Driver<F> {
                     .error(format!("{step}: {f}"))
                     .detail(serde_json::json!({ "left_drained": left_drained, "active_version": f.active_version })),
             );
-            let _ = self.ctx.log().note(
+            self.note_or_warn(
                 &format!("quarantined:{h}"),
                 serde_json::json!({ "step": step, "reason": f.to_string() }),
             );
