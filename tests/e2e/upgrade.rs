@@ -83,6 +83,25 @@ fn catalog_arg() -> String {
         .to_string()
 }
 
+/// `rollgate upgrade` of the sandbox's fleet.toml to `to`, confirmed, JSON.
+fn upgrade_to(to: &str) -> Vec<String> {
+    let catalog = catalog_arg();
+    [
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog,
+        "--to",
+        to,
+        "--yes",
+        "--output",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 fn hosts_running(fleet: &crate::support::fixtures::Fleet) -> Vec<(String, Option<String>)> {
     let mut v = vec![("cp-1".to_string(), running_version(fleet.cp.addr))];
     v.extend(
@@ -99,18 +118,7 @@ async fn from_330_to_350_in_two_hops() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 2, "batch = 1").await;
-    let out = sb.rollgate(&[
-        "upgrade",
-        "-i",
-        "fleet.toml",
-        "-c",
-        &catalog_arg(),
-        "--to",
-        "3.5.0",
-        "--yes",
-        "--output",
-        "json",
-    ]);
+    let out = sb.rollgate(&upgrade_to("3.5.0"));
     assert_eq!(
         out.code,
         Some(0),
@@ -140,18 +148,7 @@ async fn a_bad_dp_release_halts_after_the_canary() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 3, "batch = 2\nhealth_timeout = \"4s\"").await;
-    let out = sb.rollgate(&[
-        "upgrade",
-        "-i",
-        "fleet.toml",
-        "-c",
-        &catalog_arg(),
-        "--to",
-        "3.4.0-never-ready",
-        "--yes",
-        "--output",
-        "json",
-    ]);
+    let out = sb.rollgate(&upgrade_to("3.4.0-never-ready"));
     assert_eq!(
         out.code,
         Some(1),
@@ -205,18 +202,7 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 4, "batch = 1").await;
-    let mut run = sb.rollgate_bg(&[
-        "upgrade",
-        "-i",
-        "fleet.toml",
-        "-c",
-        &catalog_arg(),
-        "--to",
-        "3.4.0",
-        "--yes",
-        "--output",
-        "json",
-    ]);
+    let mut run = sb.rollgate_bg(&upgrade_to("3.4.0"));
     let line = run.wait_line(std::time::Duration::from_secs(180), "dp-2 installed", |l| {
         l.contains("\"host\":\"dp-2\"")
             && l.contains("\"step\":\"install\"")
@@ -297,18 +283,7 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
     let sb = Sandbox::new();
     let db = Db::start();
     let fleet = fleet_on_330(&sb, &db, 1, "").await;
-    let mut run = sb.rollgate_bg(&[
-        "upgrade",
-        "-i",
-        "fleet.toml",
-        "-c",
-        &catalog_arg(),
-        "--to",
-        "3.4.0",
-        "--yes",
-        "--output",
-        "json",
-    ]);
+    let mut run = sb.rollgate_bg(&upgrade_to("3.4.0"));
     run.wait_line(std::time::Duration::from_secs(120), "the backup", |l| {
         l.contains("\"step\":\"backup-copy\"") && l.contains("succeeded")
     });
