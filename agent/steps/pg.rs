@@ -226,13 +226,7 @@ pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
         DB_COMMAND_TIMEOUT,
     )
     .await
-    .map_err(|e| {
-        StepError::new(
-            pb::FailureCode::VerifyFailed,
-            format!("the dump cannot be listed: {}", e.message),
-        )
-        .detail(e.detail)
-    })?;
+    .map_err(|e| unverified("the dump cannot be listed", e))?;
     let entries = String::from_utf8_lossy(&list.stdout)
         .lines()
         .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
@@ -249,14 +243,17 @@ pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
         DB_COMMAND_TIMEOUT,
     )
     .await
-    .map_err(|e| {
-        StepError::new(
-            pb::FailureCode::VerifyFailed,
-            format!("the dump cannot be read in full: {}", e.message),
-        )
-        .detail(e.detail)
-    })?;
+    .map_err(|e| unverified("the dump cannot be read in full", e))?;
     Ok(())
+}
+
+/// A command's failure as a failed verification of the dump.
+fn unverified(what: &str, e: StepError) -> StepError {
+    StepError::new(
+        pb::FailureCode::VerifyFailed,
+        format!("{what}: {}", e.message),
+    )
+    .detail(e.detail)
 }
 
 /// Parses a MANIFEST: `sha256  size  path` per line.

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::log::{Outcome, Record, now_ms};
 use super::monitor::{Alarm, Monitor};
+use super::sequence::{rollback_dp, upgrade_dp};
 use super::steps::{Ctx, op_id};
 use crate::fleet::{FleetApi, HealthUpdate, StepFailure};
 use crate::report::Event;
@@ -191,10 +192,7 @@ impl<F: FleetApi> Driver<F> {
         loop {
             tokio::select! {
                 out = &mut fut => return (Some(out), halt.or_else(|| self.check())),
-                Some(u) = self.health_rx.recv() => self.monitor.update(u),
-                _ = tick.tick() => {}
-                // Without a sender (tests) there is nothing to wait for.
-                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
+                () = self.pulse(&mut tick) => {}
             }
             if halt.is_none() {
                 halt = self.check();
@@ -204,6 +202,19 @@ impl<F: FleetApi> Driver<F> {
             {
                 return (None, halt);
             }
+        }
+    }
+
+    /// Waits for the next thing that can change the picture while the driver
+    /// waits on something else: a health update, a tick (silences grow with
+    /// time alone) or the operator's interrupt. Each branch is cancel-safe,
+    /// so losing a `select!` against the awaited work loses nothing.
+    async fn pulse(&mut self, tick: &mut tokio::time::Interval) {
+        tokio::select! {
+            Some(u) = self.health_rx.recv() => self.monitor.update(u),
+            _ = tick.tick() => {}
+            // Without a sender (tests) there is nothing to wait for.
+            r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
         }
     }
 
@@ -244,9 +255,7 @@ impl<F: FleetApi> Driver<F> {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(end) => return self.check(),
-                Some(u) = self.health_rx.recv() => self.monitor.update(u),
-                _ = tick.tick() => {}
-                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
+                () = self.pulse(&mut tick) => {}
             }
             if let Some(h) = self.check() {
                 return Some(h);
@@ -481,13 +490,7 @@ impl<F: FleetApi> Driver<F> {
     async fn guard(&mut self, cp: &str, i: usize, hop: &Version) -> Result<(), Halt> {
         let rid = self.rid();
         let install_op = op_id(&rid, cp, "install", Some(hop));
-        let begun = self
-            .ctx
-            .log()
-            .records
-            .iter()
-            .any(|r| matches!(r, Record::Begin { op, .. } if *op == install_op));
-        if begun {
+        if self.ctx.log().begun(&install_op) {
             return Ok(()); // the swap already started: too late to guard, and no need
         }
         let baseline = if i == 0 { rid.clone() } else { String::new() };
@@ -702,12 +705,9 @@ impl<F: FleetApi> Driver<F> {
     /// is a resume): the driver re-attaches to it whatever the host's health
     /// now — it may be mid-install, or failed and quarantined.
     fn already_begun(&self, host: &str, hop: &Version) -> bool {
-        let op = op_id(&self.rid(), host, "drain", Some(hop));
         self.ctx
             .log()
-            .records
-            .iter()
-            .any(|r| matches!(r, Record::Begin { op: o, .. } if *o == op))
+            .begun(&op_id(&self.rid(), host, "drain", Some(hop)))
     }
 
     /// Failed hosts are back on their old release (the agent reverted them).
@@ -829,10 +829,7 @@ impl<F: FleetApi> Driver<F> {
                     failure: StepFailure::lost(format!("the agent of {h} stopped answering in the middle of a step")),
                     left_drained: true,
                 }))),
-                Some(u) = self.health_rx.recv() => self.monitor.update(u),
-                _ = tick.tick() => {}
-                // Without a sender (tests) there is nothing to wait for.
-                r = self.interrupt.changed(), if !self.interrupt_gone => self.interrupt_gone = r.is_err(),
+                () = self.pulse(&mut tick) => {}
             }
             if halt.is_none() {
                 halt = self.check();
@@ -844,135 +841,5 @@ impl<F: FleetApi> Driver<F> {
             }
         }
         (ends, halt)
-    }
-}
-
-/// One DP: drain, install, undrain. On a failed install the agent has put
-/// the old release back; the host returns to rotation only if it is healthy.
-pub async fn upgrade_dp<F: FleetApi>(ctx: Arc<Ctx<F>>, host: String, hop: Version) -> HostEnd {
-    let p = ctx.policy.clone();
-    let op = |s: &str| op_id(&ctx.rid, &host, s, Some(&hop));
-    let drain_op = op("drain");
-    if let Err(failure) = ctx
-        .run(&host, "drain", Some(&hop), &drain_op, || {
-            ctx.fleet.drain(&host, &drain_op, p.drain_timeout())
-        })
-        .await
-    {
-        // A failed drain undoes itself on the agent, when it says so.
-        let left_drained = failure.lost || !failure.reverted;
-        return HostEnd::Failed {
-            step: "drain".into(),
-            failure,
-            left_drained,
-        };
-    }
-    let install_op = op("install");
-    let installed = ctx
-        .run(&host, "install", Some(&hop), &install_op, || {
-            ctx.fleet.install(
-                &host,
-                &install_op,
-                &hop,
-                p.min_healthy(),
-                p.health_timeout(),
-            )
-        })
-        .await;
-    let undrain_op = op("undrain");
-    match installed {
-        Ok(_) => match ctx
-            .run(&host, "undrain", Some(&hop), &undrain_op, || {
-                ctx.fleet.undrain(&host, &undrain_op)
-            })
-            .await
-        {
-            Ok(_) => HostEnd::Done,
-            Err(failure) => HostEnd::Failed {
-                step: "undrain".into(),
-                failure,
-                left_drained: true,
-            },
-        },
-        Err(failure) if failure.gateway_healthy && !failure.lost => {
-            let back = ctx
-                .run(&host, "undrain", Some(&hop), &undrain_op, || {
-                    ctx.fleet.undrain(&host, &undrain_op)
-                })
-                .await;
-            HostEnd::Failed {
-                step: "install".into(),
-                failure,
-                left_drained: back.is_err(),
-            }
-        }
-        Err(failure) => HostEnd::Failed {
-            step: "install".into(),
-            failure,
-            left_drained: true,
-        },
-    }
-}
-
-/// One DP back to `to`: drain, rollback, undrain. `tag` separates the op ids
-/// of a rollback inside an upgrade from those of `rollgate rollback`.
-pub async fn rollback_dp<F: FleetApi>(
-    ctx: Arc<Ctx<F>>,
-    host: String,
-    to: Version,
-    tag: Option<Version>,
-) -> HostEnd {
-    let p = ctx.policy.clone();
-    let suffix = tag.as_ref().unwrap_or(&to).clone();
-    let op = |s: &str| op_id(&ctx.rid, &host, s, Some(&suffix));
-    let drain_op = op("rb-drain");
-    if let Err(failure) = ctx
-        .run(&host, "rollback-drain", Some(&to), &drain_op, || {
-            ctx.fleet.drain(&host, &drain_op, p.drain_timeout())
-        })
-        .await
-    {
-        let left_drained = failure.lost || !failure.reverted;
-        return HostEnd::Failed {
-            step: "drain".into(),
-            failure,
-            left_drained,
-        };
-    }
-    let rb_op = op("rollback");
-    let r = ctx
-        .run(&host, "rollback", Some(&to), &rb_op, || {
-            ctx.fleet
-                .rollback(&host, &rb_op, &to, None, p.health_timeout())
-        })
-        .await;
-    let undrain_op = op("rb-undrain");
-    let healthy = match &r {
-        Ok(_) => true,
-        Err(f) => f.gateway_healthy && !f.lost,
-    };
-    let back = if healthy {
-        ctx.run(&host, "rollback-undrain", Some(&to), &undrain_op, || {
-            ctx.fleet.undrain(&host, &undrain_op)
-        })
-        .await
-        .map(|_| ())
-    } else {
-        Err(StepFailure::lost(
-            "not healthy: left out of rotation".into(),
-        ))
-    };
-    match (r, back) {
-        (Ok(_), Ok(())) => HostEnd::Done,
-        (Err(failure), b) => HostEnd::Failed {
-            step: "rollback".into(),
-            failure,
-            left_drained: b.is_err(),
-        },
-        (Ok(_), Err(failure)) => HostEnd::Failed {
-            step: "undrain".into(),
-            failure,
-            left_drained: true,
-        },
     }
 }

@@ -3,7 +3,7 @@
 //! steps ended (never run again), which began (re-attach by operation id) and
 //! how the rollout ended.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -83,6 +83,9 @@ pub struct RolloutLog {
     pub spec: RolloutSpec,
     pub records: Vec<Record>,
     ends: HashMap<String, StepEnd>,
+    /// Operations begun (by id) and hosts with any step begun.
+    begun: HashSet<String>,
+    begun_hosts: HashSet<String>,
     pub notes: BTreeMap<String, serde_json::Value>,
     pub outcome: Option<(Outcome, String)>,
 }
@@ -108,6 +111,8 @@ impl RolloutLog {
             spec: spec.clone(),
             records: Vec::new(),
             ends: HashMap::new(),
+            begun: HashSet::new(),
+            begun_hosts: HashSet::new(),
             notes: BTreeMap::new(),
             outcome: None,
         };
@@ -152,6 +157,8 @@ impl RolloutLog {
             spec,
             records: Vec::new(),
             ends: HashMap::new(),
+            begun: HashSet::new(),
+            begun_hosts: HashSet::new(),
             notes: BTreeMap::new(),
             outcome: None,
         };
@@ -177,10 +184,14 @@ impl RolloutLog {
             Record::Note { key, value, .. } => {
                 self.notes.insert(key.clone(), value.clone());
             }
+            Record::Begin { op, host, .. } => {
+                self.begun.insert(op.clone());
+                self.begun_hosts.insert(host.clone());
+            }
             Record::Ended {
                 outcome, reason, ..
             } => self.outcome = Some((*outcome, reason.clone())),
-            Record::Created { .. } | Record::Begin { .. } => {}
+            Record::Created { .. } => {}
         }
         self.records.push(rec);
     }
@@ -208,6 +219,16 @@ impl RolloutLog {
         self.writer
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the rollout journal was opened to read only"))
+    }
+
+    /// True when the journal shows step `op` begun (it may have ended too).
+    pub fn begun(&self, op: &str) -> bool {
+        self.begun.contains(op)
+    }
+
+    /// True when any step of `host` has begun in this rollout.
+    pub fn host_begun(&self, host: &str) -> bool {
+        self.begun_hosts.contains(host)
     }
 
     pub fn ended(&self, op: &str) -> Option<&StepEnd> {

@@ -7,6 +7,7 @@ pub mod log;
 pub mod monitor;
 #[cfg(test)]
 mod scripted;
+pub mod sequence;
 pub mod spec;
 pub mod steps;
 pub mod undo;

@@ -5,7 +5,8 @@
 use rollgate::role::Role;
 use rollgate::version::Version;
 
-use super::driver::{Driver, Halt, HostEnd, rollback_dp};
+use super::driver::{Driver, Halt, HostEnd};
+use super::sequence::rollback_dp;
 use super::steps::op_id;
 use crate::batch;
 use crate::fleet::FleetApi;
@@ -41,7 +42,9 @@ impl<F: FleetApi> Driver<F> {
             spec.hosts
                 .iter()
                 .filter(|h| h.role == role)
-                .filter(|h| current.get(&h.name) != Some(&h.from) || self.ctx.log().records.iter().any(|r| matches!(r, super::log::Record::Begin { host, .. } if *host == h.name)))
+                .filter(|h| {
+                    current.get(&h.name) != Some(&h.from) || self.ctx.log().host_begun(&h.name)
+                })
                 .map(|h| (h.name.clone(), h.from.clone()))
                 .collect()
         };
