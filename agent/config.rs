@@ -72,10 +72,16 @@ pub struct GatewaySection {
     /// previous release is there to roll back to).
     #[serde(default = "default_keep_releases")]
     pub keep_releases: usize,
-    /// Free bytes that must remain on the install root's file system after a
-    /// release is staged.
-    #[serde(default)]
+    /// Free bytes that must remain on the install root's and the state
+    /// dir's file systems while a release is received and unpacked: the
+    /// floor is checked as bytes are written, not only before.
+    #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// How many times its archive's size a release may unpack to, when the
+    /// catalog does not declare the unpacked size: a compressed archive that
+    /// expands further (a gzip bomb) is refused as soon as it passes this.
+    #[serde(default = "default_max_unpack_ratio")]
+    pub max_unpack_ratio: u64,
     /// Custom plugin directories, relative to a release directory, that a
     /// preflight compares with the release.
     #[serde(default)]
@@ -213,6 +219,16 @@ pub struct BackupSection {
 fn default_keep_releases() -> usize {
     3
 }
+/// 64 MiB: enough that staging never takes the last free blocks a running
+/// gateway needs for its logs, small enough for a test host's filesystem.
+fn default_min_free_bytes() -> u64 {
+    64 << 20
+}
+/// Release tarballs of text and binaries compress 3-8x; 20x leaves room
+/// and still stops a bomb after a few tens of megabytes.
+fn default_max_unpack_ratio() -> u64 {
+    20
+}
 fn default_stop_signal() -> String {
     "SIGQUIT".into()
 }
@@ -309,6 +325,9 @@ impl AgentConfig {
         check_host_name(&self.agent.name).map_err(|e| format!("key `agent.name`: {e}"))?;
         if self.tls.allowed_clients.is_empty() {
             return Err("key `tls.allowed_clients`: must name at least one client".into());
+        }
+        if self.gateway.max_unpack_ratio == 0 {
+            return Err("key `gateway.max_unpack_ratio`: must be at least 1".into());
         }
         if self.gateway.keep_releases < 2 {
             return Err(

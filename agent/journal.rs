@@ -7,8 +7,13 @@
 //! answer repeated ids without acting; an operation with no `end` was cut off
 //! by a crash and is finished or undone by `recover`.
 //!
-//! A crash can tear the last line; the torn tail is cut off on open, so the
-//! file is always whole lines.
+//! A crash can tear the last record only (each record is fsynced before
+//! the next is written): an unreadable last line is cut off on open, so the
+//! file is always whole lines. An unreadable record with records after it is
+//! not a torn write but damage: cutting there would forget operations that
+//! ended, and a repeated id would act again. The journal then refuses to
+//! open (`JournalError::Corrupt`), leaving the file exactly as it is, and the
+//! agent does not start until an operator has looked.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -88,6 +93,23 @@ impl OpState {
     }
 }
 
+/// Why the journal cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error(
+        "{path}: line {line} (byte {offset}) cannot be read ({why}) and {after} more line(s) follow it, so it is not a torn last write. The journal is left as it is and the agent will not start: move the damaged line aside after reading it (every other line is a complete record), or move the whole journal aside to start with no memory of past operations"
+    )]
+    Corrupt {
+        path: String,
+        line: usize,
+        offset: u64,
+        why: String,
+        after: usize,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
@@ -95,8 +117,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating) the journal, cuts a torn tail, and replays it.
-    pub fn open(state_dir: &Path) -> io::Result<(Journal, BTreeMap<String, OpState>)> {
+    /// Opens (creating) the journal, cuts a torn last record, and replays
+    /// it. Damage anywhere else is an error and nothing is changed.
+    pub fn open(state_dir: &Path) -> Result<(Journal, BTreeMap<String, OpState>), JournalError> {
         let path = state_dir.join("journal");
         let mut file = OpenOptions::new()
             .read(true)
@@ -106,32 +129,44 @@ impl Journal {
         let mut ops = BTreeMap::new();
         let mut seq = 0u64;
         let mut good_len = 0u64;
+        // Bytes, not text: a torn or damaged record may not be UTF-8.
         let mut reader = BufReader::new(&file);
-        let mut line = String::new();
+        let mut lines: Vec<Vec<u8>> = Vec::new();
         loop {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
-            if !line.ends_with('\n') {
-                tracing::warn!(journal = %path.display(), bytes = n, "cutting a torn last journal line");
-                break;
-            }
-            match serde_json::from_str::<Entry>(line.trim_end()) {
+            lines.push(line);
+        }
+        drop(reader);
+        let count = lines.len();
+        for (i, line) in lines.iter().enumerate() {
+            let last = i + 1 == count;
+            let parsed = if line.ends_with(b"\n") {
+                serde_json::from_slice::<Entry>(&line[..line.len() - 1]).map_err(|e| e.to_string())
+            } else {
+                Err("no end of line".to_string())
+            };
+            match parsed {
                 Ok(e) => {
                     apply(&mut ops, e, &mut seq);
-                    good_len += n as u64;
+                    good_len += line.len() as u64;
                 }
-                Err(err) => {
-                    // Only a crash mid-write produces a bad line, and only at
-                    // the end; anything after it is not trusted.
-                    tracing::warn!(journal = %path.display(), error = %err, "cutting an unreadable journal tail");
-                    break;
+                Err(why) if last => {
+                    tracing::warn!(journal = %path.display(), bytes = line.len(), %why, "cutting a torn last journal record");
+                }
+                Err(why) => {
+                    return Err(JournalError::Corrupt {
+                        path: path.display().to_string(),
+                        line: i + 1,
+                        offset: good_len,
+                        why,
+                        after: count - i - 1,
+                    });
                 }
             }
         }
-        drop(reader);
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
@@ -333,6 +368,57 @@ mod tests {
             ops["b"].result.is_some(),
             "appends after the cut are whole lines"
         );
+    }
+
+    #[test]
+    fn a_damaged_record_before_the_last_stops_the_open_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            for op in ["a", "b"] {
+                j.append(&entry(
+                    op,
+                    Event::Begin {
+                        attempt: 1,
+                        detail: serde_json::Value::Null,
+                    },
+                ))
+                .unwrap();
+                j.append(&entry(
+                    op,
+                    Event::End {
+                        result: pb::OperationResult::default(),
+                    },
+                ))
+                .unwrap();
+            }
+        }
+        let p = dir.path().join("journal");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(2, "garbage \u{1} not json");
+        let damaged = lines.join("\n") + "\n";
+        std::fs::write(&p, &damaged).unwrap();
+        let e = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("2 more line(s)"), "{e}");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            damaged,
+            "nothing rewritten"
+        );
+        // Invalid UTF-8 in the middle is damage too, not a reason to panic.
+        let mut bytes = text.clone().into_bytes();
+        bytes.splice(0..0, b"\xff\xfe\n".iter().copied());
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(matches!(
+            Journal::open(dir.path()),
+            Err(JournalError::Corrupt { line: 1, .. })
+        ));
+        // The same bad line last: a torn write, cut, the rest kept.
+        std::fs::write(&p, format!("{text}garbage\n")).unwrap();
+        let (_, ops) = Journal::open(dir.path()).unwrap();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
     }
 
     #[test]

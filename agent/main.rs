@@ -83,7 +83,10 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "agent stopped with an error");
             eprintln!("rollgate-agent: {e:#}");
-            ExitCode::from(exit::FAILED)
+            let corrupt = e
+                .downcast_ref::<state::OpenError>()
+                .is_some_and(state::OpenError::is_corrupt);
+            ExitCode::from(if corrupt { exit::DATA } else { exit::FAILED })
         }
     }
 }
@@ -103,7 +106,7 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
         )
     })?;
     let agent_check = config.drain.agent_check_listen;
-    let state = Arc::new(state::AgentState::open(config).map_err(anyhow::Error::msg)?);
+    let state = Arc::new(state::AgentState::open(config)?);
     if let Some(addr) = agent_check {
         let l = tokio::net::TcpListener::bind(addr)
             .await

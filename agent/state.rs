@@ -7,7 +7,7 @@ use crate::drain_state::DrainCtl;
 use crate::facts::FactSource;
 use crate::health::Prober;
 use crate::install_root::InstallRoot;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::ops::Ops;
 use crate::service::Service;
 
@@ -22,17 +22,27 @@ pub struct AgentState {
     pub ops: Arc<Ops>,
 }
 
+/// Why the agent's state cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot build the HTTP probe client: {0}")]
+    Probe(String),
+    #[error("cannot open the journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+impl OpenError {
+    /// The journal is damaged: the agent must not start (exit::DATA).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, OpenError::Journal(JournalError::Corrupt { .. }))
+    }
+}
+
 impl AgentState {
     /// Opens the journal and the saved drain state in the (existing) state dir.
-    pub fn open(config: AgentConfig) -> Result<Self, String> {
-        let prober = Prober::new(&config.health)
-            .map_err(|e| format!("cannot build the HTTP probe client: {e}"))?;
-        let (journal, states) = Journal::open(&config.agent.state_dir).map_err(|e| {
-            format!(
-                "cannot open the journal in {}: {e}",
-                config.agent.state_dir.display()
-            )
-        })?;
+    pub fn open(config: AgentConfig) -> Result<Self, OpenError> {
+        let prober = Prober::new(&config.health).map_err(|e| OpenError::Probe(e.to_string()))?;
+        let (journal, states) = Journal::open(&config.agent.state_dir)?;
         Ok(AgentState {
             root: InstallRoot::new(config.gateway.install_root.clone()),
             service: Service::from_config(&config),

@@ -55,18 +55,136 @@ impl fmt::Display for BatchSize {
 
 impl<'de> Deserialize<'de> for BatchSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
         let text = match Raw::deserialize(d)? {
             Raw::Int(n) => n.to_string(),
             Raw::Text(s) => s,
         };
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// How many DPs must stay in rotation while a batch is out: a count ("1")
+/// or a share of the DPs ("50%", rounded up). 0 is allowed, and is the only
+/// way to let a batch take every DP out at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InService {
+    Count(usize),
+    Percent(u8),
+}
+
+impl Default for InService {
+    fn default() -> Self {
+        InService::Count(1)
+    }
+}
+
+impl InService {
+    /// DPs that must stay in rotation out of `total`.
+    pub fn hosts(&self, total: usize) -> usize {
+        match *self {
+            InService::Count(n) => n,
+            InService::Percent(p) => (total * usize::from(p)).div_ceil(100),
+        }
+    }
+}
+
+impl FromStr for InService {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("min_in_service {s:?} must be a host count (e.g. 1) or a share (e.g. 50%)");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u8 = p.trim().parse().map_err(|_| bad())?;
+            if p > 100 {
+                return Err(format!("min_in_service {s:?}: a share must be 0% to 100%"));
+            }
+            Ok(InService::Percent(p))
+        } else {
+            Ok(InService::Count(s.trim().parse().map_err(|_| bad())?))
+        }
+    }
+}
+
+impl fmt::Display for InService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InService::Count(n) => write!(f, "{n}"),
+            InService::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for InService {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(n) => n.to_string(),
+            Raw::Text(s) => s,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A TOML value that may be written as a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Raw {
+    Int(i64),
+    Text(String),
+}
+
+/// One DP as the in-service rule sees it: its name and its gateway group.
+#[derive(Debug, Clone)]
+pub struct Dp<'a> {
+    pub name: &'a str,
+    pub group: Option<&'a str>,
+}
+
+/// Checks that no batch takes so many DPs out of rotation that fewer than
+/// `min` stay in, in the whole fleet and in each gateway group (DPs of one
+/// group serve the same routes: all of them out is an outage of those
+/// routes even when other groups serve). Returns one line per violation.
+pub fn in_service_violations(
+    dps: &[Dp<'_>],
+    batches: &[Vec<String>],
+    min: InService,
+    label: &str,
+) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<Option<&str>, Vec<&str>> = Default::default();
+    for d in dps {
+        groups.entry(d.group).or_default().push(d.name);
+    }
+    let mut scopes: Vec<(String, Vec<&str>)> =
+        vec![("the fleet".into(), dps.iter().map(|d| d.name).collect())];
+    if groups.len() > 1 || groups.keys().any(Option::is_some) {
+        scopes.extend(
+            groups
+                .into_iter()
+                .filter_map(|(g, members)| g.map(|g| (format!("gateway group {g:?}"), members))),
+        );
+    }
+    let mut out = Vec::new();
+    for (b, batch) in batches.iter().enumerate() {
+        for (scope, members) in &scopes {
+            let total = members.len();
+            let taken = batch
+                .iter()
+                .filter(|h| members.contains(&h.as_str()))
+                .count();
+            if taken == 0 {
+                continue;
+            }
+            let need = min.hosts(total);
+            let left = total - taken;
+            if left < need {
+                out.push(format!(
+                    "{label} batch {b} ({}) would take {taken} of the {total} DP(s) of {scope} out of rotation at once, leaving {left} to serve; the policy keeps at least {need} in service (min_in_service = {min}). Use a smaller canary or batch, or set min_in_service = 0 (--min-in-service 0) to accept the outage",
+                    if b == 0 { "the canary" } else { "after the canary" },
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Cuts `hosts` (in rollout order) into the canary batch and then batches of
@@ -111,5 +229,79 @@ mod tests {
         let b = cut(&hosts, 10, BatchSize::Count(3));
         assert_eq!(b, vec![hosts.clone()]);
         assert!(cut::<u32>(&[], 1, BatchSize::Count(1)).is_empty());
+    }
+
+    #[test]
+    fn in_service_parses_zero_counts_and_shares() {
+        assert_eq!("0".parse::<InService>().unwrap(), InService::Count(0));
+        assert_eq!("50%".parse::<InService>().unwrap(), InService::Percent(50));
+        assert_eq!(InService::Percent(50).hosts(3), 2);
+        for bad in ["101%", "x", "-1", ""] {
+            assert!(bad.parse::<InService>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_batch_of_every_dp_violates_the_in_service_rule() {
+        let names = ["dp-1", "dp-2", "dp-3"];
+        let dps: Vec<Dp> = names
+            .iter()
+            .map(|n| Dp {
+                name: n,
+                group: None,
+            })
+            .collect();
+        let hosts: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        // canary = 10 is clamped to the 3 DPs: all out at once.
+        let all = cut(&hosts, 10, BatchSize::Count(1));
+        let v = in_service_violations(&dps, &all, InService::default(), "hop 3.4.0");
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].contains("3 of the 3") && v[0].contains("canary"),
+            "{v:?}"
+        );
+        // batch = 100% after a canary of 1: 2 of 3 out, 1 left: fine.
+        let ok = cut(&hosts, 1, BatchSize::Percent(100));
+        assert!(in_service_violations(&dps, &ok, InService::default(), "x").is_empty());
+        // ... unless two must stay.
+        let v = in_service_violations(&dps, &ok, InService::Count(2), "x");
+        assert_eq!(v.len(), 1, "{v:?}");
+        // Explicitly allowed.
+        assert!(in_service_violations(&dps, &all, InService::Count(0), "x").is_empty());
+    }
+
+    #[test]
+    fn every_dp_of_one_group_counts_as_an_outage() {
+        let dps = [
+            Dp {
+                name: "a-1",
+                group: Some("a"),
+            },
+            Dp {
+                name: "a-2",
+                group: Some("a"),
+            },
+            Dp {
+                name: "b-1",
+                group: Some("b"),
+            },
+            Dp {
+                name: "b-2",
+                group: Some("b"),
+            },
+        ];
+        let batches = vec![
+            vec!["a-1".to_string()],
+            vec!["a-2".into(), "b-1".into()],
+            vec!["b-2".into()],
+        ];
+        assert!(in_service_violations(&dps, &batches, InService::default(), "x").is_empty());
+        let batches = vec![
+            vec!["a-1".to_string(), "a-2".into()],
+            vec!["b-1".into(), "b-2".into()],
+        ];
+        let v = in_service_violations(&dps, &batches, InService::default(), "x");
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].contains("gateway group \"a\""), "{v:?}");
     }
 }

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use rollgate::telemetry::LogFormat;
 use rollgate::version::Version;
 
-use crate::batch::BatchSize;
+use crate::batch::{BatchSize, InService};
 
 use crate::certs::AgentName;
 use crate::output::Output;
@@ -55,7 +55,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Data planes behind HAProxy.
+    /// Data planes behind HAProxy (2 to 50).
     #[arg(long, default_value_t = 3)]
     pub dps: usize,
     /// The release the fleet starts on.
@@ -119,6 +119,9 @@ pub struct UpgradeArgs {
     /// Failed DPs that may be quarantined (left on their old release) before the rollout halts.
     #[arg(long)]
     pub max_failures: Option<usize>,
+    /// DPs that must stay in rotation while a batch is out (a count or a share); 0 accepts an outage.
+    #[arg(long, value_parser = parse_in_service)]
+    pub min_in_service: Option<InService>,
     /// Acknowledge the breaking changes without asking.
     #[arg(long)]
     pub yes: bool,
@@ -132,6 +135,7 @@ pub struct ResumeArgs {
     #[command(flatten)]
     pub inv: InventoryArgs,
     /// The rollout to resume (default: the one that was cut off).
+    #[arg(value_parser = parse_rollout_id)]
     pub rollout: Option<String>,
 }
 
@@ -140,6 +144,7 @@ pub struct RollbackArgs {
     #[command(flatten)]
     pub inv: InventoryArgs,
     /// The upgrade to undo (default: the latest).
+    #[arg(value_parser = parse_rollout_id)]
     pub rollout: Option<String>,
     /// Also restore the CP database from the rollout's backup.
     #[arg(long)]
@@ -153,6 +158,8 @@ pub struct RollbackArgs {
 pub struct ShowArgs {
     #[command(flatten)]
     pub inv: InventoryArgs,
+    /// The rollout to show (an id from `rollgate history`).
+    #[arg(value_parser = parse_rollout_id)]
     pub rollout: String,
 }
 
@@ -161,7 +168,17 @@ fn parse_version(s: &str) -> Result<Version, String> {
         .map_err(|e: rollgate::version::ParseVersionError| e.to_string())
 }
 
+/// Rollout ids name files in the state directory: only the ids rollgate
+/// makes are accepted, so no argument can point outside it.
+fn parse_rollout_id(s: &str) -> Result<String, String> {
+    rollgate::ids::check_rollout_id(s).map(|()| s.to_string())
+}
+
 fn parse_batch(s: &str) -> Result<BatchSize, String> {
+    s.parse()
+}
+
+fn parse_in_service(s: &str) -> Result<InService, String> {
     s.parse()
 }
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rollgate::catalog::{Artifact, Release};
+use rollgate::lb::LbState;
 use rollgate::pb;
 use rollgate::pb::operation_event::Event;
 use rollgate::pb::operation_result::Outcome;
@@ -153,6 +154,8 @@ pub trait FleetApi: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = StepOutcome> + Send;
     fn undrain(&self, host: &str, op: &str) -> impl Future<Output = StepOutcome> + Send;
+    /// Where the host stands towards its load balancer now, as its agent says.
+    fn load_balancer(&self, host: &str) -> impl Future<Output = Result<LbState, CallError>> + Send;
     /// Starts streaming health of every host in `hosts` into `tx`.
     fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>);
 }
@@ -207,6 +210,16 @@ impl GrpcFleet {
                 let data = tokio::fs::read(p)
                     .await
                     .map_err(|e| format!("cannot read artifact {}: {e}", p.display()))?;
+                // The plan verified the file; it is read again here, so check
+                // the bytes actually sent are those.
+                let digest = hex::encode(Sha256::digest(&data));
+                if data.len() as u64 != r.size || digest != r.sha256 {
+                    return Err(format!(
+                        "artifact {} changed since it was verified: {} bytes, sha256 {digest}",
+                        p.display(),
+                        data.len()
+                    ));
+                }
                 let data = Bytes::from(data);
                 (0..data.len())
                     .step_by(1 << 20)
@@ -339,6 +352,7 @@ fn stage_messages(op: &str, r: &Release, chunks: &[Bytes]) -> Vec<pb::StageReque
         sha256: r.sha256.clone(),
         size: r.size,
         source: Some(source),
+        unpacked_size: r.unpacked_size.unwrap_or(0),
     };
     let mut msgs = vec![pb::StageRequest {
         msg: Some(pb::stage_request::Msg::Header(header)),
@@ -532,6 +546,11 @@ impl FleetApi for GrpcFleet {
             async move { a.client.clone().undrain(req).await.map(|r| r.into_inner()) }
         })
         .await
+    }
+
+    async fn load_balancer(&self, host: &str) -> Result<LbState, CallError> {
+        let report = self.agent(host).await?.health_once().await?;
+        Ok(rollgate::convert::lb_from_wire(report.drain_state))
     }
 
     fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>) {

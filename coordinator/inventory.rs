@@ -11,7 +11,7 @@ use rollgate::role::Role;
 use rollgate::tls::TlsMaterial;
 use serde::Deserialize;
 
-use crate::batch::BatchSize;
+use crate::batch::{BatchSize, InService};
 
 /// An inventory that cannot be used: the file and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,14 @@ pub struct Policy {
     /// before the rollout treats it as lost and halts.
     #[serde(default = "default_agent_silence", with = "humantime_serde")]
     pub agent_silence: Duration,
+    /// DPs that must stay in rotation while a batch is out, in the fleet and
+    /// in each gateway group: a count ("1") or a share ("50%"). A plan whose
+    /// canary or batch would leave fewer is blocked; 0 allows an outage.
+    #[serde(default)]
+    pub min_in_service: InService,
+    /// The host label that names a DP's gateway group.
+    #[serde(default = "default_group_label")]
+    pub group_label: String,
 }
 
 impl Default for Policy {
@@ -112,6 +120,8 @@ impl Default for Policy {
             drain_timeout: default_drain_timeout(),
             health_timeout: default_health_timeout(),
             agent_silence: default_agent_silence(),
+            min_in_service: InService::default(),
+            group_label: default_group_label(),
         }
     }
 }
@@ -162,6 +172,9 @@ fn default_health_timeout() -> Duration {
 }
 fn default_agent_silence() -> Duration {
     Duration::from_secs(5)
+}
+fn default_group_label() -> String {
+    "group".into()
 }
 
 /// A checked inventory.

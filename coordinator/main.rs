@@ -115,6 +115,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                         "ROLE",
                         "VERSION",
                         "HEALTHY",
+                        "LOAD BALANCER",
                         "COMPATIBLE",
                         "REACHABLE",
                         "NOTE",
@@ -127,6 +128,8 @@ async fn run(command: Command) -> Result<(), Failure> {
                                 r.role.to_string(),
                                 r.version.clone().unwrap_or_else(|| "-".into()),
                                 yes_no(r.healthy),
+                                r.load_balancer
+                                    .map_or_else(|| "-".into(), |l| l.to_string()),
                                 yes_no(r.compatible),
                                 yes_no(Some(r.reachable)),
                                 r.error
@@ -159,6 +162,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                     canary: a.canary,
                     min_healthy: a.min_healthy,
                     max_failures: a.max_failures,
+                    min_in_service: a.min_in_service,
                 },
                 yes: a.yes,
                 dry_run: a.dry_run,
@@ -208,7 +212,9 @@ async fn plan(a: cli::PlanArgs) -> Result<(), Failure> {
     let catalog = rollgate::catalog::Catalog::load(&a.catalog)
         .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
     cmd::upgrade::in_catalog(&catalog, &a.to)?;
+    cmd::upgrade::verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
     let r = cmd::plan::plan(&inv, &catalog, &a.to).await;
+    cmd::upgrade::verify_artifacts(&catalog, &r.hop_versions)?;
     match a.inv.output {
         Output::Json => print_json(&r),
         Output::Text => cmd::plan::print_text(&r),

@@ -138,6 +138,7 @@ mod tests {
                 size: 1,
                 breaking_changes: vec![format!("change in {s}")],
                 dp_min: None,
+                unpacked_size: None,
             })
             .collect()
     }

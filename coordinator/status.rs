@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use futures::StreamExt;
 use rollgate::compat::{self, Compat};
+use rollgate::lb::LbState;
 use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::Serialize;
@@ -28,6 +29,8 @@ pub struct HostStatus {
     /// The version the running gateway reports.
     pub running_version: Option<String>,
     pub healthy: Option<bool>,
+    /// Where the host stands towards its load balancer (as its agent says).
+    pub load_balancer: Option<LbState>,
     /// DPs: compatible with every CP's version; CPs: true once their version
     /// is known. None when it cannot be judged.
     pub compatible: Option<bool>,
@@ -92,6 +95,7 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
         version: None,
         running_version: None,
         healthy: None,
+        load_balancer: None,
         compatible: None,
         reachable: false,
         error: None,
@@ -109,6 +113,7 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
     s.version = hello.installed.as_ref().map(ToString::to_string);
     s.running_version = Some(health.running_version).filter(|v| !v.is_empty());
     s.healthy = Some(health.healthy);
+    s.load_balancer = Some(rollgate::convert::lb_from_wire(health.drain_state));
     let (compatible, reason) = judge(p.host.role, hello.installed.as_ref(), cp_versions);
     s.compatible = compatible;
     s.reason = reason;

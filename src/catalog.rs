@@ -10,7 +10,14 @@
 //! size = 12345
 //! breaking_changes = ["One sentence each."]
 //! dp_min = "3.2.0"   # optional: oldest DP this CP release accepts (compatibility override)
+//! unpacked_size = 23456  # optional: bytes of file content once unpacked; the agent stops beyond it
 //! ```
+//!
+//! File artifacts must lie inside the catalog's directory, or inside one of
+//! the directories a top-level `artifact_dirs = ["/srv/releases"]` names: a
+//! catalog cannot make the coordinator send any file of its machine. Before
+//! a rollout, `Catalog::verify` checks each artifact it needs: a regular
+//! file there, of the catalog's size and SHA-256.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -49,6 +56,8 @@ pub struct Release {
     pub artifact: Artifact,
     pub sha256: String,
     pub size: u64,
+    /// Bytes of file content once unpacked, when the catalog says.
+    pub unpacked_size: Option<u64>,
     pub breaking_changes: Vec<String>,
     pub dp_min: Option<Version>,
 }
@@ -58,11 +67,16 @@ pub struct Catalog {
     pub path: PathBuf,
     /// Ascending by version.
     pub releases: Vec<Release>,
+    /// Directories file artifacts may be in: the catalog's own, and those
+    /// `artifact_dirs` names.
+    pub artifact_dirs: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    #[serde(default)]
+    artifact_dirs: Vec<PathBuf>,
     #[serde(default)]
     releases: Vec<RawRelease>,
 }
@@ -77,6 +91,16 @@ struct RawRelease {
     #[serde(default)]
     breaking_changes: Vec<String>,
     dp_min: Option<Version>,
+    unpacked_size: Option<u64>,
+}
+
+/// Why an artifact cannot be used for a rollout.
+#[derive(Debug, thiserror::Error)]
+#[error("release {version}: artifact {artifact}: {problem}")]
+pub struct ArtifactError {
+    pub version: Version,
+    pub artifact: String,
+    pub problem: String,
 }
 
 impl Catalog {
@@ -87,16 +111,29 @@ impl Catalog {
         };
         let (text, base) = crate::tomlerr::read_file(path).map_err(err)?;
         Catalog::parse(&text, base)
-            .map(|releases| Catalog {
+            .map(|(releases, artifact_dirs)| Catalog {
                 path: path.to_path_buf(),
                 releases,
+                artifact_dirs,
             })
             .map_err(err)
     }
 
-    /// Parses and checks catalog text; relative artifact paths join `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Vec<Release>, String> {
+    /// Parses and checks catalog text; relative paths join `base`. Returns
+    /// the releases and the directories their files may be in.
+    pub fn parse(text: &str, base: &Path) -> Result<(Vec<Release>, Vec<PathBuf>), String> {
         let raw: Raw = toml::from_str(text).map_err(|e| crate::tomlerr::describe(text, &e))?;
+        let mut dirs = vec![base.to_path_buf()];
+        for (i, d) in raw.artifact_dirs.iter().enumerate() {
+            if d.as_os_str().is_empty() {
+                return Err(format!("key `artifact_dirs[{i}]`: is empty"));
+            }
+            dirs.push(if d.is_relative() {
+                base.join(d)
+            } else {
+                d.clone()
+            });
+        }
         if raw.releases.is_empty() {
             return Err("key `releases`: the catalog lists no releases".into());
         }
@@ -126,6 +163,12 @@ impl Catalog {
                 return Err(format!(
                     "{}: must be the artifact's size in bytes",
                     key("size")
+                ));
+            }
+            if r.unpacked_size == Some(0) {
+                return Err(format!(
+                    "{}: must be the release's unpacked size in bytes, or left out",
+                    key("unpacked_size")
                 ));
             }
             if r.breaking_changes.iter().any(|c| c.trim().is_empty()) {
@@ -159,17 +202,84 @@ impl Catalog {
                 artifact,
                 sha256: r.sha256,
                 size: r.size,
+                unpacked_size: r.unpacked_size,
                 breaking_changes: r.breaking_changes,
                 dp_min: r.dp_min,
             });
         }
         out.sort_by(|a, b| a.version.cmp(&b.version));
-        Ok(out)
+        Ok((out, dirs))
     }
 
     pub fn get(&self, v: &Version) -> Option<&Release> {
         self.releases.iter().find(|r| r.version == *v)
     }
+
+    /// Checks that a release's artifact can be sent as the catalog says: a
+    /// regular file inside an allowed directory, of the listed size and
+    /// SHA-256. Reads the whole file. URL artifacts are checked by each agent
+    /// as it downloads them (size and SHA-256), not here.
+    pub fn verify(&self, r: &Release) -> Result<(), ArtifactError> {
+        let Artifact::File(path) = &r.artifact else {
+            return Ok(());
+        };
+        let fail = |problem: String| ArtifactError {
+            version: r.version.clone(),
+            artifact: path.display().to_string(),
+            problem,
+        };
+        let real = std::fs::canonicalize(path).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        let inside = self
+            .artifact_dirs
+            .iter()
+            .any(|d| std::fs::canonicalize(d).is_ok_and(|d| real.starts_with(d)));
+        if !inside {
+            return Err(fail(format!(
+                "{} is outside the catalog's directory{}; list its directory in the catalog's `artifact_dirs` to allow it",
+                real.display(),
+                if self.artifact_dirs.len() > 1 {
+                    " and its artifact_dirs"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail("is not a regular file".into()));
+        }
+        if meta.len() != r.size {
+            return Err(fail(format!(
+                "is {} bytes, the catalog says {}",
+                meta.len(),
+                r.size
+            )));
+        }
+        let digest = sha256_file(&real).map_err(|e| fail(format!("cannot be read: {e}")))?;
+        if digest != r.sha256 {
+            return Err(fail(format!(
+                "its sha256 is {digest}, the catalog says {}",
+                r.sha256
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]
@@ -187,7 +297,8 @@ mod tests {
     #[test]
     fn parses_sorted_with_resolved_paths() {
         let text = one("3.4.0", "breaking_changes = [\"x\"]") + &one("3.3.0", "");
-        let r = Catalog::parse(&text, Path::new("/srv/cat")).unwrap();
+        let (r, dirs) = Catalog::parse(&text, Path::new("/srv/cat")).unwrap();
+        assert_eq!(dirs, [Path::new("/srv/cat")]);
         assert_eq!(r[0].version.to_string(), "3.3.0");
         assert_eq!(
             r[1].artifact,
@@ -218,5 +329,57 @@ mod tests {
             let e = Catalog::parse(&text, Path::new("/")).unwrap_err();
             assert!(e.contains(want), "expected {want:?} in {e:?}");
         }
+    }
+
+    #[test]
+    fn verify_checks_place_kind_size_and_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"release bytes";
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data));
+        std::fs::write(dir.path().join("a-3.4.0.tar.gz"), data).unwrap();
+        std::fs::create_dir(dir.path().join("a-3.5.0.tar.gz")).unwrap();
+        let entry = |version: &str, artifact: &str, sha: &str, size: usize| {
+            format!(
+                "[[releases]]\nversion = \"{version}\"\nartifact = \"{artifact}\"\nsha256 = \"{sha}\"\nsize = {size}\n"
+            )
+        };
+        let text = [
+            entry("3.4.0", "a-3.4.0.tar.gz", &sha, data.len()),
+            entry("3.4.1", "a-3.4.0.tar.gz", SHA, data.len()),
+            entry("3.4.2", "a-3.4.0.tar.gz", &sha, 99),
+            entry("3.4.3", "missing.tar.gz", &sha, 1),
+            entry("3.4.4", "/etc/passwd", &sha, 1),
+            entry("3.5.0", "a-3.5.0.tar.gz", &sha, 1),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("releases.toml"), &text).unwrap();
+        let cat = Catalog::load(&dir.path().join("releases.toml")).unwrap();
+        let verify = |v: &str| cat.verify(cat.get(&v.parse().unwrap()).unwrap());
+        verify("3.4.0").unwrap();
+        for (v, want) in [
+            ("3.4.1", "sha256"),
+            ("3.4.2", "99"),
+            ("3.4.3", "cannot be read"),
+            ("3.4.4", "outside the catalog's directory"),
+            ("3.5.0", "not a regular file"),
+        ] {
+            let e = verify(v).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains(v),
+                "{v}: expected {want:?} in {e:?}"
+            );
+        }
+        // An explicitly allowed directory.
+        let allowed = format!("artifact_dirs = [\"/etc\"]\n{text}");
+        std::fs::write(dir.path().join("releases.toml"), allowed).unwrap();
+        let cat = Catalog::load(&dir.path().join("releases.toml")).unwrap();
+        let e = cat
+            .verify(cat.get(&"3.4.4".parse().unwrap()).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bytes"),
+            "/etc is allowed now: only the size differs: {e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Conversions between protobuf messages and domain types. Anything arriving
 //! over the wire is checked here, so the rest of the code deals in valid values.
 
+use crate::lb::LbState;
 use crate::pb;
 use crate::role::Role;
 use crate::version::Version;
@@ -20,6 +21,17 @@ impl From<Role> for pb::Role {
             Role::Cp => pb::Role::Cp,
             Role::Dp => pb::Role::Dp,
         }
+    }
+}
+
+/// The drain state in a health report. An agent that does not say is
+/// taken at its word only when it says: unknown values read as drained, so
+/// a host is never shown in rotation on a guess.
+pub fn lb_from_wire(raw: i32) -> LbState {
+    match pb::DrainState::try_from(raw) {
+        Ok(pb::DrainState::Ready) => LbState::InRotation,
+        Ok(pb::DrainState::Maint) => LbState::Maint,
+        _ => LbState::Drained,
     }
 }
 

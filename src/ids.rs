@@ -64,6 +64,45 @@ pub fn check_host_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Kinds of rollout, as the first part of a rollout id.
+pub const ROLLOUT_PREFIXES: [&str; 3] = ["r", "rb", "b"];
+
+/// Checks a rollout id the way the coordinator makes them:
+/// `<kind>-<UTC time as YYYYMMDDTHHMMSSZ>-<4 hex digits>`, the kind one of
+/// `r` (upgrade), `rb` (rollback) or `b` (backup). A rollout id names a file
+/// in the state directory, so nothing else is accepted.
+pub fn check_rollout_id(id: &str) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "rollout id {id:?} {why}; rollout ids look like r-20261130T105553Z-1a2b (see `rollgate history`)"
+        ))
+    };
+    let mut parts = id.splitn(3, '-');
+    let (Some(kind), Some(stamp), Some(tail)) = (parts.next(), parts.next(), parts.next()) else {
+        return bad("is not <kind>-<time>-<suffix>");
+    };
+    if !ROLLOUT_PREFIXES.contains(&kind) {
+        return bad("does not start with r-, rb- or b-");
+    }
+    let b = stamp.as_bytes();
+    let stamp_ok = b.len() == 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z';
+    if !stamp_ok {
+        return bad("has no UTC time of the form 20261130T105553Z");
+    }
+    if tail.len() != 4
+        || !tail
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+    {
+        return bad("does not end in 4 lower-case hex digits");
+    }
+    Ok(())
+}
+
 /// Builds the operation id of one step of one host in one rollout.
 pub fn operation_id(rollout: &str, host: &str, step: &str) -> String {
     format!("{rollout}/{host}/{step}")
@@ -86,6 +125,31 @@ mod tests {
         assert!(check_host_name("dp_1").is_err());
         assert!(check_host_name("-dp").is_err());
         assert!(check_host_name("").is_err());
+    }
+
+    #[test]
+    fn rollout_ids() {
+        for ok in [
+            "r-20261130T105553Z-1a2b",
+            "rb-20261130T105553Z-0000",
+            "b-20261130T105553Z-ffff",
+        ] {
+            check_rollout_id(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "../../../../tmp/evil",
+            "r-20261130T105553Z-1a2b/../x",
+            "r-20261130T105553Z-1A2B",
+            "r-20261130T105553Z-1a2",
+            "x-20261130T105553Z-1a2b",
+            "r-2026113OT105553Z-1a2b",
+            "r-20261130T105553Z",
+            "r-20261130T105553Z-1a2b.jsonl",
+        ] {
+            let e = check_rollout_id(bad).unwrap_err();
+            assert!(e.contains("rollout id"), "{e}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod fingerprint;
 pub mod fsx;
 pub mod ids;
+pub mod lb;
 pub mod pb;
 pub mod role;
 pub mod shutdown;

@@ -15,6 +15,8 @@ use tar::EntryType;
 /// Why an archive was not unpacked.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
+    #[error("the archive expands beyond {limit} bytes ({why}); refused as a decompression bomb")]
+    TooLarge { limit: u64, why: &'static str },
     #[error("unsafe archive entry {entry:?}: {why}")]
     Unsafe { entry: String, why: String },
     #[error("malformed or truncated archive: {0}")]
@@ -28,17 +30,64 @@ pub enum ArchiveError {
 /// Free bytes on the file system holding `path`.
 pub type FreeBytes = dyn Fn(&Path) -> Option<u64> + Send + Sync;
 
-/// Unpacks `archive` into the (new, empty) directory `dest`. Keeps at least
-/// `min_free` bytes free. Returns the bytes written.
+/// How far an unpack may go.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Bytes of file content the release may hold. Checked as each block is
+    /// written, so a bomb stops here, not at a full disk.
+    pub max_bytes: u64,
+    /// Free bytes that must remain on the destination's file system.
+    pub min_free: u64,
+}
+
+/// Headers, padding and pax records are not file content; a tar stream of
+/// a release is never much larger than its content, so the decompressed
+/// stream is bounded too (a huge pax record would otherwise be read into
+/// memory whole by the tar reader).
+fn stream_limit(max_bytes: u64) -> u64 {
+    max_bytes.saturating_mul(2).saturating_add(16 << 20)
+}
+
+/// Counts decompressed bytes and fails the read once they pass `limit`.
+struct Bounded<R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, BOMB_STREAM));
+        }
+        Ok(n)
+    }
+}
+
+const BOMB_STREAM: &str = "decompressed stream too large";
+
+/// Unpacks `archive` into the (new, empty) directory `dest` within `limits`.
+/// Returns the bytes written.
 pub fn unpack(
     archive: &Path,
     dest: &Path,
-    min_free: u64,
+    limits: Limits,
     free: &FreeBytes,
 ) -> Result<u64, ArchiveError> {
+    let Limits {
+        max_bytes,
+        min_free,
+    } = limits;
     let file =
         File::open(archive).map_err(|e| ArchiveError::Io(format!("{}: {e}", archive.display())))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    let bounded = Bounded {
+        inner: flate2::read::GzDecoder::new(io::BufReader::new(file)),
+        read: 0,
+        limit: stream_limit(max_bytes),
+    };
+    let mut tar = tar::Archive::new(bounded);
     let mut written = 0u64;
     let mut since_check = 0u64;
     let entries = tar.entries().map_err(malformed)?;
@@ -79,8 +128,14 @@ pub fn unpack(
                     if n == 0 {
                         break;
                     }
-                    out.write_all(&buf[..n]).map_err(|e| io_err(&target, e))?;
                     written += n as u64;
+                    if written > max_bytes {
+                        return Err(ArchiveError::TooLarge {
+                            limit: max_bytes,
+                            why: "file content",
+                        });
+                    }
+                    out.write_all(&buf[..n]).map_err(|e| io_err(&target, e))?;
                     since_check += n as u64;
                     if since_check >= 8 << 20 {
                         since_check = 0;
@@ -167,6 +222,14 @@ fn links_stay_inside(dest: &Path) -> Result<(), ArchiveError> {
 fn malformed(e: io::Error) -> ArchiveError {
     if is_disk_full(&e) {
         return ArchiveError::DiskFull(e.to_string());
+    }
+    // Only `Bounded` says FileTooLarge here; the tar reader keeps the kind
+    // when it wraps the error.
+    if e.kind() == io::ErrorKind::FileTooLarge {
+        return ArchiveError::TooLarge {
+            limit: 0,
+            why: BOMB_STREAM,
+        };
     }
     ArchiveError::Malformed(e.to_string())
 }
@@ -284,6 +347,11 @@ mod tests {
         None
     }
 
+    const LOOSE: Limits = Limits {
+        max_bytes: 1 << 30,
+        min_free: 0,
+    };
+
     /// Builds a .tar.gz with raw header names, so hostile names can be written.
     fn tarball(dir: &Path, entries: &[(&str, EntryType, &[u8], &str)]) -> PathBuf {
         let path = dir.join("a.tar.gz");
@@ -317,7 +385,7 @@ mod tests {
         let a = tarball(dir.path(), entries);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let r = unpack(&a, &dest, 0, &no_limit);
+        let r = unpack(&a, &dest, LOOSE, &no_limit);
         (dir, r)
     }
 
@@ -398,7 +466,7 @@ mod tests {
         fs::write(&a, &bytes[..bytes.len() / 2]).unwrap();
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let e = unpack(&a, &dest, 0, &no_limit).unwrap_err();
+        let e = unpack(&a, &dest, LOOSE, &no_limit).unwrap_err();
         assert!(matches!(e, ArchiveError::Malformed(_)), "{e}");
     }
 
@@ -408,7 +476,49 @@ mod tests {
         let a = tarball(dir.path(), &[("f", EntryType::Regular, b"data", "")]);
         let dest = dir.path().join("out");
         fs::create_dir(&dest).unwrap();
-        let e = unpack(&a, &dest, 1000, &|_: &Path| Some(10)).unwrap_err();
+        let limits = Limits {
+            min_free: 1000,
+            ..LOOSE
+        };
+        let e = unpack(&a, &dest, limits, &|_: &Path| Some(10)).unwrap_err();
         assert!(matches!(e, ArchiveError::DiskFull(_)), "{e}");
+    }
+
+    /// A gzip bomb: megabytes of zeros that compress to a few kilobytes.
+    fn bomb(dir: &Path, content: u64) -> PathBuf {
+        let path = dir.join("bomb.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::best(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_path("zeros").unwrap();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(content);
+        h.set_cksum();
+        b.append(&h, io::repeat(0).take(content)).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_bound_not_at_a_full_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = bomb(dir.path(), 200 << 20);
+        let archive_size = fs::metadata(&a).unwrap().len();
+        assert!(archive_size < 1 << 20, "{archive_size}");
+        let dest = dir.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let limits = Limits {
+            max_bytes: 4 << 20,
+            min_free: 0,
+        };
+        let e = unpack(&a, &dest, limits, &no_limit).unwrap_err();
+        assert!(matches!(e, ArchiveError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("bomb"), "{e}");
+        let on_disk = fs::metadata(dest.join("zeros")).map_or(0, |m| m.len());
+        assert!(on_disk <= 4 << 20, "wrote {on_disk} bytes past the bound");
     }
 }

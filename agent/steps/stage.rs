@@ -45,6 +45,8 @@ pub struct Header {
     pub version: Version,
     pub sha256: String,
     pub size: u64,
+    /// The catalog's unpacked size; 0 when it does not say.
+    pub unpacked_size: u64,
     pub source: Source,
 }
 
@@ -65,13 +67,15 @@ impl Header {
                 h.sha256
             )));
         }
+        // Without a size nothing bounds what is read: a location naming a
+        // device (/dev/zero) would fill the disk.
+        if h.size == 0 {
+            return Err(StepError::invalid(
+                "the header gives no artifact size; every artifact needs its size from the catalog",
+            ));
+        }
         let source = match &h.source {
-            Some(pb::stage_header::Source::Coordinator(_)) => {
-                if h.size == 0 {
-                    return Err(StepError::invalid("a streamed artifact needs its size"));
-                }
-                Source::Coordinator
-            }
+            Some(pb::stage_header::Source::Coordinator(_)) => Source::Coordinator,
             Some(pb::stage_header::Source::Location(loc)) if loc.starts_with('/') => {
                 Source::File(PathBuf::from(loc))
             }
@@ -94,8 +98,19 @@ impl Header {
             version,
             sha256: h.sha256.clone(),
             size: h.size,
+            unpacked_size: h.unpacked_size,
             source,
         })
+    }
+
+    /// Bytes the release may unpack to: the catalog's figure, else the
+    /// host's ratio times the archive.
+    pub fn unpack_bound(&self, max_ratio: u64) -> u64 {
+        if self.unpacked_size > 0 {
+            self.unpacked_size
+        } else {
+            self.size.saturating_mul(max_ratio)
+        }
     }
 }
 
@@ -183,14 +198,19 @@ pub async fn stage(
         };
     }
     let min_free = state.config.gateway.min_free_bytes;
-    check_disk(state, h.size, min_free)?;
+    let max_bytes = h.unpack_bound(state.config.gateway.max_unpack_ratio);
+    check_disk(state, h.size, max_bytes, min_free)?;
 
     let staging = staging_dir(state);
     std::fs::create_dir_all(&staging)
         .map_err(|e| StepError::internal(format!("cannot create {}: {e}", staging.display())))?;
     let artifact = staging.join(format!("{}.tar.gz", ctx.op.replace(['/', ':'], "_")));
     let _artifact_cleanup = Cleanup::new(artifact.clone());
-    let received = receive(&h, &artifact, stream, ctx).await?;
+    let floor = Floor {
+        dirs: [staging.clone(), state.root.path().to_path_buf()],
+        min_free,
+    };
+    let received = receive(&h, &artifact, stream, ctx, &floor).await?;
     phase(ctx, "received", serde_json::json!({ "bytes": received }))?;
 
     // Unpack next to the final place so the publishing rename is atomic.
@@ -210,11 +230,17 @@ pub async fn stage(
     );
     let free_fn = |p: &Path| crate::install_root::free_bytes(p);
     let (a, t) = (artifact.clone(), tmp.clone());
-    let written = tokio::task::spawn_blocking(move || archive::unpack(&a, &t, min_free, &free_fn))
+    let limits = archive::Limits {
+        max_bytes,
+        min_free,
+    };
+    let written = tokio::task::spawn_blocking(move || archive::unpack(&a, &t, limits, &free_fn))
         .await
         .map_err(|e| StepError::internal(format!("unpack task failed: {e}")))?
         .map_err(|e| match e {
-            ArchiveError::Unsafe { .. } | ArchiveError::Malformed(_) => {
+            ArchiveError::Unsafe { .. }
+            | ArchiveError::Malformed(_)
+            | ArchiveError::TooLarge { .. } => {
                 StepError::new(pb::FailureCode::BadArchive, e.to_string())
             }
             ArchiveError::DiskFull(_) => StepError::new(pb::FailureCode::DiskFull, e.to_string()),
@@ -264,10 +290,15 @@ pub async fn stage(
     }))
 }
 
-/// Free disk for the artifact and, roughly, its unpacked release (we assume
-/// it at most three times the archive), above the configured floor.
-fn check_disk(state: &AgentState, size: u64, min_free: u64) -> Result<(), StepError> {
-    let need = size.saturating_mul(3).saturating_add(min_free);
+/// Free disk for the artifact and its unpacked release (at most `unpacked`
+/// bytes: the unpack stops there), above the configured floor.
+fn check_disk(
+    state: &AgentState,
+    size: u64,
+    unpacked: u64,
+    min_free: u64,
+) -> Result<(), StepError> {
+    let need = size.saturating_add(unpacked).saturating_add(min_free);
     for p in [state.root.path(), state.config.agent.state_dir.as_path()] {
         if let Some(free) = crate::install_root::free_bytes(p)
             && free < need
@@ -275,7 +306,7 @@ fn check_disk(state: &AgentState, size: u64, min_free: u64) -> Result<(), StepEr
             return Err(StepError::new(
                 pb::FailureCode::DiskFull,
                 format!(
-                    "{} has {free} bytes free; staging a {size}-byte artifact needs {need} (3x the artifact + min_free_bytes {min_free})",
+                    "{} has {free} bytes free; staging a {size}-byte artifact needs {need} (the artifact, up to {unpacked} bytes unpacked, and min_free_bytes {min_free})",
                     p.display()
                 ),
             ));
@@ -284,13 +315,88 @@ fn check_disk(state: &AgentState, size: u64, min_free: u64) -> Result<(), StepEr
     Ok(())
 }
 
-/// Receives the artifact into `path`, hashing it; checks size and SHA-256.
+/// The free-space floor kept while receiving.
+struct Floor {
+    dirs: [PathBuf; 2],
+    min_free: u64,
+}
+
+/// How often (in bytes received) the floor is checked.
+const FLOOR_EVERY: u64 = 4 << 20;
+
+impl Floor {
+    fn check(&self) -> Result<(), StepError> {
+        for d in &self.dirs {
+            if let Some(free) = crate::install_root::free_bytes(d)
+                && free < self.min_free
+            {
+                return Err(StepError::new(
+                    pb::FailureCode::DiskFull,
+                    format!(
+                        "{} is down to {free} bytes free while receiving; the host keeps at least min_free_bytes {}",
+                        d.display(),
+                        self.min_free
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens a local artifact: only a regular file (after symbolic links) is
+/// read. Opened non-blocking, so a FIFO swapped in after the check cannot
+/// hang the agent, and checked again on the open descriptor.
+async fn open_regular(p: &Path) -> Result<tokio::fs::File, StepError> {
+    let fetch = |m: String| StepError::new(pb::FailureCode::FetchFailed, m);
+    let not_regular = |what: &str| {
+        StepError::invalid(format!(
+            "location {} is {what}, not a regular file",
+            p.display()
+        ))
+    };
+    let kind = |m: &std::fs::Metadata| {
+        let t = m.file_type();
+        if t.is_dir() {
+            "a directory"
+        } else if t.is_file() {
+            "a regular file"
+        } else {
+            "a device, FIFO or socket"
+        }
+    };
+    let m = tokio::fs::metadata(p)
+        .await
+        .map_err(|e| fetch(format!("cannot open {}: {e}", p.display())))?;
+    if !m.is_file() {
+        return Err(not_regular(kind(&m)));
+    }
+    let f = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(p)
+        .await
+        .map_err(|e| fetch(format!("cannot open {}: {e}", p.display())))?;
+    let m = f
+        .metadata()
+        .await
+        .map_err(|e| fetch(format!("cannot read {}: {e}", p.display())))?;
+    if !m.is_file() {
+        return Err(not_regular(kind(&m)));
+    }
+    Ok(f)
+}
+
+/// Receives the artifact into `path`, hashing it; checks size and SHA-256,
+/// and keeps the free-space floor while writing.
 async fn receive(
     h: &Header,
     path: &Path,
     stream: Option<Streaming<pb::StageRequest>>,
     ctx: &OpCtx,
+    floor: &Floor,
 ) -> Result<u64, StepError> {
+    floor.check()?;
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| StepError::internal(format!("cannot create {}: {e}", path.display())))?;
@@ -298,13 +404,19 @@ async fn receive(
     let mut got = 0u64;
     let mut last_report = 0u64;
     let fetch = |m: String| StepError::new(pb::FailureCode::FetchFailed, m);
+    let mut since_floor = 0u64;
     let mut write = async |chunk: &[u8], got: &mut u64| -> Result<(), StepError> {
         *got += chunk.len() as u64;
-        if h.size > 0 && *got > h.size {
+        if *got > h.size {
             return Err(StepError::new(
                 pb::FailureCode::ChecksumMismatch,
                 format!("the artifact is larger than the {} bytes announced", h.size),
             ));
+        }
+        since_floor += chunk.len() as u64;
+        if since_floor >= FLOOR_EVERY {
+            since_floor = 0;
+            floor.check()?;
         }
         hasher.update(chunk);
         file.write_all(chunk).await.map_err(|e| {
@@ -341,9 +453,7 @@ async fn receive(
             return Err(StepError::internal("no stream to receive from"));
         }
         (Source::File(p), _) => {
-            let mut f = tokio::fs::File::open(p)
-                .await
-                .map_err(|e| fetch(format!("cannot open {}: {e}", p.display())))?;
+            let mut f = open_regular(p).await?;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
                 let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf)
@@ -390,7 +500,7 @@ async fn receive(
     file.sync_all()
         .await
         .map_err(|e| StepError::internal(format!("{}: {e}", path.display())))?;
-    if h.size > 0 && got != h.size {
+    if got != h.size {
         return Err(StepError::new(
             pb::FailureCode::FetchFailed,
             format!(

@@ -38,8 +38,12 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
             missing.join("; ")
         )));
     }
-    if a.dps == 0 || a.dps > 50 {
-        return Err(Failure::Usage("--dps must be 1 to 50".into()));
+    // One DP behind the load balancer cannot be upgraded without an outage,
+    // which the policy's min_in_service (1) refuses: the demo needs two.
+    if a.dps < 2 || a.dps > 50 {
+        return Err(Failure::Usage(
+            "--dps must be 2 to 50 (with one DP an upgrade is an outage)".into(),
+        ));
     }
     let temp = a.dir.is_none();
     let dir = a.dir.clone().unwrap_or_else(|| {

@@ -45,31 +45,76 @@ fn row(l: &RolloutLog) -> Row {
     }
 }
 
+/// A journal that cannot be read still gets its row, so a corrupt file is
+/// seen, never silently left out.
+fn unreadable_row(path: &std::path::Path, error: String) -> Row {
+    Row {
+        id: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kind: serde_json::Value::Null,
+        created: String::new(),
+        target: String::new(),
+        outcome: "unreadable".into(),
+        reason: error,
+    }
+}
+
+/// Every rollout in the state dir. Unreadable journals are listed with the
+/// reason, and make the command exit 1 (in both output forms) so a script
+/// cannot mistake a damaged history for a complete one.
 pub fn history(inv: &Inventory, output: Output) -> Result<(), Failure> {
     let rows: Vec<Row> = log::list(&inv.coordinator.state_dir)
         .iter()
-        .filter_map(|p| RolloutLog::read(p).ok())
-        .map(|l| row(&l))
+        .map(|p| match RolloutLog::read(p) {
+            Ok(l) => row(&l),
+            Err(e) => {
+                tracing::warn!(journal = %p.display(), error = %e, "unreadable rollout journal");
+                unreadable_row(p, e)
+            }
+        })
         .collect();
+    let unreadable: Vec<&Row> = rows.iter().filter(|r| r.outcome == "unreadable").collect();
     match output {
-        Output::Json => print_json(&serde_json::json!({ "rollouts": rows })),
-        Output::Text => print_table(
-            &["ROLLOUT", "KIND", "CREATED", "TARGET", "OUTCOME"],
-            &rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.id.clone(),
-                        r.kind["kind"].as_str().unwrap_or("").to_string(),
-                        r.created.clone(),
-                        r.target.clone(),
-                        r.outcome.clone(),
-                    ]
-                })
-                .collect::<Vec<_>>(),
-        ),
+        Output::Json => print_json(&serde_json::json!({
+            "rollouts": rows,
+            "unreadable": unreadable.len(),
+        })),
+        Output::Text => {
+            print_table(
+                &["ROLLOUT", "KIND", "CREATED", "TARGET", "OUTCOME"],
+                &rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.kind["kind"].as_str().unwrap_or("-").to_string(),
+                            r.created.clone(),
+                            r.target.clone(),
+                            r.outcome.clone(),
+                        ]
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            for r in &unreadable {
+                println!("unreadable: {}: {}", r.id, r.reason);
+            }
+        }
     }
-    Ok(())
+    if unreadable.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!(
+            "{} rollout journal(s) cannot be read: {}",
+            unreadable.len(),
+            unreadable
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -83,8 +128,7 @@ struct StepLine {
 }
 
 pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
-    let p = log::rollouts_dir(&inv.coordinator.state_dir).join(format!("{id}.jsonl"));
-    let l = RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?;
+    let l = log::read_by_id(&inv.coordinator.state_dir, id).map_err(Failure::Usage)?;
     let mut hosts: BTreeMap<String, Vec<StepLine>> = BTreeMap::new();
     let mut begun: BTreeMap<String, i64> = BTreeMap::new();
     for r in &l.records {

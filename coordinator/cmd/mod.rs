@@ -74,7 +74,7 @@ pub struct HostState {
     pub installed: Option<String>,
     pub running: Option<String>,
     pub healthy: Option<bool>,
-    pub drain: Option<String>,
+    pub drain: Option<rollgate::lb::LbState>,
     pub reachable: bool,
 }
 
@@ -108,14 +108,7 @@ pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) ->
                         installed: hello.installed.map(|v| v.to_string()),
                         running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
                         healthy: Some(health.healthy),
-                        drain: Some(
-                            match health.drain_state() {
-                                rollgate::pb::DrainState::Draining => "drained",
-                                rollgate::pb::DrainState::Maint => "maint",
-                                _ => "in rotation",
-                            }
-                            .to_string(),
-                        ),
+                        drain: Some(rollgate::convert::lb_from_wire(health.drain_state)),
                         reachable: true,
                     },
                     Ok(Err(_)) | Err(_) => HostState {
@@ -191,7 +184,8 @@ pub async fn finish(
                         h.installed.clone().unwrap_or_else(|| "-".into()),
                         h.running.clone().unwrap_or_else(|| "-".into()),
                         yes_no(h.healthy),
-                        h.drain.clone().unwrap_or_else(|| "unreachable".into()),
+                        h.drain
+                            .map_or_else(|| "unreachable".into(), |d| d.to_string()),
                     ]
                 })
                 .collect::<Vec<_>>(),

@@ -6,6 +6,7 @@ use std::io::Read;
 
 use futures::StreamExt;
 use rollgate::catalog::{Artifact, Catalog, Release};
+use rollgate::lb::LbState;
 use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::Serialize;
@@ -22,6 +23,8 @@ pub struct HostCheck {
     pub version: Option<String>,
     pub healthy: bool,
     pub reachable: bool,
+    /// Where the host stands towards its load balancer now.
+    pub load_balancer: Option<LbState>,
     /// The release the host can go back to (its current one, kept on disk).
     pub rollback_to: Option<String>,
     pub problems: Vec<String>,
@@ -56,7 +59,7 @@ pub struct PlanReport {
 
 struct Seen {
     host: Host,
-    hello: Result<(Hello, bool), String>,
+    hello: Result<(Hello, bool, LbState), String>,
     agent: Option<Agent>,
 }
 
@@ -65,12 +68,13 @@ async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
         let a = Agent::connect_retrying(host, inv, policy).await?;
         let hello = a.hello().await?;
         let health = a.health_once().await?;
-        Ok::<_, crate::client::CallError>((hello, health.healthy, a))
+        let lb = rollgate::convert::lb_from_wire(health.drain_state);
+        Ok::<_, crate::client::CallError>((hello, health.healthy, lb, a))
     }
     .await
     .map_err(|e| e.to_string());
     let (hello, agent) = match r {
-        Ok((h, healthy, a)) => (Ok((h, healthy)), Some(a)),
+        Ok((h, healthy, lb, a)) => (Ok((h, healthy, lb)), Some(a)),
         Err(e) => (Err(e), None),
     };
     Seen {
@@ -98,16 +102,22 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
             version: None,
             healthy: false,
             reachable: s.hello.is_ok(),
+            load_balancer: None,
             rollback_to: None,
             problems: Vec::new(),
             warnings: Vec::new(),
         };
         match &s.hello {
             Err(e) => c.problems.push(format!("agent not reachable: {e}")),
-            Ok((hello, healthy)) => {
+            Ok((hello, healthy, lb)) => {
                 c.healthy = *healthy;
+                c.load_balancer = Some(*lb);
                 if !healthy {
                     c.problems.push("the gateway is not healthy".into());
+                } else if lb.out_of_rotation() {
+                    c.warnings.push(format!(
+                        "out of its load balancer ({lb}): the rollout puts it back in rotation first"
+                    ));
                 }
                 match &hello.installed {
                     Some(v) => {
@@ -174,7 +184,7 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
             ));
         }
         for (c, s) in checks.iter_mut().zip(&seen) {
-            let Ok((hello, _)) = &s.hello else { continue };
+            let Ok((hello, ..)) = &s.hello else { continue };
             let Some(v) = &hello.installed else { continue };
             let need: u64 = hops
                 .iter()
@@ -287,7 +297,15 @@ pub fn print_text(r: &PlanReport) {
     }
     println!("\nPreflight:");
     crate::output::print_table(
-        &["HOST", "ROLE", "VERSION", "HEALTHY", "ROLLBACK TO", "CHECK"],
+        &[
+            "HOST",
+            "ROLE",
+            "VERSION",
+            "HEALTHY",
+            "LOAD BALANCER",
+            "ROLLBACK TO",
+            "CHECK",
+        ],
         &r.hosts
             .iter()
             .map(|h| {
@@ -296,6 +314,8 @@ pub fn print_text(r: &PlanReport) {
                     h.role.to_string(),
                     h.version.clone().unwrap_or_else(|| "-".into()),
                     crate::output::yes_no(Some(h.healthy)),
+                    h.load_balancer
+                        .map_or_else(|| "-".into(), |l| l.to_string()),
                     h.rollback_to.clone().unwrap_or_else(|| "-".into()),
                     if h.problems.is_empty() {
                         "ok".into()

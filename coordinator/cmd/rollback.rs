@@ -26,8 +26,7 @@ pub struct RollbackArgs {
 /// The upgrade to undo: the one named, or the latest upgrade.
 fn target_rollout(state_dir: &Path, id: Option<&str>) -> Result<RolloutLog, Failure> {
     if let Some(id) = id {
-        let p = log::rollouts_dir(state_dir).join(format!("{id}.jsonl"));
-        return RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")));
+        return log::read_by_id(state_dir, id).map_err(Failure::Usage);
     }
     log::list(state_dir)
         .iter()

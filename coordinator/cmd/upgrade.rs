@@ -1,7 +1,7 @@
 //! `rollgate upgrade`, `rollgate resume` and `rollgate backup`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rollgate::catalog::Catalog;
@@ -11,7 +11,7 @@ use rollgate::version::Version;
 use super::plan::{self, PlanReport};
 use super::{confirm, finish, interrupt_signal};
 use crate::Failure;
-use crate::batch::BatchSize;
+use crate::batch::{BatchSize, InService};
 use crate::fleet::GrpcFleet;
 use crate::inventory::{Inventory, Policy};
 use crate::output::Output;
@@ -29,6 +29,7 @@ pub struct Overrides {
     pub canary: Option<usize>,
     pub min_healthy: Option<Duration>,
     pub max_failures: Option<usize>,
+    pub min_in_service: Option<InService>,
 }
 
 impl Overrides {
@@ -45,6 +46,9 @@ impl Overrides {
         }
         if let Some(m) = self.max_failures {
             p.max_failures = m;
+        }
+        if let Some(m) = self.min_in_service {
+            p.min_in_service = m;
         }
         p
     }
@@ -82,6 +86,22 @@ pub fn in_catalog(catalog: &Catalog, to: &Version) -> Result<(), Failure> {
     )))
 }
 
+/// Checks the artifacts of `versions` (exist, inside the catalog's allowed
+/// directories, regular files, size and SHA-256 as listed) before anything
+/// is journalled or any agent is asked to act: exit 64 naming the release.
+pub fn verify_artifacts(catalog: &Catalog, versions: &[Version]) -> Result<(), Failure> {
+    for v in versions {
+        let Some(r) = catalog.get(v) else {
+            continue; // the plan has refused it already
+        };
+        catalog.verify(r).map_err(|e| {
+            tracing::error!(version = %v, error = %e, "artifact check failed");
+            Failure::Usage(format!("bad catalog {}: {e}", catalog.path.display()))
+        })?;
+    }
+    Ok(())
+}
+
 fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
     Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
 }
@@ -99,6 +119,7 @@ pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
 pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {
     let catalog = load_catalog(catalog_path)?;
     in_catalog(&catalog, &a.to)?;
+    verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
     let state_dir = inv.coordinator.state_dir.clone();
     let rid = new_id("r");
     let _lock = lock::acquire(&state_dir, &rid, "upgrade").map_err(Failure::Failed)?;
@@ -109,6 +130,7 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
         )));
     }
     let report = plan::plan(&inv, &catalog, &a.to).await;
+    verify_artifacts(&catalog, &report.hop_versions)?;
     match a.output {
         // One event per line, like every other event of the rollout.
         Output::Json => println!("{}", serde_json::json!({ "event": "plan", "plan": report })),
@@ -135,10 +157,17 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
         created_ms: now_ms(),
         target: a.to.clone(),
         hops: report.hop_versions.clone(),
-        hosts: host_plans(&inv, &report),
+        hosts: host_plans(&inv, &policy, &report),
         policy: PolicySnap::from_policy(&policy),
         backup_id: inv.by_role(Role::Cp).next().map(|_| rid.clone()),
     };
+    let outage = spec.in_service_violations();
+    if !outage.is_empty() {
+        return Err(Failure::Blocked(format!(
+            "the plan would take too many DPs out of rotation at once: {}",
+            outage.join("; ")
+        )));
+    }
     if a.dry_run {
         print_steps(&spec);
         return Ok(());
@@ -163,14 +192,19 @@ fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn host_plans(inv: &Inventory, report: &PlanReport) -> Vec<HostPlan> {
+fn host_plans(inv: &Inventory, policy: &Policy, report: &PlanReport) -> Vec<HostPlan> {
     inv.hosts
         .iter()
         .filter_map(|h| {
+            let seen = report.hosts.iter().find(|c| c.name == h.name);
             Some(HostPlan {
                 name: h.name.clone(),
                 role: h.role,
                 from: report.from_versions.get(&h.name)?.clone(),
+                group: h.labels.get(&policy.group_label).cloned(),
+                drained: seen
+                    .and_then(|c| c.load_balancer)
+                    .is_some_and(|l| l.out_of_rotation()),
             })
         })
         .collect()
@@ -245,13 +279,7 @@ pub async fn drive(
     let reporter = Arc::new(Reporter::new(output));
     let fleet = Arc::new(GrpcFleet::new(inv.clone(), step_deadline(&inv.policy)));
     fleet.adopt(open);
-    let ctx = Arc::new(Ctx {
-        fleet: fleet.clone(),
-        log: Mutex::new(log),
-        reporter: reporter.clone(),
-        rid: spec.id.clone(),
-        policy: spec.policy.clone(),
-    });
+    let ctx = Arc::new(Ctx::new(fleet.clone(), log, reporter.clone()));
     reporter.set_total(total_steps(&spec));
     let status = if resuming { "resumed" } else { "started" };
     reporter.emit(Event::new("rollout", &spec.id, status).detail(
@@ -262,7 +290,8 @@ pub async fn drive(
         catalog,
         inv.coordinator.state_dir.clone(),
         interrupt_signal(),
-    );
+    )
+    .with_parallel(inv.coordinator.concurrency);
     let (outcome, reason) = match &spec.kind {
         Kind::Upgrade => driver.upgrade().await,
         Kind::Rollback { .. } => {
@@ -293,10 +322,7 @@ pub async fn resume(
 ) -> Result<(), Failure> {
     let state_dir = inv.coordinator.state_dir.clone();
     let seen = match rollout {
-        Some(id) => {
-            let p = log::rollouts_dir(&state_dir).join(format!("{id}.jsonl"));
-            RolloutLog::read(&p).map_err(|e| Failure::Usage(format!("no rollout {id}: {e}")))?
-        }
+        Some(id) => log::read_by_id(&state_dir, &id).map_err(Failure::Usage)?,
         None => unfinished(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
     };
     if let Some((o, why)) = &seen.outcome
@@ -344,6 +370,8 @@ pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
             name: cp.name.clone(),
             role: Role::Cp,
             from: v,
+            group: None,
+            drained: false,
         }],
         policy: PolicySnap::from_policy(&inv.policy),
         backup_id: Some(rid.clone()),

@@ -31,6 +31,7 @@ use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
 use rollgate::catalog::Catalog;
+use rollgate::lb::LbState;
 use rollgate::pb;
 use rollgate::role::Role;
 use rollgate::version::Version;
@@ -38,10 +39,15 @@ use tokio::sync::{mpsc, watch};
 
 use super::log::{Outcome, Record, now_ms};
 use super::monitor::{Alarm, Monitor};
-use super::sequence::{rollback_dp, upgrade_dp};
+use super::sequence::{HostEnd, rollback_dp, upgrade_dp};
 use super::steps::{Ctx, op_id};
 use crate::fleet::{FleetApi, HealthUpdate, StepFailure};
 use crate::report::Event;
+
+/// The operation id of putting a DP left drained back in rotation.
+fn restore_op(rid: &str, host: &str) -> String {
+    op_id(rid, host, "undrain-restore", None)
+}
 
 /// How often health is streamed during a rollout: two bad reports in a row
 /// (the alarm threshold) fit in well under a second.
@@ -107,17 +113,6 @@ impl std::fmt::Display for Halt {
     }
 }
 
-/// How one host's batch sequence ended.
-#[derive(Debug, Clone)]
-pub enum HostEnd {
-    Done,
-    Failed {
-        step: String,
-        failure: StepFailure,
-        left_drained: bool,
-    },
-}
-
 pub struct Driver<F: FleetApi> {
     pub ctx: Arc<Ctx<F>>,
     pub catalog: Option<Catalog>,
@@ -131,6 +126,8 @@ pub struct Driver<F: FleetApi> {
     interrupt_gone: bool,
     /// Alarms already reported (each is told once, when first seen).
     told: Option<String>,
+    /// Agent calls at once in the parallel phases (staging).
+    parallel: usize,
 }
 
 impl<F: FleetApi> Driver<F> {
@@ -153,6 +150,7 @@ impl<F: FleetApi> Driver<F> {
         };
         let (tx, rx) = mpsc::channel(1024);
         ctx.fleet.watch(&spec_hosts, HEALTH_INTERVAL, tx);
+        ctx.watch_interrupt(interrupt.clone());
         Driver {
             monitor: Monitor::new(&spec_hosts, silence),
             ctx,
@@ -163,7 +161,15 @@ impl<F: FleetApi> Driver<F> {
             quarantined: Vec::new(),
             interrupt_gone: false,
             told: None,
+            parallel: 16,
         }
+    }
+
+    /// At most `n` agent calls at once in the parallel phases
+    /// (`coordinator.concurrency`).
+    pub fn with_parallel(mut self, n: usize) -> Self {
+        self.parallel = n.max(1);
+        self
     }
 
     fn rid(&self) -> String {
@@ -221,7 +227,16 @@ impl<F: FleetApi> Driver<F> {
     /// The current reason to halt, if any. Health updates that queued up
     /// while the driver was busy are taken in first, so a silence is never
     /// judged on stale bookkeeping.
+    /// Any reason found also stops the host tasks from starting new work.
     fn check(&mut self) -> Option<Halt> {
+        let halt = self.find_halt();
+        if halt.is_some() {
+            self.ctx.stop();
+        }
+        halt
+    }
+
+    fn find_halt(&mut self) -> Option<Halt> {
         while let Ok(u) = self.health_rx.try_recv() {
             self.monitor.update(u);
         }
@@ -263,10 +278,58 @@ impl<F: FleetApi> Driver<F> {
         }
     }
 
-    /// Runs the whole upgrade; returns how it ended and why.
+    /// Runs the whole upgrade; returns how it ended and why. It succeeds
+    /// only with every DP back in rotation.
     pub async fn upgrade(&mut self) -> (Outcome, String) {
         let r = self.upgrade_inner().await;
+        let r = match r {
+            Ok(()) => self.every_dp_in_rotation().await,
+            halted => halted,
+        };
         self.conclude(r)
+    }
+
+    /// Asks every DP's agent where its host stands towards the load
+    /// balancer; any host out of rotation (other than a quarantined one,
+    /// reported as such) means the rollout has not succeeded.
+    async fn every_dp_in_rotation(&mut self) -> Result<(), Halt> {
+        let dps: Vec<String> = {
+            let log = self.ctx.log();
+            log.spec
+                .hosts
+                .iter()
+                .filter(|h| h.role == Role::Dp && !self.quarantined.contains(&h.name))
+                .map(|h| h.name.clone())
+                .collect()
+        };
+        let fleet = self.ctx.fleet.clone();
+        let seen: Vec<(String, Result<LbState, String>)> = futures::stream::iter(dps)
+            .map(|h| {
+                let fleet = fleet.clone();
+                async move {
+                    let lb = fleet.load_balancer(&h).await.map_err(|e| e.to_string());
+                    (h, lb)
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let mut out: Vec<String> = seen
+            .into_iter()
+            .filter_map(|(h, lb)| match lb {
+                Ok(l) if !l.out_of_rotation() => None,
+                Ok(l) => Some(format!("{h} ({l})")),
+                Err(e) => Some(format!("{h} (cannot tell: {e})")),
+            })
+            .collect();
+        if out.is_empty() {
+            return Ok(());
+        }
+        out.sort();
+        Err(Halt::Other(format!(
+            "every step ended, but not every DP is in rotation: {}; run `rollgate upgrade` again to put them back",
+            out.join(", ")
+        )))
     }
 
     pub fn conclude(&mut self, r: Result<(), Halt>) -> (Outcome, String) {
@@ -305,6 +368,7 @@ impl<F: FleetApi> Driver<F> {
         if let Some(h) = self.hold(HEALTH_INTERVAL * 3).await {
             return Err(h);
         }
+        self.restore_rotation().await?;
         self.stage_all(&spec.hops).await?;
         let cps: Vec<String> = spec.cps().iter().map(|h| h.name.clone()).collect();
         if let Some(cp) = cps.first() {
@@ -354,6 +418,60 @@ impl<F: FleetApi> Driver<F> {
         self.conclude(r)
     }
 
+    /// DPs the plan found out of rotation (an earlier rollout halted with
+    /// them drained) go back first when healthy, so a re-run upgrade
+    /// finishes what the halted one left.
+    async fn restore_rotation(&mut self) -> Result<(), Halt> {
+        let hosts: Vec<String> = {
+            let log = self.ctx.log();
+            log.spec
+                .hosts
+                .iter()
+                .filter(|h| h.role == Role::Dp && h.drained)
+                .map(|h| h.name.clone())
+                .collect()
+        };
+        if hosts.is_empty() {
+            return Ok(());
+        }
+        for h in &hosts {
+            if !self.monitor.healthy(h) && !self.ctx.log().begun(&restore_op(&self.rid(), h)) {
+                return Err(Halt::Other(format!(
+                    "{h} is out of rotation and not healthy ({}); fix it, or roll it back, before upgrading",
+                    self.monitor.summary(h)
+                )));
+            }
+        }
+        let (ends, halt) = self
+            .run_hosts(&hosts, |ctx, host| async move {
+                let op = restore_op(&ctx.rid, &host);
+                match ctx
+                    .run(&host, "undrain", None, &op, || {
+                        ctx.fleet.undrain(&host, &op)
+                    })
+                    .await
+                {
+                    Ok(_) => HostEnd::Done,
+                    Err(failure) => HostEnd::Failed {
+                        step: "undrain".into(),
+                        failure,
+                        left_drained: true,
+                    },
+                }
+            })
+            .await;
+        for (host, end) in ends {
+            if let HostEnd::Failed { failure, .. } = end {
+                return Err(Halt::Step {
+                    host,
+                    step: "undrain".into(),
+                    failure: Box::new(failure),
+                });
+            }
+        }
+        halt.map_or(Ok(()), Err)
+    }
+
     /// Puts every hop's artifact on every host that needs it, in parallel.
     async fn stage_all(&mut self, hops: &[Version]) -> Result<(), Halt> {
         let spec = self.ctx.log().spec.clone();
@@ -388,19 +506,27 @@ impl<F: FleetApi> Driver<F> {
                     for rel in releases {
                         let v = rel.version.clone();
                         let op = op_id(&ctx.rid, &host, "stage", Some(&v));
-                        let mut r = ctx
-                            .run(&host, "stage", Some(&v), &op, || {
+                        // Halting: no new call starts.
+                        let Some(mut r) = ctx
+                            .run_unless_halting(&host, "stage", Some(&v), &op, || {
                                 ctx.fleet.stage(&host, &op, &rel)
                             })
-                            .await;
+                            .await
+                        else {
+                            return (host, Ok(()));
+                        };
                         // A stage cut off by an agent restart was cleaned up: once more.
                         if matches!(&r, Err(f) if f.is_interrupted()) {
                             let op2 = format!("{op}.2");
-                            r = ctx
-                                .run(&host, "stage", Some(&v), &op2, || {
+                            match ctx
+                                .run_unless_halting(&host, "stage", Some(&v), &op2, || {
                                     ctx.fleet.stage(&host, &op2, &rel)
                                 })
-                                .await;
+                                .await
+                            {
+                                Some(again) => r = again,
+                                None => return (host, Ok(())),
+                            }
                         }
                         if let Err(f) = r {
                             return (host, Err(f));
@@ -409,7 +535,7 @@ impl<F: FleetApi> Driver<F> {
                     (host, Ok(()))
                 }
             })
-            .buffer_unordered(16)
+            .buffer_unordered(self.parallel)
             .collect::<Vec<_>>();
         let (out, halt) = self.monitored(None, work).await;
         for (host, r) in out.unwrap_or_default() {
@@ -655,6 +781,7 @@ impl<F: FleetApi> Driver<F> {
                     self.monitor.pass(host.clone());
                     self.monitor.reset_streak(host);
                 }
+                HostEnd::NotStarted => {}
                 HostEnd::Failed {
                     step,
                     failure,

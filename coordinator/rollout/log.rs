@@ -39,7 +39,7 @@ pub enum Outcome {
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
     Created {
-        spec: RolloutSpec,
+        spec: Box<RolloutSpec>,
     },
     Begin {
         op: String,
@@ -94,6 +94,14 @@ pub fn rollouts_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("rollouts")
 }
 
+/// The journal of rollout `id`, read without changing it. The id is checked
+/// first (it names a file: nothing outside the state directory is read).
+pub fn read_by_id(state_dir: &Path, id: &str) -> Result<RolloutLog, String> {
+    rollgate::ids::check_rollout_id(id)?;
+    let p = rollouts_dir(state_dir).join(format!("{id}.jsonl"));
+    RolloutLog::read(&p).map_err(|e| format!("no rollout {id}: {e}"))
+}
+
 impl RolloutLog {
     /// Creates the journal of a new rollout, its spec first.
     pub fn create(state_dir: &Path, spec: RolloutSpec) -> std::io::Result<RolloutLog> {
@@ -116,7 +124,9 @@ impl RolloutLog {
             notes: BTreeMap::new(),
             outcome: None,
         };
-        log.append(Record::Created { spec })?;
+        log.append(Record::Created {
+            spec: Box::new(spec),
+        })?;
         Ok(log)
     }
 
@@ -154,7 +164,7 @@ impl RolloutLog {
         let mut log = RolloutLog {
             path: path.to_path_buf(),
             writer: None,
-            spec,
+            spec: *spec,
             records: Vec::new(),
             ends: HashMap::new(),
             begun: HashSet::new(),

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rollgate::catalog::Release;
+use rollgate::lb::LbState;
 use rollgate::pb;
 use rollgate::pb::success::Detail;
 use rollgate::role::Role;
@@ -104,6 +105,11 @@ struct State {
     db: BTreeMap<String, i64>,
     /// Fingerprints taken with each backup, by backup id.
     backups: HashMap<String, pb::Fingerprint>,
+    /// How long a stage takes, when not STEP_TIME.
+    stage_time: Option<Duration>,
+    /// One-shot: when any host is first asked for `step`, `effect` happens
+    /// (before the step acts).
+    on_call: Vec<(Step, Effect)>,
 }
 
 /// An in-memory fleet. Clones share the same hosts: the agents' truth
@@ -147,6 +153,27 @@ impl ScriptedFleet {
     /// Every action of `step` on `host` fails with `failure`.
     pub fn fail(&self, host: &str, step: Step, failure: StepFailure) -> &Self {
         self.lock().failures.insert((host.into(), step), failure);
+        self
+    }
+
+    /// Every stage takes `d` (a slow artifact transfer).
+    pub fn slow_stage(&self, d: Duration) -> &Self {
+        self.lock().stage_time = Some(d);
+        self
+    }
+
+    /// `host`'s load balancer has it out of rotation (an earlier rollout
+    /// halted with it drained).
+    pub fn set_drained(&self, host: &str) {
+        if let Some(h) = self.lock().hosts.get_mut(host) {
+            h.drained = true;
+        }
+    }
+
+    /// When the first call of `step` (on any host) arrives, `effect`
+    /// happens, before the step acts.
+    pub fn on_first_call(&self, step: Step, effect: Effect) -> &Self {
+        self.lock().on_call.push((step, effect));
         self
     }
 
@@ -256,6 +283,16 @@ impl ScriptedFleet {
         takes: Duration,
     ) -> StepOutcome {
         let idx = self.record(host, step, op, version, arg);
+        {
+            let mut s = self.lock();
+            let (fire, keep) = std::mem::take(&mut s.on_call)
+                .into_iter()
+                .partition(|(st, _)| *st == step);
+            s.on_call = keep;
+            for (_, e) in fire {
+                s.apply(e);
+            }
+        }
         if self.is_silent(host) {
             std::future::pending::<()>().await;
         }
@@ -308,18 +345,20 @@ impl State {
             fire.into_iter().map(|(.., e)| e).collect()
         };
         for e in fired {
-            match e {
-                Effect::Unhealthy(h) => {
-                    self.hosts.get_mut(&h).expect("scripted host").healthy = false
-                }
-                Effect::Silent(h) => self.hosts.get_mut(&h).expect("scripted host").silent = true,
-                Effect::DbWrite(t) => *self.db.entry(t).or_default() += 1,
-                Effect::Interrupt(tx) => {
-                    let _ = tx.send(true);
-                }
-            }
+            self.apply(e);
         }
         r
+    }
+
+    fn apply(&mut self, e: Effect) {
+        match e {
+            Effect::Unhealthy(h) => self.hosts.get_mut(&h).expect("scripted host").healthy = false,
+            Effect::Silent(h) => self.hosts.get_mut(&h).expect("scripted host").silent = true,
+            Effect::DbWrite(t) => *self.db.entry(t).or_default() += 1,
+            Effect::Interrupt(tx) => {
+                let _ = tx.send(true);
+            }
+        }
     }
 
     fn act_inner(
@@ -445,7 +484,8 @@ impl ScriptedFleet {
 
 impl FleetApi for ScriptedFleet {
     async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
-        self.step(host, Step::Stage, op, Some(&release.version), "", STEP_TIME)
+        let takes = self.lock().stage_time.unwrap_or(STEP_TIME);
+        self.step(host, Step::Stage, op, Some(&release.version), "", takes)
             .await
     }
 
@@ -532,6 +572,18 @@ impl FleetApi for ScriptedFleet {
     async fn undrain(&self, host: &str, op: &str) -> StepOutcome {
         self.step(host, Step::Undrain, op, None, "", STEP_TIME)
             .await
+    }
+
+    async fn load_balancer(&self, host: &str) -> Result<LbState, CallError> {
+        let s = self.lock();
+        match s.hosts.get(host) {
+            Some(h) if !h.silent => Ok(if h.drained {
+                LbState::Drained
+            } else {
+                LbState::InRotation
+            }),
+            _ => Err(CallError::Timeout(Duration::from_secs(1))),
+        }
     }
 
     /// A report for every host that is not silent, every `interval`, until

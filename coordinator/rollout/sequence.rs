@@ -4,9 +4,32 @@
 
 use rollgate::version::Version;
 
-use super::driver::HostEnd;
 use super::steps::{Ctx, op_id};
 use crate::fleet::{FleetApi, StepFailure};
+
+/// How one host's sequence ended.
+#[derive(Debug, Clone)]
+pub enum HostEnd {
+    Done,
+    /// The rollout was halting before the host's step began: nothing was
+    /// changed, and the host is in rotation (undrained if it had been
+    /// drained already).
+    NotStarted,
+    Failed {
+        step: String,
+        failure: StepFailure,
+        left_drained: bool,
+    },
+}
+
+/// Whether a sequence may start when the rollout is halting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenStopping {
+    /// New work: not begun once the rollout halts.
+    Skip,
+    /// Putting a host back (a rollback): always carried through.
+    Run,
+}
 
 /// The steps of one DP sequence: (step name shown, op id prefix).
 struct Names {
@@ -15,15 +38,54 @@ struct Names {
     undrain: (&'static str, &'static str),
 }
 
+/// Runs one step of a sequence: new work is held back once the rollout
+/// halts (None), a rollback always goes on.
+async fn start<F, Fut>(
+    ctx: &Ctx<F>,
+    when_stopping: WhenStopping,
+    host: &str,
+    step: &str,
+    shown: &Version,
+    op: &str,
+    call: impl FnOnce() -> Fut,
+) -> Option<crate::fleet::StepOutcome>
+where
+    F: FleetApi,
+    Fut: std::future::Future<Output = crate::fleet::StepOutcome>,
+{
+    match when_stopping {
+        WhenStopping::Skip => {
+            ctx.run_unless_halting(host, step, Some(shown), op, call)
+                .await
+        }
+        WhenStopping::Run => Some(ctx.run(host, step, Some(shown), op, call).await),
+    }
+}
+
+/// `base` in round `round`: rounds after the first get a number.
+fn numbered(base: &str, round: usize) -> String {
+    if round == 1 {
+        base.to_string()
+    } else {
+        format!("{base}.{round}")
+    }
+}
+
 /// drain → `middle` → undrain on one DP. When `middle` fails the agent has put
 /// the old release back; the host returns to rotation only if that release
 /// is healthy, and a failure always says whether the host was left drained.
+///
+/// A halt that comes between the drain and `middle` puts the host back
+/// (a `…-stopped` undrain) instead of starting `middle`. A later resume
+/// drains it again under the next round's operation ids, so no journalled
+/// step is mistaken for one that still holds.
 async fn drained<F, Fut>(
     ctx: &Ctx<F>,
     host: &str,
     shown: &Version,
     suffix: &Version,
     names: Names,
+    when_stopping: WhenStopping,
     middle: impl FnOnce(String) -> Fut,
 ) -> HostEnd
 where
@@ -32,13 +94,31 @@ where
 {
     let p = ctx.policy.clone();
     let op = |s: &str| op_id(&ctx.rid, host, s, Some(suffix));
-    let drain_op = op(names.drain.1);
-    if let Err(failure) = ctx
-        .run(host, names.drain.0, Some(shown), &drain_op, || {
-            ctx.fleet.drain(host, &drain_op, p.drain_timeout())
-        })
-        .await
-    {
+    // A step already begun (this is a resume) is followed whatever happens.
+    let begun = |o: &str| ctx.log().begun(o);
+    let stopped_base = format!("{}-stopped", names.undrain.1);
+    let stopped = |round: usize| op(&numbered(&stopped_base, round));
+    let mut round = 1;
+    while begun(&stopped(round)) {
+        round += 1;
+    }
+    let drain_op = op(&numbered(names.drain.1, round));
+    let middle_op = op(names.middle.1);
+    let undrain_op = op(names.undrain.1);
+    let Some(drained) = start(
+        ctx,
+        when_stopping,
+        host,
+        names.drain.0,
+        shown,
+        &drain_op,
+        || ctx.fleet.drain(host, &drain_op, p.drain_timeout()),
+    )
+    .await
+    else {
+        return HostEnd::NotStarted;
+    };
+    if let Err(failure) = drained {
         // A failed drain undoes itself on the agent, when it says so.
         let left_drained = failure.lost || !failure.reverted;
         return HostEnd::Failed {
@@ -47,13 +127,33 @@ where
             left_drained,
         };
     }
-    let middle_op = op(names.middle.1);
-    let done = ctx
-        .run(host, names.middle.0, Some(shown), &middle_op, || {
-            middle(middle_op.clone())
-        })
-        .await;
-    let undrain_op = op(names.undrain.1);
+    let done = start(
+        ctx,
+        when_stopping,
+        host,
+        names.middle.0,
+        shown,
+        &middle_op,
+        || middle(middle_op.clone()),
+    )
+    .await;
+    let Some(done) = done else {
+        // Drained, but the rollout halted before the step: put it back.
+        let back = stopped(round);
+        return match ctx
+            .run(host, names.undrain.0, Some(shown), &back, || {
+                ctx.fleet.undrain(host, &back)
+            })
+            .await
+        {
+            Ok(_) => HostEnd::NotStarted,
+            Err(failure) => HostEnd::Failed {
+                step: "undrain".into(),
+                failure,
+                left_drained: true,
+            },
+        };
+    };
     let healthy = match &done {
         Ok(_) => true,
         Err(f) => f.gateway_healthy && !f.lost,
@@ -97,11 +197,19 @@ pub async fn upgrade_dp<F: FleetApi>(
         undrain: ("undrain", "undrain"),
     };
     let (c, h, v) = (&ctx, &host, &hop);
-    drained(c, h, v, v, names, move |op| async move {
-        c.fleet
-            .install(h, &op, v, p.min_healthy(), p.health_timeout())
-            .await
-    })
+    drained(
+        c,
+        h,
+        v,
+        v,
+        names,
+        WhenStopping::Skip,
+        move |op| async move {
+            c.fleet
+                .install(h, &op, v, p.min_healthy(), p.health_timeout())
+                .await
+        },
+    )
     .await
 }
 
@@ -121,8 +229,14 @@ pub async fn rollback_dp<F: FleetApi>(
         undrain: ("rollback-undrain", "rb-undrain"),
     };
     let (c, h, v) = (&ctx, &host, &to);
-    drained(c, h, v, &suffix, names, move |op| async move {
-        c.fleet.rollback(h, &op, v, None, p.health_timeout()).await
-    })
+    drained(
+        c,
+        h,
+        v,
+        &suffix,
+        names,
+        WhenStopping::Run,
+        move |op| async move { c.fleet.rollback(h, &op, v, None, p.health_timeout()).await },
+    )
     .await
 }

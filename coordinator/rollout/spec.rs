@@ -8,7 +8,7 @@ use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{self, BatchSize};
+use crate::batch::{self, BatchSize, InService};
 use crate::inventory::Policy;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,13 @@ pub struct HostPlan {
     pub role: Role,
     /// The release the host had when the rollout was planned.
     pub from: Version,
+    /// The DP's gateway group (the inventory label `policy.group_label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Out of its load balancer when the rollout was planned (left there by
+    /// an earlier rollout that halted): the rollout puts it back first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drained: bool,
 }
 
 /// The policy in force, with durations in milliseconds.
@@ -40,6 +47,14 @@ pub struct PolicySnap {
     pub drain_timeout_ms: u64,
     pub health_timeout_ms: u64,
     pub agent_silence_ms: u64,
+    /// `policy.min_in_service` as written ("1", "50%"); journals older than
+    /// it read as "1", the default.
+    #[serde(default = "one")]
+    pub min_in_service: String,
+}
+
+fn one() -> String {
+    "1".into()
 }
 
 impl PolicySnap {
@@ -52,6 +67,7 @@ impl PolicySnap {
             drain_timeout_ms: p.drain_timeout.as_millis() as u64,
             health_timeout_ms: p.health_timeout.as_millis() as u64,
             agent_silence_ms: p.agent_silence.as_millis() as u64,
+            min_in_service: p.min_in_service.to_string(),
         }
     }
 
@@ -69,6 +85,9 @@ impl PolicySnap {
     }
     pub fn batch_size(&self) -> BatchSize {
         self.batch.parse().unwrap_or(BatchSize::Count(1))
+    }
+    pub fn min_in_service(&self) -> InService {
+        self.min_in_service.parse().unwrap_or_default()
     }
 }
 
@@ -116,6 +135,31 @@ impl RolloutSpec {
             .collect();
         batch::cut(&names, self.policy.canary, self.policy.batch_size())
     }
+
+    /// Every batch of every hop that would leave fewer DPs in rotation than
+    /// the policy's `min_in_service`, in the fleet or in a gateway group.
+    pub fn in_service_violations(&self) -> Vec<String> {
+        let dps: Vec<batch::Dp> = self
+            .hosts
+            .iter()
+            .filter(|h| h.role == Role::Dp)
+            .map(|h| batch::Dp {
+                name: &h.name,
+                group: h.group.as_deref(),
+            })
+            .collect();
+        self.hops
+            .iter()
+            .flat_map(|hop| {
+                batch::in_service_violations(
+                    &dps,
+                    &self.batches(hop),
+                    self.policy.min_in_service(),
+                    &format!("hop {hop}:"),
+                )
+            })
+            .collect()
+    }
 }
 
 /// A new rollout id: `r-<UTC time>-<random>`, sortable by creation.
@@ -128,4 +172,15 @@ pub fn new_id(prefix: &str) -> String {
         .unwrap_or(0)
         ^ std::process::id().rotate_left(16);
     format!("{prefix}-{stamp}-{:04x}", rand & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn new_ids_pass_the_rollout_id_check() {
+        for prefix in rollgate::ids::ROLLOUT_PREFIXES {
+            let id = super::new_id(prefix);
+            rollgate::ids::check_rollout_id(&id).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
 }

@@ -2,8 +2,11 @@
 //! hand back what it returned), otherwise journal `begin` (fsync), call the
 //! agent with the step's operation id, journal `end`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
 use std::time::Instant;
+use tokio::sync::watch;
 
 use rollgate::pb;
 use rollgate::version::Version;
@@ -20,6 +23,12 @@ pub struct Ctx<F: FleetApi> {
     pub reporter: Arc<Reporter>,
     pub rid: String,
     pub policy: PolicySnap,
+    /// Set by the driver the moment it decides to halt (an alarm, Ctrl-C):
+    /// from then on no host task starts new work. Steps in flight finish.
+    stop: AtomicBool,
+    /// The operator's interrupt, read directly too: a Ctrl-C stops new work
+    /// even before the driver's loop has looked.
+    interrupt: OnceLock<watch::Receiver<bool>>,
 }
 
 /// The operation id of a step: `<rollout>/<host>/<step>-<version>`.
@@ -31,6 +40,33 @@ pub fn op_id(rid: &str, host: &str, step: &str, v: Option<&Version>) -> String {
 }
 
 impl<F: FleetApi> Ctx<F> {
+    /// The context of the rollout journalled in `log`, with its id and policy.
+    pub fn new(fleet: Arc<F>, log: RolloutLog, reporter: Arc<Reporter>) -> Self {
+        Ctx {
+            rid: log.spec.id.clone(),
+            policy: log.spec.policy.clone(),
+            fleet,
+            log: Mutex::new(log),
+            reporter,
+            stop: AtomicBool::new(false),
+            interrupt: OnceLock::new(),
+        }
+    }
+
+    /// Makes `stopping` true as soon as `interrupt` is.
+    pub fn watch_interrupt(&self, interrupt: watch::Receiver<bool>) {
+        let _ = self.interrupt.set(interrupt);
+    }
+
+    /// The rollout is halting: host tasks start nothing new.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.interrupt.get().is_some_and(|i| *i.borrow())
+    }
+
     pub fn log(&self) -> std::sync::MutexGuard<'_, RolloutLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -61,6 +97,47 @@ impl<F: FleetApi> Ctx<F> {
     where
         Fut: std::future::Future<Output = StepOutcome>,
     {
+        match self.run_as(Start::Always, host, step, hop, op, call).await {
+            Some(r) => r,
+            None => unreachable!("a step that always starts was not started"),
+        }
+    }
+
+    /// As `run`, for new work: when the rollout is halting and the journal
+    /// does not show the step begun, nothing is called and None comes back.
+    /// Halting is looked at again once the begin is durable, right before
+    /// the call, so a halt that comes while it is written still stops the
+    /// call; the step then stays begun and never sent, and a resume sends it.
+    pub async fn run_unless_halting<Fut>(
+        &self,
+        host: &str,
+        step: &str,
+        hop: Option<&Version>,
+        op: &str,
+        call: impl FnOnce() -> Fut,
+    ) -> Option<StepOutcome>
+    where
+        Fut: std::future::Future<Output = StepOutcome>,
+    {
+        self.run_as(Start::UnlessHalting, host, step, hop, op, call)
+            .await
+    }
+
+    async fn run_as<Fut>(
+        &self,
+        start: Start,
+        host: &str,
+        step: &str,
+        hop: Option<&Version>,
+        op: &str,
+        call: impl FnOnce() -> Fut,
+    ) -> Option<StepOutcome>
+    where
+        Fut: std::future::Future<Output = StepOutcome>,
+    {
+        // A step begun before (this is a resume) is followed whatever happens.
+        let held_back =
+            || start == Start::UnlessHalting && self.stopping() && !self.log().begun(op);
         let ev = || {
             let mut e = Event::new("step", &self.rid, "").host(host).step(step);
             if let Some(v) = hop {
@@ -72,15 +149,25 @@ impl<F: FleetApi> Ctx<F> {
             let mut e = ev();
             e.status = "done-before".into();
             self.reporter.emit(e);
-            return stored(&end.summary, end.ok);
+            return Some(stored(&end.summary, end.ok));
         }
-        self.journal(Record::Begin {
-            op: op.into(),
-            host: host.into(),
-            step: step.into(),
-            at_ms: now_ms(),
-        })
-        .await?;
+        if held_back() {
+            return None;
+        }
+        if let Err(f) = self
+            .journal(Record::Begin {
+                op: op.into(),
+                host: host.into(),
+                step: step.into(),
+                at_ms: now_ms(),
+            })
+            .await
+        {
+            return Some(Err(f));
+        }
+        if start == Start::UnlessHalting && self.stopping() {
+            return None;
+        }
         let mut e = ev();
         e.status = "started".into();
         self.reporter.emit(e);
@@ -90,15 +177,19 @@ impl<F: FleetApi> Ctx<F> {
             Ok(d) => serde_json::to_string(d).unwrap_or_default(),
             Err(f) => serde_json::to_string(f).unwrap_or_default(),
         };
-        self.journal(Record::End {
-            op: op.into(),
-            host: host.into(),
-            step: step.into(),
-            ok: r.is_ok(),
-            summary,
-            at_ms: now_ms(),
-        })
-        .await?;
+        if let Err(f) = self
+            .journal(Record::End {
+                op: op.into(),
+                host: host.into(),
+                step: step.into(),
+                ok: r.is_ok(),
+                summary,
+                at_ms: now_ms(),
+            })
+            .await
+        {
+            return Some(Err(f));
+        }
         let mut e = ev().elapsed(start.elapsed());
         match &r {
             Ok(_) => e.status = "succeeded".into(),
@@ -111,8 +202,15 @@ impl<F: FleetApi> Ctx<F> {
             }
         }
         self.reporter.emit(e);
-        r
+        Some(r)
     }
+}
+
+/// Whether a step may start while the rollout is halting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Always,
+    UnlessHalting,
 }
 
 /// A step's journalled result, as the step returned it.

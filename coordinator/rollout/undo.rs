@@ -5,8 +5,8 @@
 use rollgate::role::Role;
 use rollgate::version::Version;
 
-use super::driver::{Driver, Halt, HostEnd};
-use super::sequence::rollback_dp;
+use super::driver::{Driver, Halt};
+use super::sequence::{HostEnd, rollback_dp};
 use super::steps::op_id;
 use crate::batch;
 use crate::fleet::FleetApi;
@@ -68,6 +68,7 @@ impl<F: FleetApi> Driver<F> {
                     HostEnd::Done => {
                         self.monitor.pass(host);
                     }
+                    HostEnd::NotStarted => {}
                     HostEnd::Failed { step, failure, .. } => {
                         return Err(Halt::Step {
                             host,

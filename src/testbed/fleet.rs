@@ -201,13 +201,7 @@ impl DemoFleet {
         )?;
         fleet.upstream_proc = Some(upstream);
         for h in fleet.hosts.clone() {
-            let child = fleet.spawn(
-                Command::new(&spec.bins.agent)
-                    .arg("--config")
-                    .arg(h.dir.join("agent.toml"))
-                    .current_dir(&h.dir),
-                &h.dir.join("agent.log"),
-            )?;
+            let child = fleet.spawn_agent(&h)?;
             fleet.agents.insert(h.name.clone(), child);
         }
         wait(Duration::from_secs(60), "the CP to be ready", || {
@@ -374,6 +368,49 @@ impl DemoFleet {
 
     pub fn agent_pid(&self, name: &str) -> Option<u32> {
         self.agents.get(name).map(Child::id)
+    }
+
+    fn spawn_agent(&self, h: &HostInfo) -> Result<Child, String> {
+        self.spawn(
+            Command::new(&self.bins.agent)
+                .arg("--config")
+                .arg(h.dir.join("agent.toml"))
+                .current_dir(&h.dir),
+            &h.dir.join("agent.log"),
+        )
+    }
+
+    /// kill -9 of a host's agent, the way a crash or an OOM kill ends it. Its
+    /// gateway lives on (it runs in its own process group).
+    pub fn kill_agent(&mut self, name: &str) -> Result<(), String> {
+        let mut child = self
+            .agents
+            .remove(name)
+            .ok_or_else(|| format!("no agent {name} is running"))?;
+        child
+            .kill()
+            .map_err(|e| format!("kill {name}'s agent: {e}"))?;
+        child.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Starts a host's agent again with the same command line (as systemd
+    /// would after a crash) and waits until it accepts connections.
+    pub fn start_agent(&mut self, name: &str) -> Result<(), String> {
+        let h = self
+            .host(name)
+            .cloned()
+            .ok_or_else(|| format!("no host {name}"))?;
+        if self.agents.contains_key(name) {
+            return Err(format!("{name}'s agent is running"));
+        }
+        let child = self.spawn_agent(&h)?;
+        self.agents.insert(name.to_string(), child);
+        wait(
+            Duration::from_secs(20),
+            &format!("{name}'s agent to listen"),
+            || std::net::TcpStream::connect_timeout(&h.agent, Duration::from_millis(200)).is_ok(),
+        )
     }
 
     /// Kills every gateway an agent started (they outlive their agents).

@@ -222,3 +222,81 @@ async fn the_gateway_outlives_its_agent_and_is_readopted() {
     );
     wait_serving(addr, "3.4.0");
 }
+
+/// Defect: one unreadable line in the middle of the journal made the agent
+/// drop every later record, and a completed Drain ran again. Now a damaged
+/// record that is not the last stops the agent (exit 65) with the journal
+/// untouched; once an operator moves the line aside, nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_record_stops_the_agent_and_no_step_runs_twice() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (dp, mut agent, _addr, mut c) = dp_on_330(&sb, &cp, &[], "").await;
+    let drain = || pb::DrainRequest {
+        operation_id: "t/dp-1/drain-once".into(),
+        timeout_ms: 1000,
+    };
+    success(&drive(c.drain(drain()).await).await.1.unwrap());
+    let undrain = pb::UndrainRequest {
+        operation_id: "t/dp-1/undrain-once".into(),
+    };
+    success(&drive(c.undrain(undrain).await).await.1.unwrap());
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    agent.wait_exit(Duration::from_secs(10)).unwrap();
+
+    let journal = dp.dir.join("state/journal");
+    let good = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    assert!(lines.len() > 4, "{good}");
+    let at = lines.len() / 2;
+    lines.insert(at, "{\"op\": garbage");
+    let damaged = lines.join("\n") + "\n";
+    std::fs::write(&journal, &damaged).unwrap();
+
+    let mut refused = Proc::spawn_env(
+        crate::support::AGENT,
+        &[
+            "--config".to_string(),
+            dp.config_path().display().to_string(),
+        ],
+        &dp.dir,
+        &dp.dir.join("agent-refused.log"),
+        &[],
+    );
+    let st = refused
+        .wait_exit(Duration::from_secs(20))
+        .expect("the agent refuses to start");
+    assert_eq!(st.code(), Some(65), "{}", refused.log_text());
+    let log = refused.log_text();
+    assert!(
+        log.contains(&format!("line {}", at + 1)) && log.contains("not a torn last write"),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        damaged,
+        "the journal is left exactly as it was"
+    );
+
+    // The operator moves the damaged line aside.
+    std::fs::write(&journal, &good).unwrap();
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let rec = c
+        .get_operation(pb::GetOperationRequest {
+            operation_id: "t/dp-1/drain-once".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rec.status(), pb::OperationStatus::Succeeded, "{rec:?}");
+    let again = drive(c.drain(drain()).await).await.1.unwrap();
+    assert!(again.replayed, "answered from the journal: {again:?}");
+    assert_eq!(
+        std::fs::read_to_string(dp.dir.join("state/drain-state")).unwrap(),
+        "ready",
+        "the repeated drain did not drain the host again"
+    );
+}

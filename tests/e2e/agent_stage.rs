@@ -144,6 +144,7 @@ async fn bad_artifacts_are_refused_and_nothing_is_left_behind() {
             source: Some(pb::stage_header::Source::Coordinator(
                 pb::CoordinatorSource {},
             )),
+            unpacked_size: 0,
         })),
     }];
     msgs.push(pb::StageRequest {
@@ -208,27 +209,6 @@ async fn staging_refuses_when_the_disk_floor_would_be_crossed() {
     assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
 }
 
-/// Serves `body` once per connection on a loopback port, like a plain HTTP
-/// artifact server would.
-fn serve(ip: std::net::Ipv4Addr, body: Vec<u8>) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind((ip, 0)).unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&body);
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_fetches_an_artifact_from_an_http_url() {
     let sb = Sandbox::new();
@@ -237,8 +217,13 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
     let _agent = dp.start_agent();
     let mut c = connect(&sb, &dp).await;
     let good = release("3.4.1");
-    let bytes = std::fs::read(gateway::artifact_path(&good)).unwrap();
-    let at = serve(sb.ip(50), bytes.clone());
+    let path = gateway::artifact_path(&good);
+    let bytes = std::fs::read(&path).unwrap();
+    let at = crate::support::files::serve_dir(
+        sb.ip(50),
+        path.parent().unwrap().to_path_buf(),
+        std::time::Duration::ZERO,
+    );
     let stage = |op: &str, sha: &str| pb::StageRequest {
         msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
             operation_id: op.into(),
@@ -248,6 +233,7 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
             source: Some(pb::stage_header::Source::Location(format!(
                 "http://{at}/demo-gateway-3.4.1.tar.gz"
             ))),
+            unpacked_size: 0,
         })),
     };
     let bad = crate::support::client::drive(
@@ -277,5 +263,133 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
         dp.dir
             .join("root/releases/3.4.1/bin/demo-gateway")
             .is_file()
+    );
+}
+
+/// A gzip bomb: `content` bytes of zeros in one file, a few hundred KB packed.
+fn bomb(content: u64) -> Vec<u8> {
+    use std::io::Read;
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut b = tar::Builder::new(gz);
+    let mut h = tar::Header::new_gnu();
+    h.set_path("bin/demo-gateway").unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(content);
+    h.set_cksum();
+    b.append(&h, std::io::repeat(0).take(content)).unwrap();
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Bytes under a directory, to show what a refused stage wrote.
+fn du(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// Defect: a 510 KB archive unpacked to 542 MB on every host. Unpacking now
+/// stops at the bound (the catalog's unpacked size, or 20x the archive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_stopped_at_the_unpack_bound_and_removed() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2)]);
+    let dp = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let archive = bomb(512 << 20);
+    assert!(archive.len() < 1 << 20, "{} bytes packed", archive.len());
+    let r = stage_stream(
+        &mut c,
+        "t/dp-1/bomb",
+        "3.9.0",
+        &sha(&archive),
+        archive.clone(),
+    )
+    .await
+    .unwrap();
+    let f = failure(&r);
+    assert_eq!(f.code(), pb::FailureCode::BadArchive, "{f:?}");
+    assert!(f.message.contains("decompression bomb"), "{f:?}");
+    assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
+    assert!(
+        du(&dp.dir) < 64 << 20,
+        "the host's directory holds {} bytes after the refusal",
+        du(&dp.dir)
+    );
+}
+
+/// Defect: `Stage` with a local location and size 0 read /dev/zero without
+/// limit and filled the staging filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_needs_a_size_and_reads_only_regular_files() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2)]);
+    let dp = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    let _agent = dp.start_agent();
+    let mut c = connect(&sb, &dp).await;
+    let fifo = sb.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let dir = sb.path().to_path_buf();
+    let cases = [
+        ("t/dp-1/zero-unsized", "/dev/zero".to_string(), 0u64, "size"),
+        (
+            "t/dp-1/zero",
+            "/dev/zero".to_string(),
+            1 << 20,
+            "not a regular file",
+        ),
+        (
+            "t/dp-1/fifo",
+            fifo.display().to_string(),
+            1 << 20,
+            "not a regular file",
+        ),
+        (
+            "t/dp-1/dir",
+            dir.display().to_string(),
+            1 << 20,
+            "a directory",
+        ),
+    ];
+    for (op, location, size, want) in cases {
+        let req = pb::StageRequest {
+            msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+                operation_id: op.into(),
+                version: "3.4.0".into(),
+                sha256: "0".repeat(64),
+                size,
+                source: Some(pb::stage_header::Source::Location(location.clone())),
+                unpacked_size: 0,
+            })),
+        };
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            crate::support::client::drive(c.stage(futures::stream::iter([req])).await),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{location}: the agent hung"))
+        .1
+        .unwrap();
+        let f = failure(&r);
+        assert_eq!(
+            f.code(),
+            pb::FailureCode::InvalidArgument,
+            "{location}: {f:?}"
+        );
+        assert!(f.message.contains(want), "{location}: {f:?}");
+        assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
+    }
+    // The agent still works.
+    success(
+        &crate::support::client::stage_file(&mut c, "t/dp-1/good", &release("3.4.0"))
+            .await
+            .unwrap(),
     );
 }

@@ -8,6 +8,7 @@ mod agent_crash;
 mod agent_ops;
 mod agent_stage;
 mod bad_config;
+mod bad_input;
 mod demo_cmd;
 mod deploy;
 mod mtls;

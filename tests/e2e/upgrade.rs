@@ -282,7 +282,8 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
 async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched() {
     let sb = Sandbox::new();
     let db = Db::start();
-    let fleet = fleet_on_330(&sb, &db, 1, "").await;
+    // One DP: its batch is the whole fleet, an outage this test accepts.
+    let fleet = fleet_on_330(&sb, &db, 1, "min_in_service = 0").await;
     let mut run = sb.rollgate_bg(&upgrade_to("3.4.0"));
     run.wait_line(std::time::Duration::from_secs(120), "the backup", |l| {
         l.contains("\"step\":\"backup-copy\"") && l.contains("succeeded")
@@ -321,7 +322,7 @@ async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched()
 async fn plan_refuses_a_major_jump_and_a_downgrade() {
     let sb = Sandbox::new();
     let db = Db::start();
-    let mut fleet = fleet_on_330(&sb, &db, 1, "").await;
+    let mut fleet = fleet_on_330(&sb, &db, 1, "min_in_service = 0").await;
     // dp-1 treats the release's conf/ as a custom plugin dir, and someone
     // edited a file in it: the plan must warn.
     {
@@ -355,9 +356,14 @@ async fn plan_refuses_a_major_jump_and_a_downgrade() {
         )
     };
     let cat = sb.path().join("releases-more.toml");
+    // The artifacts stay where they were packaged, a directory the catalog
+    // names as allowed.
     std::fs::write(
         &cat,
-        base.replace(
+        format!(
+            "artifact_dirs = [\"{}\"]\n\n",
+            gateway::artifacts().display()
+        ) + &base.replace(
             "artifact = \"",
             &format!("artifact = \"{}/", gateway::artifacts().display()),
         ) + &extra("4.0.0")
@@ -441,5 +447,94 @@ async fn plan_refuses_a_major_jump_and_a_downgrade() {
         unconfirmed.stderr.contains("--yes"),
         "{}",
         unconfirmed.stderr
+    );
+}
+
+/// Defect: after Ctrl-C (or an alarm) during staging the coordinator said
+/// "finishing the steps in flight" and kept starting stage calls until the
+/// whole round ended. Staging here is slow (a 2 s download per host, one
+/// host at a time): after SIGTERM no new stage starts, and the rollout stops
+/// within the stage in flight plus a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_during_staging_starts_no_new_stage() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let _fleet = fleet_on_330(&sb, &db, 3, "").await;
+    let slow = std::time::Duration::from_secs(2);
+    let artifacts = gateway::artifacts();
+    let at = crate::support::files::serve_dir(sb.ip(60), artifacts.clone(), slow);
+    let base = std::fs::read_to_string(artifacts.join("releases.toml")).unwrap();
+    let cat = sb.path().join("releases-http.toml");
+    std::fs::write(
+        &cat,
+        base.replace("artifact = \"", &format!("artifact = \"http://{at}/")),
+    )
+    .unwrap();
+    // One agent call at a time, so "in flight" is exactly one stage.
+    let inv = std::fs::read_to_string(sb.path().join("fleet.toml")).unwrap();
+    std::fs::write(
+        sb.path().join("fleet.toml"),
+        inv.replace("[coordinator]\n", "[coordinator]\nconcurrency = 1\n"),
+    )
+    .unwrap();
+    let cat = cat.display().to_string();
+    let mut run = sb.rollgate_bg(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &cat,
+        "--to",
+        "3.4.0",
+        "--yes",
+        "--output",
+        "json",
+    ]);
+    let (code, lines, stopped_in) = tokio::task::spawn_blocking(move || {
+        run.wait_line(std::time::Duration::from_secs(60), "the first stage", |l| {
+            l.contains("\"step\":\"stage\"") && l.contains("\"status\":\"started\"")
+        });
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let at = std::time::Instant::now();
+        let (code, lines) = run.finish(std::time::Duration::from_secs(60));
+        (code, lines, at.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let evs = events(&lines.join("\n"));
+    assert_eq!(
+        evs.last().unwrap()["status"],
+        "interrupted",
+        "{:?}",
+        evs.last()
+    );
+    let started = evs
+        .iter()
+        .filter(|e| e["step"] == "stage" && e["status"] == "started")
+        .count();
+    assert_eq!(
+        started,
+        1,
+        "only the stage in flight ran:\n{}",
+        lines.join("\n")
+    );
+    let on_agents: usize = ["cp-1", "dp-1", "dp-2", "dp-3"]
+        .iter()
+        .filter_map(|h| std::fs::read_to_string(sb.path().join(h).join("state/journal")).ok())
+        .map(|t| {
+            t.lines()
+                .filter(|l| {
+                    l.contains("\"op\":\"r-")
+                        && l.contains("\"kind\":\"stage\"")
+                        && l.contains("\"event\":\"begin\"")
+                })
+                .count()
+        })
+        .sum();
+    assert_eq!(on_agents, 1, "agents were asked for one stage");
+    assert!(
+        stopped_in < slow + std::time::Duration::from_secs(3),
+        "stopped {stopped_in:?} after SIGTERM"
     );
 }

@@ -367,3 +367,163 @@ async fn rollback_with_restore_db_returns_every_host_and_the_data() {
     assert_rate(&report);
     assert_eq!(report.failed, 0, "{report:?}");
 }
+
+/// `rollgate status -i INV --output json`, as a document.
+async fn status(sb: &Sandbox, fleet: &DemoFleet) -> serde_json::Value {
+    let out = rollgate(
+        sb,
+        vec![
+            "status".into(),
+            "-i".into(),
+            fleet.inventory.display().to_string(),
+            "--output".into(),
+            "json".into(),
+        ],
+    )
+    .await;
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("status is not JSON ({e}): {}\n{}", out.stdout, out.stderr))
+}
+
+fn lb_of<'a>(doc: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    let h = doc["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == host)
+        .unwrap_or_else(|| panic!("{host} not in {doc}"));
+    &h["load_balancer"]
+}
+
+/// Defect: a DP whose agent died mid-install stayed drained, and a re-run
+/// upgrade skipped it (already on the target) and said "succeeded".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dp_left_drained_by_a_killed_agent_is_put_back_by_the_next_upgrade() {
+    let sb = Sandbox::new();
+    let mut fleet = sb.demo_fleet(3, "3.3.0", &policy("agent_silence = \"2s\""));
+    let load = Load::start(fleet.url(), RATE, 8);
+    let mut run = sb.rollgate_bg(&args(&fleet, "upgrade", "3.4.0"));
+    let run = tokio::task::spawn_blocking(move || {
+        run.wait_line(Duration::from_secs(180), "dp-2's install", |l| {
+            l.contains("\"host\":\"dp-2\"")
+                && l.contains("\"step\":\"install\"")
+                && l.contains("\"status\":\"started\"")
+        });
+        run
+    })
+    .await
+    .unwrap();
+    // Down longer than agent_silence: the coordinator gives up on the host.
+    fleet.kill_agent("dp-2").unwrap();
+    let (code, lines) = tokio::task::spawn_blocking(move || run.finish(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let halted = events(&lines.join("\n"));
+    let last = halted.last().unwrap();
+    assert_eq!(last["status"], "halted", "{last}");
+    assert!(last["error"].as_str().unwrap().contains("dp-2"), "{last}");
+
+    // systemd would restart it: the agent finishes (or undoes) its install
+    // by itself, and the host stays out of rotation until it is told.
+    fleet.start_agent("dp-2").unwrap();
+    let gw = fleet.host("dp-2").unwrap().gateway;
+    tokio::task::spawn_blocking(move || {
+        crate::support::wait_until(Duration::from_secs(60), "dp-2 ready again", || {
+            http::ready(gw)
+        })
+    })
+    .await
+    .unwrap();
+    let before = status(&sb, &fleet).await;
+    assert_eq!(lb_of(&before, "dp-2"), "drained", "{before}");
+    assert_eq!(lb_of(&before, "dp-1"), "in rotation", "{before}");
+
+    let out = rollgate(&sb, args(&fleet, "upgrade", "3.4.0")).await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let evs = events(&out.stdout);
+    assert_eq!(evs.last().unwrap()["status"], "succeeded");
+    let first_dp2 = evs
+        .iter()
+        .find(|e| e["event"] == "step" && e["host"] == "dp-2")
+        .expect("a step on dp-2");
+    assert_eq!(
+        first_dp2["step"], "undrain",
+        "the re-run puts dp-2 back before anything else: {first_dp2}"
+    );
+    let after = status(&sb, &fleet).await;
+    for h in after["hosts"].as_array().unwrap() {
+        assert_eq!(h["version"], "3.4.0", "{h}");
+        if h["role"] == "dp" {
+            assert_eq!(h["load_balancer"], "in rotation", "{h}");
+        }
+    }
+    let report = load.stop().await;
+    assert_rate(&report);
+    // dp-2 was drained before its agent died, and stayed out until healthy.
+    assert_eq!(report.failed, 0, "{report:?}");
+}
+
+/// Defect: `canary = 10` with 3 DPs was clamped to 3 and drained every DP at
+/// once (HAProxy answered 503). A plan that would leave fewer DPs in
+/// rotation than `min_in_service` is blocked; within it, the upgrade keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_would_drain_every_dp_is_refused_and_nothing_is_touched() {
+    let sb = Sandbox::new();
+    let fleet = sb.demo_fleet(3, "3.3.0", &policy("canary = 10"));
+    let load = Load::start(fleet.url(), RATE, 8);
+    let refused = rollgate(&sb, args(&fleet, "upgrade", "3.4.0")).await;
+    assert_eq!(
+        refused.code,
+        Some(2),
+        "stdout:\n{}\nstderr:\n{}",
+        refused.stdout,
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("3 of the 3") && refused.stderr.contains("min_in_service"),
+        "{}",
+        refused.stderr
+    );
+    let mut with_batch = args(&fleet, "upgrade", "3.4.0");
+    with_batch
+        .extend(["--canary", "1", "--batch", "100%", "--min-in-service", "2"].map(String::from));
+    let refused = rollgate(&sb, with_batch).await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        fleet
+            .state_dir
+            .join("rollouts")
+            .read_dir()
+            .map_or(0, |d| d.count())
+            == 0,
+        "a refused plan records no rollout"
+    );
+    for (h, v) in fleet.versions() {
+        assert_eq!(v.as_deref(), Some("3.3.0"), "{h}");
+    }
+    // canary 1, then the other two at once: one DP always serves.
+    let mut allowed = args(&fleet, "upgrade", "3.4.0");
+    allowed.extend(["--canary", "1", "--batch", "100%"].map(String::from));
+    let out = rollgate(&sb, allowed).await;
+    let report = load.stop().await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_rate(&report);
+    assert_eq!(report.failed, 0, "no 503 from HAProxy: {report:?}");
+    for (h, v) in fleet.versions() {
+        assert_eq!(v.as_deref(), Some("3.4.0"), "{h}");
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rollgate::catalog::{Artifact, Catalog, Release};
@@ -41,6 +41,8 @@ pub(super) fn setup(cps: usize, dps: usize) -> Setup {
         name,
         role,
         from: v("3.3.0"),
+        group: None,
+        drained: false,
     };
     let hosts = (1..=cps)
         .map(|i| host(format!("cp-{i}"), Role::Cp))
@@ -63,6 +65,7 @@ pub(super) fn setup(cps: usize, dps: usize) -> Setup {
             drain_timeout_ms: 1_000,
             health_timeout_ms: 1_000,
             agent_silence_ms: 2_000,
+            min_in_service: "1".into(),
         },
         backup_id: (cps > 0).then(|| RID.to_string()),
     };
@@ -71,6 +74,7 @@ pub(super) fn setup(cps: usize, dps: usize) -> Setup {
         catalog: Catalog {
             path: "/scripted/releases.toml".into(),
             releases: Vec::new(),
+            artifact_dirs: vec!["/scripted".into()],
         },
     }
     .hops(&["3.4.0"])
@@ -90,6 +94,7 @@ impl Setup {
                 size: 1,
                 breaking_changes: Vec::new(),
                 dp_min: None,
+                unpacked_size: None,
             })
             .collect();
         self
@@ -97,6 +102,12 @@ impl Setup {
     pub fn from(mut self, host: &str, version: &str) -> Self {
         let h = self.spec.hosts.iter_mut().find(|h| h.name == host);
         h.expect("a planned host").from = v(version);
+        self
+    }
+    /// The plan saw `host` out of rotation.
+    pub fn drained(mut self, host: &str) -> Self {
+        let h = self.spec.hosts.iter_mut().find(|h| h.name == host);
+        h.expect("a planned host").drained = true;
         self
     }
     pub fn canary(mut self, n: usize) -> Self {
@@ -212,14 +223,11 @@ pub(super) async fn drive(
     (_keep, interrupt): (watch::Sender<bool>, watch::Receiver<bool>),
 ) -> Ran {
     let journal = log.path.clone();
-    let policy = log.spec.policy.clone();
-    let ctx = Arc::new(Ctx {
-        fleet: Arc::new(fleet.clone()),
-        log: Mutex::new(log),
-        reporter: Arc::new(Reporter::new(Output::Json)),
-        rid: RID.into(),
-        policy,
-    });
+    let ctx = Arc::new(Ctx::new(
+        Arc::new(fleet.clone()),
+        log,
+        Arc::new(Reporter::new(Output::Json)),
+    ));
     let mut driver = Driver::new(
         ctx.clone(),
         Some(catalog.clone()),

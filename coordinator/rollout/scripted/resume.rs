@@ -9,19 +9,21 @@ use super::{Call, Effect, ScriptedFleet, Step};
 use crate::rollout::log::{Outcome, RolloutLog, rollouts_dir};
 
 #[tokio::test]
-async fn an_interrupt_lets_steps_in_flight_finish_and_resume_completes() {
+async fn an_interrupt_starts_nothing_new_and_resume_completes() {
     let s = setup(1, 4).canary(1).batch("2");
     let fleet = s.fleet();
     let (tx, rx) = watch::channel(false);
     fleet.on("dp-2", Step::Drain, Effect::Interrupt(tx.clone()));
     let ran = s.run_with(&fleet, (tx, rx)).await;
     ran.expect(Outcome::Interrupted, &["rollgate resume"]);
+    // Ctrl-C came as dp-2's drain ended: its install, a new call, never
+    // started and it went back into rotation on its old release.
+    assert_eq!(
+        fleet.steps("dp-2"),
+        [Step::Stage, Step::Drain, Step::Undrain]
+    );
+    assert_eq!(fleet.version("dp-2"), v("3.3.0"));
     for dp in ["dp-2", "dp-3"] {
-        assert_eq!(
-            fleet.version(dp),
-            v("3.4.0"),
-            "{dp} was in flight and finished"
-        );
         assert!(!fleet.drained(dp), "{dp}");
     }
     assert_eq!(fleet.steps("dp-4"), [Step::Stage], "nothing new starts");
@@ -30,16 +32,17 @@ async fn an_interrupt_lets_steps_in_flight_finish_and_resume_completes() {
     let log = RolloutLog::open(&ran.journal).expect("the journal");
     let again = drive(log, &s.catalog, &fleet, ran.state, watch::channel(false)).await;
     again.expect(Outcome::Succeeded, &[]);
-    let resumed: Vec<(String, Step)> = fleet.calls()[mark..]
-        .iter()
-        .map(|c| (c.host.clone(), c.step))
-        .collect();
-    let dp4 = |step| ("dp-4".to_string(), step);
-    assert_eq!(
-        resumed,
-        [dp4(Step::Drain), dp4(Step::Install), dp4(Step::Undrain)],
-        "resume does only what was left"
-    );
+    let resumed = |host: &str| -> Vec<Step> {
+        fleet.calls()[mark..]
+            .iter()
+            .filter(|c| c.host == host)
+            .map(|c| c.step)
+            .collect()
+    };
+    let whole = [Step::Drain, Step::Install, Step::Undrain];
+    assert_eq!(resumed("dp-4"), whole, "resume does what was left");
+    assert_eq!(resumed("dp-2"), whole, "dp-2 is drained again first");
+    assert!(resumed("dp-1").is_empty(), "the canary is done");
     for h in s.names() {
         assert_eq!(fleet.version(&h), v("3.4.0"), "{h}");
         assert_eq!(fleet.actions(&h, Step::Install, None), 1, "{h}");

@@ -409,3 +409,63 @@ async fn a_silent_agent_halts_the_rollout_as_lost() {
     r2.expect(Outcome::Halted, &["agent dp-3 stopped answering"]);
     assert!(idle.calls().is_empty(), "{:?}", idle.calls());
 }
+
+// === tests: halting and the load balancer ===
+
+#[tokio::test]
+async fn an_interrupt_during_staging_starts_no_new_stage_call() {
+    let s = setup(1, 40);
+    let fleet = s.fleet();
+    fleet.slow_stage(Duration::from_millis(400));
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    fleet.on_first_call(Step::Stage, Effect::Interrupt(tx.clone()));
+    let ran = s.run_with(&fleet, (tx, rx)).await;
+    ran.expect(Outcome::Interrupted, &["rollgate resume"]);
+    let calls = fleet.calls();
+    let stages: Vec<&Call> = calls.iter().filter(|c| c.step == Step::Stage).collect();
+    assert_eq!(stages.len(), 1, "only the call in flight: {stages:?}");
+    let took = ran.ended_at - stages[0].started;
+    assert!(
+        took < Duration::from_millis(400) + Duration::from_secs(1),
+        "halted {took:?} after Ctrl-C"
+    );
+}
+
+#[tokio::test]
+async fn a_dp_left_drained_by_an_earlier_rollout_is_put_back_first() {
+    let s = setup(1, 3).from("dp-2", "3.4.0").drained("dp-2");
+    let fleet = s.fleet();
+    fleet.set_drained("dp-2");
+    let ran = s.run(&fleet).await;
+    ran.expect(Outcome::Succeeded, &[]);
+    assert_eq!(
+        fleet.steps("dp-2"),
+        [Step::Undrain],
+        "on the target already"
+    );
+    assert!(!fleet.drained("dp-2"));
+    let first_undrain = fleet
+        .calls()
+        .iter()
+        .position(|c| c.step == Step::Undrain)
+        .expect("an undrain");
+    let first_stage = fleet
+        .calls()
+        .iter()
+        .position(|c| c.step == Step::Stage)
+        .expect("a stage");
+    assert!(
+        first_undrain < first_stage,
+        "back in rotation before any work"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_never_succeeds_with_a_dp_out_of_rotation() {
+    // Drained after the plan looked: every step ends, but dp-2 is out.
+    let s = setup(1, 3).from("dp-2", "3.4.0");
+    let fleet = s.fleet();
+    fleet.set_drained("dp-2");
+    let ran = s.run(&fleet).await;
+    ran.expect(Outcome::Halted, &["dp-2", "not every DP is in rotation"]);
+}

@@ -94,6 +94,7 @@ pub async fn stage_file(
         source: Some(pb::stage_header::Source::Location(
             super::gateway::artifact_path(r).display().to_string(),
         )),
+        unpacked_size: 0,
     };
     let req = pb::StageRequest {
         msg: Some(pb::stage_request::Msg::Header(header)),
@@ -118,6 +119,7 @@ pub async fn stage_stream(
             source: Some(pb::stage_header::Source::Coordinator(
                 pb::CoordinatorSource {},
             )),
+            unpacked_size: 0,
         })),
     }];
     for chunk in bytes.chunks(64 * 1024) {

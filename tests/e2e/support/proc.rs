@@ -227,6 +227,12 @@ impl Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends `sig` (e.g. SIGTERM, as an operator's Ctrl-C would).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal the command");
+    }
 }
 
 impl Drop for Running {

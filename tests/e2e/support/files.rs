@@ -1,0 +1,51 @@
+//! A plain HTTP artifact server on a loopback address, as air-gapped fleets
+//! run next to their agents: files of one directory, optionally slow.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Serves the files of `dir` (by plain name) on `ip`, one thread per
+/// connection; each answer starts after `delay`, like a slow download.
+pub fn serve_dir(ip: Ipv4Addr, dir: PathBuf, delay: Duration) -> SocketAddr {
+    let l = TcpListener::bind((ip, 0)).unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let dir = dir.clone();
+            std::thread::spawn(move || answer(s, &dir, delay));
+        }
+    });
+    addr
+}
+
+fn answer(mut s: std::net::TcpStream, dir: &std::path::Path, delay: Duration) {
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let name = head
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .trim_start_matches('/')
+        .to_string();
+    std::thread::sleep(delay);
+    let body = (!name.contains('/') && !name.is_empty())
+        .then(|| std::fs::read(dir.join(&name)).ok())
+        .flatten();
+    let _ = match body {
+        Some(body) => s
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .and_then(|()| s.write_all(&body)),
+        None => {
+            s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        }
+    };
+}
