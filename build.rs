@@ -21,14 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        // Serde on the wire types lets the agent journal results as readable
-        // JSON and the coordinator print them; conversion to domain types
-        // still happens at the edge.
-        .type_attribute(
-            ".rollgate.v1",
-            "#[derive(serde::Serialize, serde::Deserialize)]",
-        )
-        .message_attribute(".rollgate.v1", "#[serde(default)]")
+        // No serde on the wire types: nothing persisted is a generated type.
+        // Journals and reports use rollgate's own types (`src/outcome.rs`,
+        // `src/fingerprint.rs`), converted at the edge (`src/convert.rs`).
         // Artifact and backup slices as `Bytes`: one artifact read is shared
         // by every host's Stage stream instead of copied per host.
         .bytes(".rollgate.v1.StageRequest.chunk")

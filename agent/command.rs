@@ -5,17 +5,44 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use rollgate::pb;
+/// How a command failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// It could not be started.
+    Spawn,
+    /// It did not finish in time (it was killed).
+    Timeout,
+    /// It exited non-zero.
+    Exit,
+}
 
-use crate::steps::StepError;
+/// A command that failed: what ran (passwords hidden), how, and the tail of
+/// its stderr.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    pub kind: Failed,
+    pub message: String,
+    pub detail: String,
+}
+
+impl CommandError {
+    fn new(kind: Failed, message: String) -> Self {
+        CommandError {
+            kind,
+            message,
+            detail: String::new(),
+        }
+    }
+}
 
 /// Runs `program args…` to completion within `timeout`. A non-zero exit is
-/// a COMMAND_FAILED error carrying the tail of stderr.
+/// an error carrying the tail of stderr.
 pub async fn run<S: AsRef<OsStr>>(
     program: &Path,
     args: &[S],
     timeout: Duration,
-) -> Result<std::process::Output, StepError> {
+) -> Result<std::process::Output, CommandError> {
     let shown = format!(
         "{} {}",
         program.display(),
@@ -33,14 +60,14 @@ pub async fn run<S: AsRef<OsStr>>(
     let out = tokio::time::timeout(timeout, child)
         .await
         .map_err(|_| {
-            StepError::new(
-                pb::FailureCode::Timeout,
+            CommandError::new(
+                Failed::Timeout,
                 format!("{shown}: did not finish within {timeout:?}"),
             )
         })?
         .map_err(|e| {
-            StepError::new(
-                pb::FailureCode::CommandFailed,
+            CommandError::new(
+                Failed::Spawn,
                 format!("cannot run {}: {e}", program.display()),
             )
         })?;
@@ -56,11 +83,11 @@ pub async fn run<S: AsRef<OsStr>>(
             .collect::<Vec<_>>()
             .join("\n");
         tracing::warn!(command = %shown, status = %out.status, "command failed");
-        return Err(StepError::new(
-            pb::FailureCode::CommandFailed,
-            format!("{shown}: {}", out.status),
-        )
-        .detail(tail));
+        return Err(CommandError {
+            kind: Failed::Exit,
+            message: format!("{shown}: {}", out.status),
+            detail: tail,
+        });
     }
     Ok(out)
 }
@@ -69,10 +96,10 @@ pub async fn run<S: AsRef<OsStr>>(
 pub async fn run_argv(
     argv: &[String],
     timeout: Duration,
-) -> Result<std::process::Output, StepError> {
+) -> Result<std::process::Output, CommandError> {
     let (program, args) = argv
         .split_first()
-        .ok_or_else(|| StepError::internal("empty command in the config"))?;
+        .ok_or_else(|| CommandError::new(Failed::Spawn, "empty command in the config".into()))?;
     run(Path::new(program), args, timeout).await
 }
 

@@ -4,6 +4,8 @@
 
 use std::sync::OnceLock;
 
+use crate::kind::{Phase, StepKind};
+
 fn configured() -> Option<&'static str> {
     static FP: OnceLock<Option<String>> = OnceLock::new();
     FP.get_or_init(|| {
@@ -15,12 +17,16 @@ fn configured() -> Option<&'static str> {
 }
 
 /// Dies here if the failpoint names this step boundary.
-pub fn hit(kind: &str, phase: &str) {
+pub fn hit(kind: StepKind, phase: Phase) {
     let Some(fp) = configured() else {
         return;
     };
-    if fp.split_once(':') == Some((kind, phase)) {
-        tracing::warn!(kind, phase, "failpoint reached: killing the agent");
+    let phase_name = serde_json::to_value(phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    if fp.split_once(':') == Some((kind.as_str(), phase_name.as_str())) {
+        tracing::warn!(%kind, ?phase, "failpoint reached: killing the agent");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
         // SIGKILL cannot be caught; this is never reached.
         std::process::abort();

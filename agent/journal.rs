@@ -1,13 +1,17 @@
 //! The agent's step journal: `<state_dir>/journal`, one JSON entry per line,
-//! fsynced before the step acts on what the entry says.
+//! durable (fsync) before the step acts on what the entry says.
 //!
-//! Each operation writes `begin` (with the request and what it found, e.g.
-//! the release that was current), a `phase` at every step boundary, and `end`
-//! with the result. On start the agent replays the file: ended operations
-//! answer repeated ids without acting; an operation with no `end` was cut off
-//! by a crash and is finished or undone by `recover`.
+//! Each operation writes `begin` (with its `Intent`: the request and what it
+//! found, e.g. the release that was current), a `phase` at every step
+//! boundary, and `end` with the result. On start the agent replays the file:
+//! ended operations answer repeated ids without acting; an operation with no
+//! `end` was cut off by a crash and is finished or undone by `recover`.
 //!
-//! A crash can tear the last record only (each record is fsynced before
+//! Entries are the agent's own types (`kind`, `rollgate::outcome`), each
+//! line stamped with the format version `v`. One thread owns the file
+//! (`rollgate::journal_writer`): appends never fsync on the runtime's thread.
+//!
+//! A crash can tear the last record only (each record is durable before
 //! the next is written): an unreadable last line is cut off on open, so the
 //! file is always whole lines. An unreadable record with records after it is
 //! not a torn write but damage: cutting there would forget operations that
@@ -16,20 +20,29 @@
 //! agent does not start until an operator has looked.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::fs::OpenOptions;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
 
-use rollgate::pb;
+use rollgate::journal_writer::Writer;
+use rollgate::outcome::StepResult;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::kind::{Intent, Phase, StepKind};
+
+/// The format this build writes and reads.
+pub const FORMAT: u32 = 1;
 
 /// Ended operations kept when the journal is compacted on start.
 const KEEP_ENDED: usize = 2048;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    /// The journal format (`FORMAT`).
+    pub v: u32,
     pub op: String,
-    pub kind: String,
+    pub kind: StepKind,
     pub at_ms: i64,
     #[serde(flatten)]
     pub event: Event,
@@ -38,58 +51,46 @@ pub struct Entry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// The operation starts (again, after a crash: `attempt` > 1).
+    /// The operation starts (again, after a crash: `attempt` > 1, and the
+    /// intent is the first attempt's).
     Begin {
         attempt: u32,
-        detail: serde_json::Value,
+        intent: Option<Intent>,
     },
-    /// A step boundary was passed.
+    /// A step boundary was passed; `detail` is for people reading the file.
     Phase {
-        phase: String,
+        phase: Phase,
         #[serde(default)]
         detail: serde_json::Value,
     },
     /// The operation ended with this result.
-    End { result: pb::OperationResult },
+    End { result: StepResult },
 }
 
 /// Everything the journal says about one operation.
 #[derive(Debug, Clone)]
 pub struct OpState {
     pub op: String,
-    pub kind: String,
+    pub kind: StepKind,
     pub started_ms: i64,
     pub finished_ms: i64,
     pub attempts: u32,
-    pub begin: serde_json::Value,
-    pub phases: Vec<(String, serde_json::Value)>,
-    pub result: Option<pb::OperationResult>,
+    pub intent: Option<Intent>,
+    pub phases: Vec<(Phase, serde_json::Value)>,
+    pub result: Option<StepResult>,
     /// Order of first appearance, for listing oldest first.
     pub seq: u64,
 }
 
 impl OpState {
-    pub fn passed(&self, phase: &str) -> bool {
-        self.phases.iter().any(|(p, _)| p == phase)
+    #[cfg(test)]
+    pub fn passed(&self, phase: Phase) -> bool {
+        self.phases.iter().any(|(p, _)| *p == phase)
     }
 
-    pub fn record(&self) -> pb::OperationRecord {
-        let status = match &self.result {
-            None => pb::OperationStatus::Running,
-            Some(r) => match r.outcome {
-                Some(pb::operation_result::Outcome::Success(_)) => pb::OperationStatus::Succeeded,
-                _ => pb::OperationStatus::Failed,
-            },
-        };
-        pb::OperationRecord {
-            operation_id: self.op.clone(),
-            kind: self.kind.clone(),
-            status: status as i32,
-            result: self.result.clone(),
-            started_at_unix_ms: self.started_ms,
-            finished_at_unix_ms: self.finished_ms,
-            attempts: self.attempts,
-        }
+    /// The phases passed, in order.
+    pub fn passed_phases(&self) -> Vec<Phase> {
+        self.phases.iter().map(|(p, _)| *p).collect()
     }
 }
 
@@ -112,8 +113,7 @@ pub enum JournalError {
 
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    writer: Writer,
 }
 
 impl Journal {
@@ -121,109 +121,128 @@ impl Journal {
     /// it. Damage anywhere else is an error and nothing is changed.
     pub fn open(state_dir: &Path) -> Result<(Journal, BTreeMap<String, OpState>), JournalError> {
         let path = state_dir.join("journal");
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)?;
-        let mut ops = BTreeMap::new();
-        let mut seq = 0u64;
-        let mut good_len = 0u64;
-        // Bytes, not text: a torn or damaged record may not be UTF-8.
-        let mut reader = BufReader::new(&file);
-        let mut lines: Vec<Vec<u8>> = Vec::new();
-        loop {
-            let mut line = Vec::new();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                break;
-            }
-            lines.push(line);
-        }
-        drop(reader);
-        let count = lines.len();
-        for (i, line) in lines.iter().enumerate() {
-            let last = i + 1 == count;
-            let parsed = if line.ends_with(b"\n") {
-                serde_json::from_slice::<Entry>(&line[..line.len() - 1]).map_err(|e| e.to_string())
-            } else {
-                Err("no end of line".to_string())
-            };
-            match parsed {
-                Ok(e) => {
-                    apply(&mut ops, e, &mut seq);
-                    good_len += line.len() as u64;
-                }
-                Err(why) if last => {
-                    tracing::warn!(journal = %path.display(), bytes = line.len(), %why, "cutting a torn last journal record");
-                }
-                Err(why) => {
-                    return Err(JournalError::Corrupt {
-                        path: path.display().to_string(),
-                        line: i + 1,
-                        offset: good_len,
-                        why,
-                        after: count - i - 1,
-                    });
-                }
-            }
-        }
+        let (mut ops, good_len) = replay(&path, &file)?;
         if file.metadata()?.len() != good_len {
             file.set_len(good_len)?;
             file.sync_all()?;
         }
-        file.seek(io::SeekFrom::End(0))?;
-        let mut j = Journal { path, file };
-        j.compact(&mut ops)?;
-        Ok((j, ops))
+        let compacted = compact(&path, &mut ops)?;
+        let file = if compacted {
+            OpenOptions::new().append(true).open(&path)?
+        } else {
+            file
+        };
+        let writer = Writer::start(file, "agent-journal")?;
+        Ok((Journal { writer }, ops))
     }
 
-    /// Appends an entry and fsyncs it.
-    pub fn append(&mut self, e: &Entry) -> io::Result<()> {
-        let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
-        line.push(b'\n');
-        let len = self.file.metadata()?.len();
-        let r = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data());
-        if r.is_err() {
-            // Never leave half a line: the next entry would be glued to it
-            // and replay would cut everything after.
-            let _ = self.file.set_len(len);
-        }
-        r
+    /// Queues an entry for the disk; the receiver says when it is durable.
+    /// The caller waits for that before acting on it.
+    pub fn submit(&self, e: &Entry) -> io::Result<oneshot::Receiver<io::Result<()>>> {
+        Ok(self.writer.submit(line_of(e)?))
     }
+}
 
-    /// Rewrites the journal without the oldest ended operations once it holds
-    /// many; running ones are always kept.
-    fn compact(&mut self, ops: &mut BTreeMap<String, OpState>) -> io::Result<()> {
-        let ended = ops.values().filter(|o| o.result.is_some()).count();
-        if ended <= KEEP_ENDED * 2 {
-            return Ok(());
+fn line_of(e: &Entry) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(e).map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The operations of a journal file, and the length of its whole records.
+fn replay(
+    path: &Path,
+    file: &std::fs::File,
+) -> Result<(BTreeMap<String, OpState>, u64), JournalError> {
+    let mut ops = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut good_len = 0u64;
+    // Bytes, not text: a torn or damaged record may not be UTF-8.
+    let mut reader = BufReader::new(file);
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
         }
-        let mut by_age: Vec<(u64, String)> = ops
-            .values()
-            .filter(|o| o.result.is_some())
-            .map(|o| (o.seq, o.op.clone()))
-            .collect();
-        by_age.sort();
-        for (_, op) in by_age.iter().take(ended - KEEP_ENDED) {
-            ops.remove(op);
-        }
-        let mut text = Vec::new();
-        let mut ordered: Vec<&OpState> = ops.values().collect();
-        ordered.sort_by_key(|o| o.seq);
-        for o in ordered {
-            for e in entries_of(o) {
-                text.extend(serde_json::to_vec(&e).map_err(io::Error::other)?);
-                text.push(b'\n');
+        lines.push(line);
+    }
+    let count = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        let parsed = match line.strip_suffix(b"\n") {
+            Some(body) => parse(body),
+            None => Err("no end of line".to_string()),
+        };
+        match parsed {
+            Ok(e) => {
+                apply(&mut ops, e, &mut seq);
+                good_len += line.len() as u64;
+            }
+            Err(why) if i + 1 == count => {
+                tracing::warn!(journal = %path.display(), bytes = line.len(), %why, "cutting a torn last journal record");
+            }
+            Err(why) => {
+                return Err(JournalError::Corrupt {
+                    path: path.display().to_string(),
+                    line: i + 1,
+                    offset: good_len,
+                    why,
+                    after: count - i - 1,
+                });
             }
         }
-        rollgate::fsx::write_atomic(&self.path, &text)?;
-        self.file = OpenOptions::new().append(true).open(&self.path)?;
-        tracing::info!(kept = ops.len(), "journal compacted");
-        Ok(())
     }
+    Ok((ops, good_len))
+}
+
+/// One whole line: an entry of the format this build reads.
+fn parse(body: &[u8]) -> Result<Entry, String> {
+    #[derive(Deserialize)]
+    struct Stamp {
+        v: u32,
+    }
+    let stamp: Stamp = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if stamp.v != FORMAT {
+        return Err(format!(
+            "journal format {} (this agent reads {FORMAT})",
+            stamp.v
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// Rewrites the journal without the oldest ended operations once it holds
+/// many; running ones are always kept. True when it rewrote the file.
+fn compact(path: &Path, ops: &mut BTreeMap<String, OpState>) -> io::Result<bool> {
+    let ended = ops.values().filter(|o| o.result.is_some()).count();
+    if ended <= KEEP_ENDED * 2 {
+        return Ok(false);
+    }
+    let mut by_age: Vec<(u64, String)> = ops
+        .values()
+        .filter(|o| o.result.is_some())
+        .map(|o| (o.seq, o.op.clone()))
+        .collect();
+    by_age.sort();
+    for (_, op) in by_age.iter().take(ended - KEEP_ENDED) {
+        ops.remove(op);
+    }
+    let mut text = Vec::new();
+    let mut ordered: Vec<&OpState> = ops.values().collect();
+    ordered.sort_by_key(|o| o.seq);
+    for o in ordered {
+        for e in entries_of(o) {
+            text.extend(line_of(&e)?);
+        }
+    }
+    rollgate::fsx::write_atomic(path, &text)?;
+    tracing::info!(kept = ops.len(), "journal compacted");
+    Ok(true)
 }
 
 /// Folds one entry into the operation map.
@@ -232,21 +251,21 @@ pub fn apply(ops: &mut BTreeMap<String, OpState>, e: Entry, seq: &mut u64) {
         *seq += 1;
         OpState {
             op: e.op.clone(),
-            kind: e.kind.clone(),
+            kind: e.kind,
             started_ms: e.at_ms,
             finished_ms: 0,
             attempts: 0,
-            begin: serde_json::Value::Null,
+            intent: None,
             phases: Vec::new(),
             result: None,
             seq: *seq,
         }
     });
     match e.event {
-        Event::Begin { attempt, detail } => {
+        Event::Begin { attempt, intent } => {
             st.attempts = attempt;
-            if attempt <= 1 {
-                st.begin = detail;
+            if st.intent.is_none() {
+                st.intent = intent;
             }
         }
         Event::Phase { phase, detail } => st.phases.push((phase, detail)),
@@ -260,24 +279,19 @@ pub fn apply(ops: &mut BTreeMap<String, OpState>, e: Entry, seq: &mut u64) {
 /// The entries that reproduce an operation's state (for compaction).
 fn entries_of(o: &OpState) -> Vec<Entry> {
     let mk = |event| Entry {
+        v: FORMAT,
         op: o.op.clone(),
-        kind: o.kind.clone(),
+        kind: o.kind,
         at_ms: o.started_ms,
         event,
     };
     let mut v = vec![mk(Event::Begin {
-        attempt: 1,
-        detail: o.begin.clone(),
+        attempt: o.attempts.max(1),
+        intent: o.intent.clone(),
     })];
-    if o.attempts > 1 {
-        v.push(mk(Event::Begin {
-            attempt: o.attempts,
-            detail: serde_json::Value::Null,
-        }));
-    }
     v.extend(o.phases.iter().map(|(p, d)| {
         mk(Event::Phase {
-            phase: p.clone(),
+            phase: *p,
             detail: d.clone(),
         })
     }));
@@ -293,76 +307,73 @@ fn entries_of(o: &OpState) -> Vec<Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rollgate::outcome::StepOutput;
 
     fn entry(op: &str, event: Event) -> Entry {
         Entry {
+            v: FORMAT,
             op: op.into(),
-            kind: "install".into(),
+            kind: StepKind::Install,
             at_ms: 1,
             event,
         }
     }
 
-    #[test]
-    fn replays_and_cuts_a_torn_tail() {
+    fn begin(attempt: u32) -> Event {
+        Event::Begin {
+            attempt,
+            intent: Some(Intent::Undrain),
+        }
+    }
+
+    fn end() -> Event {
+        Event::End {
+            result: Ok(StepOutput::Undrain),
+        }
+    }
+
+    async fn write(j: &Journal, e: Entry) {
+        j.submit(&e).unwrap().await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn replays_and_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut j, ops) = Journal::open(dir.path()).unwrap();
+            let (j, ops) = Journal::open(dir.path()).unwrap();
             assert!(ops.is_empty());
-            j.append(&entry(
-                "a",
-                Event::Begin {
-                    attempt: 1,
-                    detail: serde_json::json!({"to": "3.4.0"}),
-                },
-            ))
-            .unwrap();
-            j.append(&entry(
-                "a",
-                Event::Phase {
-                    phase: "switched".into(),
-                    detail: serde_json::Value::Null,
-                },
-            ))
-            .unwrap();
-            j.append(&entry(
-                "a",
-                Event::End {
-                    result: pb::OperationResult::default(),
-                },
-            ))
-            .unwrap();
-            j.append(&entry(
-                "b",
-                Event::Begin {
-                    attempt: 1,
-                    detail: serde_json::Value::Null,
-                },
-            ))
-            .unwrap();
+            write(&j, entry("a", begin(1))).await;
+            write(
+                &j,
+                entry(
+                    "a",
+                    Event::Phase {
+                        phase: Phase::Switched,
+                        detail: serde_json::Value::Null,
+                    },
+                ),
+            )
+            .await;
+            write(&j, entry("a", end())).await;
+            write(&j, entry("b", begin(1))).await;
         }
         // A crash mid-write leaves half a line.
         let p = dir.path().join("journal");
-        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
-        f.write_all(b"{\"op\":\"b\",\"kind\":\"ins").unwrap();
-        drop(f);
+        let mut text = std::fs::read(&p).unwrap();
+        text.extend_from_slice(b"{\"v\":1,\"op\":\"b\",\"kind\":\"ins");
+        std::fs::write(&p, &text).unwrap();
 
-        let (mut j, ops) = Journal::open(dir.path()).unwrap();
+        let (j, ops) = Journal::open(dir.path()).unwrap();
         assert!(ops["a"].result.is_some());
-        assert!(ops["a"].passed("switched"));
-        assert_eq!(ops["a"].begin["to"], "3.4.0");
+        assert!(ops["a"].passed(Phase::Switched));
+        assert_eq!(ops["a"].intent, Some(Intent::Undrain));
         assert!(
             ops["b"].result.is_none(),
             "b was cut off: it is still running"
         );
         assert!(std::fs::read_to_string(&p).unwrap().ends_with('\n'));
-        j.append(&entry(
-            "b",
-            Event::End {
-                result: pb::OperationResult::default(),
-            },
-        ))
-        .unwrap();
+        write(&j, entry("b", end())).await;
+        drop(j);
         let (_, ops) = Journal::open(dir.path()).unwrap();
         assert!(
             ops["b"].result.is_some(),
@@ -370,27 +381,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_damaged_record_before_the_last_stops_the_open_and_changes_nothing() {
+    #[tokio::test]
+    async fn a_damaged_record_before_the_last_stops_the_open_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            let (j, _) = Journal::open(dir.path()).unwrap();
             for op in ["a", "b"] {
-                j.append(&entry(
-                    op,
-                    Event::Begin {
-                        attempt: 1,
-                        detail: serde_json::Value::Null,
-                    },
-                ))
-                .unwrap();
-                j.append(&entry(
-                    op,
-                    Event::End {
-                        result: pb::OperationResult::default(),
-                    },
-                ))
-                .unwrap();
+                write(&j, entry(op, begin(1))).await;
+                write(&j, entry(op, end())).await;
             }
         }
         let p = dir.path().join("journal");
@@ -414,6 +412,11 @@ mod tests {
             Journal::open(dir.path()),
             Err(JournalError::Corrupt { line: 1, .. })
         ));
+        // A record of another format in the middle is refused, not guessed at.
+        let other = text.replacen("\"v\":1", "\"v\":9", 1);
+        std::fs::write(&p, &other).unwrap();
+        let e = Journal::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("format 9"), "{e}");
         // The same bad line last: a torn write, cut, the rest kept.
         std::fs::write(&p, format!("{text}garbage\n")).unwrap();
         let (_, ops) = Journal::open(dir.path()).unwrap();
@@ -421,37 +424,19 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
     }
 
-    #[test]
-    fn compaction_keeps_running_and_recent_operations() {
+    #[tokio::test]
+    async fn compaction_keeps_running_and_recent_operations() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (mut j, _) = Journal::open(dir.path()).unwrap();
-            j.append(&entry(
-                "running",
-                Event::Begin {
-                    attempt: 1,
-                    detail: serde_json::Value::Null,
-                },
-            ))
-            .unwrap();
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            write(&j, entry("running", begin(1))).await;
+            let mut last = None;
             for i in 0..(KEEP_ENDED * 2 + 10) {
                 let op = format!("op-{i}");
-                j.append(&entry(
-                    &op,
-                    Event::Begin {
-                        attempt: 1,
-                        detail: serde_json::Value::Null,
-                    },
-                ))
-                .unwrap();
-                j.append(&entry(
-                    &op,
-                    Event::End {
-                        result: pb::OperationResult::default(),
-                    },
-                ))
-                .unwrap();
+                drop(j.submit(&entry(&op, begin(1))).unwrap());
+                last = Some(j.submit(&entry(&op, end())).unwrap());
             }
+            last.unwrap().await.unwrap().unwrap();
         }
         let (_, ops) = Journal::open(dir.path()).unwrap();
         assert_eq!(ops.len(), KEEP_ENDED + 1);
@@ -464,5 +449,47 @@ mod tests {
             ops.len(),
             "the compacted file replays the same"
         );
+    }
+
+    /// A journal of this format, committed: a later change to the entry
+    /// types must still read it, or recovery after an upgrade of the agent
+    /// would misread the steps it must finish.
+    #[test]
+    fn the_committed_format_1_fixture_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/agent-journal-v1.jsonl"
+            ),
+            dir.path().join("journal"),
+        )
+        .unwrap();
+        let (_, ops) = Journal::open(dir.path()).unwrap();
+        let install = &ops["r-20261130T105553Z-1a2b/dp-1/install-3.4.0"];
+        assert_eq!(install.kind, StepKind::Install);
+        assert!(install.passed(Phase::Switched) && !install.passed(Phase::Gated));
+        assert!(install.result.is_none(), "cut off: recovery finishes it");
+        match &install.intent {
+            Some(Intent::Install(p)) => {
+                assert_eq!(p.target.to_string(), "3.4.0");
+                assert_eq!(
+                    p.previous.as_ref().map(ToString::to_string).as_deref(),
+                    Some("3.3.0")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let drain = &ops["r-20261130T105553Z-1a2b/dp-1/drain-3.4.0"];
+        assert!(matches!(
+            &drain.result,
+            Some(Ok(StepOutput::Drain(d))) if d.lb_acknowledged
+        ));
+        let stage = &ops["r-20261130T105553Z-1a2b/dp-1/stage-3.4.0"];
+        assert!(
+            matches!(&stage.result, Some(Err(f)) if f.code == rollgate::outcome::FailureCode::ChecksumMismatch)
+        );
+        let stage2 = &ops["r-20261130T105553Z-1a2b/dp-1/stage-3.4.0.2"];
+        assert!(matches!(&stage2.result, Some(Ok(StepOutput::Stage(_)))));
     }
 }

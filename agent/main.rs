@@ -2,23 +2,27 @@
 //! out the coordinator's steps with commands named only in its own config.
 #![forbid(unsafe_code)]
 
+// Leaves: they know nothing above them.
 mod command;
 mod config;
 mod drain_state;
 mod facts;
 mod failpoint;
 mod health;
-mod install_root;
+mod install;
 mod journal;
+mod kind;
 mod netstat;
-mod ops;
 mod plugins;
 mod procfs;
-mod recover;
-mod server;
 mod service;
+// The operation layer, the agent's state, the steps.
+mod op;
 mod state;
 mod steps;
+// The edges: the gRPC service and crash recovery.
+mod recover;
+mod rpc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +103,7 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     let allow = AllowList::new(config.tls.allowed_clients.clone());
     let name = config.agent.name.clone();
     let role = config.agent.role;
+    let method = config.install.method.name();
     std::fs::create_dir_all(&config.agent.state_dir).with_context(|| {
         format!(
             "cannot create state dir {}",
@@ -116,14 +121,14 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
-        .set_serving::<AgentServer<server::AgentService>>()
+        .set_serving::<AgentServer<rpc::AgentService>>()
         .await;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
-    let agent = AgentServer::new(server::AgentService::new(state.clone()));
+    let agent = AgentServer::new(rpc::AgentService::new(state.clone()));
     let check = allow.clone();
     let router = Server::builder()
         // A coordinator that vanishes without closing (a partition, not a
@@ -137,7 +142,7 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
         }))
         .add_service(InterceptedService::new(agent, move |r| check.check(r)));
 
-    tracing::info!(host = %name, %role, addr = %bound, config = %path.display(), version = rollgate::VERSION, "agent serving");
+    tracing::info!(host = %name, %role, addr = %bound, install = method, config = %path.display(), version = rollgate::VERSION, "agent serving");
     // Finish or undo what a crash cut off, then make sure the gateway runs;
     // in the background, so a coordinator can follow the recovery.
     tokio::spawn(recover::run(state).instrument(tracing::info_span!("recover")));

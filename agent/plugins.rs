@@ -3,15 +3,23 @@
 
 use std::path::Path;
 
-use rollgate::pb;
 use sha2::{Digest, Sha256};
 
 /// More files than this in plugin dirs is not a plugin dir; stop there.
 const MAX_FILES: usize = 2000;
 
+/// A file in a custom plugin directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFile {
+    /// Relative to the release directory.
+    pub path: String,
+    /// Lower-case hex SHA-256 of its content.
+    pub sha256: String,
+}
+
 /// Hashes every regular file under `release_dir/<dir>` for each dir, paths
 /// relative to the release directory, sorted.
-pub fn list(release_dir: &Path, dirs: &[std::path::PathBuf]) -> Vec<pb::PluginFile> {
+pub fn list(release_dir: &Path, dirs: &[std::path::PathBuf]) -> Vec<PluginFile> {
     let mut out = Vec::new();
     for d in dirs {
         walk(release_dir, &release_dir.join(d), &mut out);
@@ -20,7 +28,7 @@ pub fn list(release_dir: &Path, dirs: &[std::path::PathBuf]) -> Vec<pb::PluginFi
     out
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::PluginFile>) {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PluginFile>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -36,7 +44,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::PluginFile>) {
         } else if t.is_file()
             && let Ok(data) = std::fs::read(&p)
         {
-            out.push(pb::PluginFile {
+            out.push(PluginFile {
                 path: p
                     .strip_prefix(root)
                     .unwrap_or(&p)

@@ -2,19 +2,19 @@
 
 use std::sync::Arc;
 
-use crate::config::AgentConfig;
+use crate::config::Config;
 use crate::drain_state::DrainCtl;
 use crate::facts::FactSource;
 use crate::health::Prober;
-use crate::install_root::InstallRoot;
+use crate::install::Installer;
 use crate::journal::{Journal, JournalError};
-use crate::ops::Ops;
+use crate::op::Ops;
 use crate::service::Service;
 
 #[derive(Debug)]
 pub struct AgentState {
-    pub config: AgentConfig,
-    pub root: InstallRoot,
+    pub config: Config,
+    pub installer: Installer,
     pub service: Service,
     pub prober: Prober,
     pub facts: FactSource,
@@ -40,11 +40,11 @@ impl OpenError {
 
 impl AgentState {
     /// Opens the journal and the saved drain state in the (existing) state dir.
-    pub fn open(config: AgentConfig) -> Result<Self, OpenError> {
+    pub fn open(config: Config) -> Result<Self, OpenError> {
         let prober = Prober::new(&config.health).map_err(|e| OpenError::Probe(e.to_string()))?;
         let (journal, states) = Journal::open(&config.agent.state_dir)?;
         Ok(AgentState {
-            root: InstallRoot::new(config.gateway.install_root.clone()),
+            installer: Installer::from_config(&config),
             service: Service::from_config(&config),
             prober,
             facts: FactSource::new(),

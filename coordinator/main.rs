@@ -13,7 +13,6 @@ mod output;
 mod planner;
 mod report;
 mod rollout;
-mod status;
 
 use std::process::ExitCode;
 
@@ -21,9 +20,8 @@ use rollgate::exit;
 
 use crate::cli::{CertsCommand, Cli, Command};
 use crate::inventory::Inventory;
-use crate::output::{Output, print_json, print_table, yes_no};
 
-/// How a command ended, mapped to the exit codes of DESIGN.md.
+/// How a command ended, mapped to the exit codes (`rollgate::exit`).
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// Bad usage or configuration; nothing changed (64).
@@ -75,84 +73,9 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Certs(CertsCommand::Init(a)) => {
-            let clients = if a.clients.is_empty() && !a.dir.join("ca.pem").exists() {
-                vec![certs::DEFAULT_CLIENT.to_string()]
-            } else {
-                a.clients
-            };
-            let w = certs::init(&a.dir, &clients, &a.agents, a.force, a.valid_days).map_err(
-                |e| match e {
-                    certs::CertsError::Rcgen(_) => Failure::Failed(e.to_string()),
-                    _ => Failure::Usage(e.to_string()),
-                },
-            )?;
-            match a.output {
-                Output::Json => print_json(&w),
-                Output::Text => {
-                    if w.ca_reused {
-                        println!("using the existing CA in {}", w.dir.display());
-                    }
-                    for f in &w.files {
-                        println!("wrote {}", f.display());
-                    }
-                    println!(
-                        "next: on each host put ca.pem, <host>.pem and <host>.key in /etc/rollgate/ \
-                         (see deploy/agent.toml); the inventory's [tls] names ca.pem and the client's .pem/.key"
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Status(a) => {
-            let inv = load_inventory(&a.inventory)?;
-            let rows = status::collect(&inv).await;
-            match a.output {
-                Output::Json => print_json(&serde_json::json!({ "hosts": rows })),
-                Output::Text => print_table(
-                    &[
-                        "HOST",
-                        "ROLE",
-                        "VERSION",
-                        "HEALTHY",
-                        "LOAD BALANCER",
-                        "COMPATIBLE",
-                        "REACHABLE",
-                        "NOTE",
-                    ],
-                    &rows
-                        .iter()
-                        .map(|r| {
-                            vec![
-                                r.name.clone(),
-                                r.role.to_string(),
-                                r.version.clone().unwrap_or_else(|| "-".into()),
-                                yes_no(r.healthy),
-                                r.load_balancer
-                                    .map_or_else(|| "-".into(), |l| l.to_string()),
-                                yes_no(r.compatible),
-                                yes_no(Some(r.reachable)),
-                                r.error
-                                    .clone()
-                                    .or_else(|| r.reason.clone())
-                                    .unwrap_or_default(),
-                            ]
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            }
-            let down: Vec<&str> = rows
-                .iter()
-                .filter(|r| !r.reachable)
-                .map(|r| r.name.as_str())
-                .collect();
-            if down.is_empty() {
-                Ok(())
-            } else {
-                Err(Failure::Failed(format!("unreachable: {}", down.join(", "))))
-            }
-        }
-        Command::Plan(a) => plan(a).await,
+        Command::Certs(CertsCommand::Init(a)) => cmd::certs::init(a),
+        Command::Status(a) => cmd::status::run(a).await,
+        Command::Plan(a) => cmd::plan::run(a).await,
         Command::Upgrade(a) => {
             let inv = load_inventory(&a.plan.inv.inventory)?;
             let args = cmd::upgrade::UpgradeArgs {
@@ -207,28 +130,7 @@ async fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-async fn plan(a: cli::PlanArgs) -> Result<(), Failure> {
-    let inv = load_inventory(&a.inv.inventory)?;
-    let catalog = rollgate::catalog::Catalog::load(&a.catalog)
-        .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
-    cmd::upgrade::in_catalog(&catalog, &a.to)?;
-    cmd::upgrade::verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
-    let r = cmd::plan::plan(&inv, &catalog, &a.to).await;
-    cmd::upgrade::verify_artifacts(&catalog, &r.hop_versions)?;
-    match a.inv.output {
-        Output::Json => print_json(&r),
-        Output::Text => cmd::plan::print_text(&r),
-    }
-    if r.runnable {
-        Ok(())
-    } else {
-        Err(Failure::Blocked(format!(
-            "the plan is blocked: {}",
-            r.blocked.join("; ")
-        )))
-    }
-}
-
-fn load_inventory(path: &std::path::Path) -> Result<Inventory, Failure> {
+/// Reads the inventory; a bad one is a usage error (64).
+pub fn load_inventory(path: &std::path::Path) -> Result<Inventory, Failure> {
     Inventory::load(path).map_err(|e| Failure::Usage(format!("bad inventory: {e}")))
 }

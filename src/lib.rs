@@ -10,13 +10,16 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod compat;
 pub mod convert;
 pub mod exit;
 pub mod fingerprint;
 pub mod fsx;
 pub mod ids;
+pub mod journal_writer;
 pub mod lb;
+pub mod outcome;
 pub mod pb;
 pub mod role;
 pub mod shutdown;

@@ -13,7 +13,6 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::ProcessStatus;
-use crate::config::AgentConfig;
 use crate::procfs;
 
 #[derive(Debug)]
@@ -50,12 +49,12 @@ impl PidRecord {
 }
 
 impl ExecService {
-    pub fn new(config: &AgentConfig) -> Self {
+    pub fn new(state_dir: &Path, command: Vec<String>, env: BTreeMap<String, String>) -> Self {
         ExecService {
-            pid_file: super::pid_file(&config.agent.state_dir),
-            log_file: config.agent.state_dir.join("gateway.log"),
-            command: config.service.command.clone(),
-            env: config.service.env.clone(),
+            pid_file: super::pid_file(state_dir),
+            log_file: state_dir.join("gateway.log"),
+            command,
+            env,
         }
     }
 
@@ -81,12 +80,13 @@ impl ExecService {
     /// The program to run for a release: a relative first element of the
     /// command is a path inside the release directory.
     pub fn program(&self, release_dir: &Path) -> PathBuf {
-        let p = Path::new(&self.command[0]);
-        if p.is_relative() {
-            release_dir.join(p)
-        } else {
-            p.to_path_buf()
-        }
+        release_dir.join(&self.command[0])
+    }
+
+    /// The program's path inside a release, when the command names one
+    /// there (a relative first element): every release must contain it.
+    pub fn program_in_release(&self) -> Option<&Path> {
+        Some(Path::new(&self.command[0])).filter(|p| p.is_relative())
     }
 
     /// Starts the gateway from `release_dir` in its own process group and

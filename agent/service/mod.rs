@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::config::{AgentConfig, ManagerKind};
+use crate::config::{Config, Manager};
 
 /// What the service manager says about the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,21 +39,17 @@ pub enum Service {
 }
 
 impl Service {
-    pub fn from_config(config: &AgentConfig) -> Self {
-        let s = &config.service;
-        match s.manager {
-            ManagerKind::Exec => Service::Exec(exec::ExecService::new(config)),
-            ManagerKind::Systemd => Service::Systemd(systemd::SystemdService::new(
-                s.systemctl.clone(),
-                s.unit.clone().unwrap_or_default(),
+    pub fn from_config(config: &Config) -> Self {
+        match &config.service.manager {
+            Manager::Exec { command, env } => Service::Exec(exec::ExecService::new(
+                &config.agent.state_dir,
+                command.clone(),
+                env.clone(),
             )),
-        }
-    }
-
-    pub fn kind(&self) -> ManagerKind {
-        match self {
-            Service::Exec(_) => ManagerKind::Exec,
-            Service::Systemd(_) => ManagerKind::Systemd,
+            Manager::Systemd { unit, systemctl } => Service::Systemd(systemd::SystemdService::new(
+                systemctl.clone(),
+                unit.clone(),
+            )),
         }
     }
 

@@ -15,25 +15,26 @@
 
 use std::path::{Path, PathBuf};
 
-use rollgate::pb;
+use rollgate::outcome::{BackupFile, BackupTaken, StepOutput};
 
+use super::StepRun;
 use super::pg::{self, DUMP_FILE, EXPORT_FILE, FINGERPRINT_FILE, MANIFEST_FILE};
-use super::{StepError, StepResult, phase};
-use crate::ops::OpCtx;
+use crate::kind::Phase;
+use crate::op::{OpCtx, StepError};
 use crate::state::AgentState;
 
-pub async fn backup(state: &AgentState, ctx: &OpCtx, id: &str) -> StepResult {
+pub async fn backup(state: &AgentState, ctx: &OpCtx, id: &str) -> StepRun {
     rollgate::ids::check_backup_id(id).map_err(StepError::invalid)?;
     let cfg = pg::config(state)?;
     let final_dir = pg::backup_dir(cfg, id);
     if final_dir.join(MANIFEST_FILE).is_file() {
         // Taken before under the same id: verify and hand it back.
         let files = pg::check_backup(state, id).await?;
-        return Ok(pb::success::Detail::Backup(pb::BackupResult {
+        return Ok(StepOutput::Backup(BackupTaken {
             backup_id: id.into(),
             dir: final_dir.display().to_string(),
             files,
-            fingerprint: Some(pg::recorded_fingerprint(cfg, id)?),
+            fingerprint: pg::recorded_fingerprint(cfg, id)?,
         }));
     }
     let partial = partial_dir(&cfg.dir, id);
@@ -54,19 +55,19 @@ async fn build(
     id: &str,
     partial: &Path,
     final_dir: &Path,
-) -> StepResult {
+) -> StepRun {
     let cfg = pg::config(state)?;
     ctx.progress("fingerprint", "reading the database's write counters", 0, 0);
     let (fp, export) = pg::fingerprint(cfg).await?;
-    phase(
-        ctx,
-        "fingerprinted",
+    ctx.phase(
+        Phase::Fingerprinted,
         serde_json::json!({ "tables": fp.tables.len() }),
-    )?;
+    )
+    .await?;
 
     ctx.progress("pg_dump", "dumping the database", 0, 0);
     pg::dump(cfg, &partial.join(DUMP_FILE)).await?;
-    phase(ctx, "dumped", serde_json::Value::Null)?;
+    ctx.phase(Phase::Dumped, serde_json::Value::Null).await?;
 
     let write = |name: &str, data: &[u8]| {
         rollgate::fsx::write_atomic(&partial.join(name), data)
@@ -108,7 +109,8 @@ async fn build(
                 final_dir.display()
             ))
         })?;
-    phase(ctx, "published", serde_json::json!({ "dir": final_dir }))?;
+    ctx.phase(Phase::Published, serde_json::json!({ "dir": final_dir }))
+        .await?;
     prune(&cfg.dir, cfg.keep, id);
     ctx.progress(
         "done",
@@ -116,11 +118,11 @@ async fn build(
         0,
         0,
     );
-    Ok(pb::success::Detail::Backup(pb::BackupResult {
+    Ok(StepOutput::Backup(BackupTaken {
         backup_id: id.into(),
         dir: final_dir.display().to_string(),
         files,
-        fingerprint: Some(fp),
+        fingerprint: fp,
     }))
 }
 
@@ -154,14 +156,14 @@ pub fn clean_partials(state: &AgentState) {
 }
 
 /// sha256 and size of every file under `dir`, sorted by path.
-fn manifest_of(dir: &Path) -> std::io::Result<Vec<pb::BackupFile>> {
+fn manifest_of(dir: &Path) -> std::io::Result<Vec<BackupFile>> {
     let mut out = Vec::new();
     walk(dir, dir, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::BackupFile>) -> std::io::Result<()> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<BackupFile>) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let p = e.path();
@@ -178,7 +180,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<pb::BackupFile>) -> std::io::Resu
             continue;
         }
         let (size, sha256) = pg::hash_file(&p)?;
-        out.push(pb::BackupFile {
+        out.push(BackupFile {
             path: rel,
             size,
             sha256,

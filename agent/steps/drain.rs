@@ -4,13 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use rollgate::pb;
+use rollgate::outcome::{Drained, StepOutput};
 
-use super::{StepError, StepResult, phase};
+use super::StepRun;
 use crate::command;
 use crate::drain_state::Drain;
+use crate::kind::Phase;
 use crate::netstat;
-use crate::ops::OpCtx;
+use crate::op::{OpCtx, StepError};
 use crate::state::AgentState;
 
 /// How long to wait for the load balancer to ask agent-check after a change.
@@ -18,7 +19,7 @@ const LB_ACK_WAIT: Duration = Duration::from_secs(10);
 /// How often the connection count is read.
 const POLL: Duration = Duration::from_millis(100);
 
-pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -> StepResult {
+pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -> StepRun {
     let cfg = &state.config.drain;
     if cfg.agent_check_listen.is_none() && cfg.drain_command.is_none() {
         return Err(StepError::precondition(
@@ -29,10 +30,11 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     let start = Instant::now();
     let checks_before = state.drain.checks().borrow().0;
     set(state, Drain::Draining)?;
-    phase(ctx, "marked", serde_json::Value::Null)?;
+    ctx.phase(Phase::Marked, serde_json::Value::Null).await?;
     if let Some(argv) = &cfg.drain_command
         && let Err(e) = command::run_argv(argv, timeout).await
     {
+        let e = StepError::from(e);
         let back = back_in_rotation(state).await;
         let mut detail = e.detail;
         if let Err(b) = &back {
@@ -67,24 +69,24 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
             "connections still open at the drain deadline"
         );
     }
-    phase(
-        ctx,
-        "drained",
+    ctx.phase(
+        Phase::Drained,
         serde_json::json!({ "remaining": remaining }),
-    )?;
-    Ok(pb::success::Detail::Drain(pb::DrainResult {
+    )
+    .await?;
+    Ok(StepOutput::Drain(Drained {
         remaining_connections: remaining as u32,
         lb_acknowledged,
         waited_ms: start.elapsed().as_millis() as u64,
     }))
 }
 
-pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepResult {
+pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepRun {
     let checks_before = state.drain.checks().borrow().0;
     back_in_rotation(state).await?;
-    phase(ctx, "ready", serde_json::Value::Null)?;
+    ctx.phase(Phase::Ready, serde_json::Value::Null).await?;
     wait_lb(state, checks_before, Drain::Ready).await;
-    Ok(pb::success::Detail::Undrain(pb::UndrainResult {}))
+    Ok(StepOutput::Undrain)
 }
 
 /// Established connections on the gateway ports. Reading /proc/net/tcp on a
@@ -103,6 +105,7 @@ pub async fn back_in_rotation(state: &AgentState) -> Result<(), StepError> {
         command::run_argv(argv, state.config.drain.timeout)
             .await
             .map_err(|e| {
+                let e = StepError::from(e);
                 StepError::new(e.code, format!("undrain hook failed: {}", e.message))
                     .detail(e.detail)
             })?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rollgate::version::Version;
 
 use crate::health::Observation;
-use crate::ops::OpCtx;
+use crate::op::OpCtx;
 use crate::service::ProcessStatus;
 use crate::state::AgentState;
 

@@ -1,89 +1,36 @@
-//! Install and Rollback: stop the gateway, switch `current` atomically, start
-//! it, gate on health — and on a failed gate switch back, start the previous
-//! release and check it. Phases journalled: `stopped`, `restored` (Rollback
-//! with a DB restore), `switched`, `started`, `gated`.
+//! Install and Rollback: stop the gateway, switch to the target release
+//! through the install method, start it, gate on health — and on a failed
+//! gate switch back, start the previous release and check it. Phases
+//! journalled: `stopped`, `restored` (Rollback with a DB restore),
+//! `switched`, `started`, `gated`, and `reverting` / `reverted` on the way
+//! back.
 
-use std::path::Path;
 use std::time::Duration;
 
-use rollgate::pb;
+use rollgate::outcome::{FailureCode, Installed, StepOutput};
 use rollgate::version::Version;
-use serde::{Deserialize, Serialize};
 
 use super::gate::{self, GateFailed};
-use super::{StepError, StepResult, pg, phase};
-use crate::config::parse_signal;
-use crate::ops::OpCtx;
+use super::{StepRun, pg};
+use crate::kind::{Phase, StepKind, SwapPlan};
+use crate::op::{OpCtx, StepError};
 use crate::state::AgentState;
 
-/// What an Install or Rollback is about to do; journalled with `begin`, so a
-/// restarted agent knows how to finish or undo it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub previous: Option<Version>,
-    pub target: Version,
-    /// CP rollback: the backup to restore while the gateway is stopped.
-    pub restore: Option<String>,
-    pub min_healthy_ms: u64,
-    pub health_timeout_ms: u64,
-}
-
-impl Plan {
-    pub fn min_healthy(&self) -> Duration {
-        Duration::from_millis(self.min_healthy_ms)
-    }
-
-    pub fn health_timeout(&self) -> Duration {
-        Duration::from_millis(self.health_timeout_ms)
-    }
-}
-
 /// The release that was current before the last successful switch.
-fn previous_file(state: &AgentState) -> std::path::PathBuf {
-    state.config.agent.state_dir.join("previous-release")
-}
-
 pub fn previous_release(state: &AgentState) -> Option<Version> {
-    std::fs::read_to_string(previous_file(state))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-fn remember_previous(state: &AgentState, v: &Version) {
-    if let Err(e) = rollgate::fsx::write_atomic(&previous_file(state), v.to_string().as_bytes()) {
-        tracing::warn!(error = %e, "cannot record the previous release");
-    }
-}
-
-/// Points `current` at `releases/<v>` atomically: a new link under a
-/// temporary name renamed over the old one, then the directory fsynced.
-pub fn switch(root: &Path, v: &Version) -> std::io::Result<()> {
-    let tmp = root.join(".current.tmp");
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::os::unix::fs::symlink(format!("releases/{v}"), &tmp)?;
-    std::fs::rename(&tmp, root.join("current"))?;
-    rollgate::fsx::sync_dir(root)
-}
-
-fn stop_signal(state: &AgentState) -> nix::sys::signal::Signal {
-    parse_signal(&state.config.service.stop_signal).unwrap_or(nix::sys::signal::SIGQUIT)
+    crate::install::previous_release(&state.config.agent.state_dir)
 }
 
 /// Stops the gateway gracefully.
 pub async fn stop(state: &AgentState) -> Result<(), StepError> {
+    let s = &state.config.service;
     state
         .service
-        .stop(stop_signal(state), state.config.service.stop_timeout)
+        .stop(s.stop_signal, s.stop_timeout)
         .await
         .map_err(|e| {
             StepError::new(
-                pb::FailureCode::ServiceFailed,
+                FailureCode::ServiceFailed,
                 format!("cannot stop the gateway: {e}"),
             )
         })
@@ -94,29 +41,34 @@ pub async fn start_current(
     state: &AgentState,
     previous_pid: Option<u32>,
 ) -> Result<u32, StepError> {
-    let Some(v) = state.root.current() else {
+    let Some(v) = state.installer.current() else {
         return Err(StepError::precondition("no release is installed"));
     };
+    let dir = state.installer.release_dir(&v).unwrap_or_default();
     state
         .service
-        .start(
-            &state.root.release_dir(&v),
-            previous_pid,
-            state.config.health.start_timeout,
-        )
+        .start(&dir, previous_pid, state.config.health.start_timeout)
         .await
-        .map_err(|e| {
-            StepError::new(
-                pb::FailureCode::ServiceFailed,
-                format!("cannot start {v}: {e}"),
-            )
-        })
+        .map_err(|e| StepError::new(FailureCode::ServiceFailed, format!("cannot start {v}: {e}")))
+}
+
+/// Switches to `v` through the install method.
+pub fn switch(state: &AgentState, v: &Version) -> Result<(), StepError> {
+    state
+        .installer
+        .switch(v)
+        .map_err(|e| StepError::internal(format!("cannot switch to {v}: {e}")))
 }
 
 /// Runs an Install or Rollback plan from the start.
-pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepResult {
-    let dir = state.root.release_dir(&plan.target);
-    if !dir.join(super::stage::MARKER).is_file() {
+pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
+    if state
+        .installer
+        .marker(&plan.target)
+        .ok()
+        .flatten()
+        .is_none()
+    {
         return Err(StepError::precondition(format!(
             "release {} is not staged on this host",
             plan.target
@@ -129,7 +81,8 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepResult {
     let before_pid = state.service.status().await.pid();
     ctx.progress("stop", "stopping the gateway", 0, 0);
     stop(state).await?;
-    phase(ctx, "stopped", serde_json::json!({ "pid": before_pid }))?;
+    ctx.phase(Phase::Stopped, serde_json::json!({ "pid": before_pid }))
+        .await?;
     if let Some(b) = &plan.restore {
         ctx.progress(
             "restore",
@@ -141,21 +94,23 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepResult {
             let back = start_current(state, None).await;
             return Err(e.reverted(back.is_ok()));
         }
-        phase(ctx, "restored", serde_json::json!({ "backup": b }))?;
+        ctx.phase(Phase::Restored, serde_json::json!({ "backup": b }))
+            .await?;
     }
     if plan.previous.as_ref() != Some(&plan.target) {
-        switch(state.root.path(), &plan.target).map_err(|e| {
-            StepError::internal(format!("cannot switch current to {}: {e}", plan.target))
-        })?;
+        switch(state, &plan.target)?;
     }
-    phase(
-        ctx,
-        "switched",
+    ctx.phase(
+        Phase::Switched,
         serde_json::json!({ "current": plan.target }),
-    )?;
+    )
+    .await?;
     ctx.progress("start", format!("starting {}", plan.target), 0, 0);
     match start_current(state, before_pid).await {
-        Ok(pid) => phase(ctx, "started", serde_json::json!({ "pid": pid }))?,
+        Ok(pid) => {
+            ctx.phase(Phase::Started, serde_json::json!({ "pid": pid }))
+                .await?
+        }
         Err(e) => {
             let reverted = revert(state, ctx, plan).await;
             return Err(StepError::new(e.code, e.message)
@@ -167,7 +122,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepResult {
 }
 
 /// The health gate and what follows it; shared with crash recovery.
-pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepResult {
+pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     match gate::gate(
         state,
         Some(ctx),
@@ -178,28 +133,31 @@ pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepRe
     .await
     {
         Ok(passed) => {
-            phase(ctx, "gated", serde_json::json!({ "pid": passed.pid }))?;
-            if let Some(p) = &plan.previous
-                && *p != plan.target
-            {
-                remember_previous(state, p);
+            ctx.phase(Phase::Gated, serde_json::json!({ "pid": passed.pid }))
+                .await?;
+            let previous = plan.previous.as_ref().filter(|p| **p != plan.target);
+            if let Some(p) = previous {
+                crate::install::remember_previous(&state.config.agent.state_dir, p);
             }
-            prune(state, &plan.target);
+            state
+                .installer
+                .prune(&plan.target, previous_release(state).as_ref())
+                .await;
             let restore = match &plan.restore {
                 Some(b) => Some(pg::compare_export(state, b).await?),
                 None => None,
             };
-            Ok(pb::success::Detail::Install(pb::InstallResult {
-                previous_version: plan
-                    .previous
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                version: plan.target.to_string(),
+            let out = Installed {
+                previous_version: plan.previous.clone(),
+                version: plan.target.clone(),
                 pid: passed.pid,
                 healthy_for_ms: passed.healthy_for.as_millis() as u64,
                 restore,
-            }))
+            };
+            Ok(match ctx.kind {
+                StepKind::Rollback => StepOutput::Rollback(out),
+                _ => StepOutput::Install(out),
+            })
         }
         Err(GateFailed { reason, last }) => {
             // Read before the revert starts the old release and writes more.
@@ -213,7 +171,7 @@ pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> StepRe
             );
             let reverted = revert(state, ctx, plan).await;
             Err(StepError::new(
-                pb::FailureCode::HealthGateFailed,
+                FailureCode::HealthGateFailed,
                 format!("{} failed its health gate: {reason}", plan.target),
             )
             .detail(format!(
@@ -273,10 +231,10 @@ impl Reverted {
 }
 
 /// Goes back to the release that was current before the plan.
-pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> Reverted {
+pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> Reverted {
     // Journalled first: a crash from here on must finish the revert, not
     // take the failed release up again.
-    if let Err(e) = phase(ctx, "reverting", serde_json::Value::Null) {
+    if let Err(e) = ctx.phase(Phase::Reverting, serde_json::Value::Null).await {
         return Reverted::Nothing(format!("cannot journal the revert: {}", e.message));
     }
     let Some(prev) = plan.previous.clone() else {
@@ -286,10 +244,12 @@ pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> Reverted {
     if let Err(e) = stop(state).await {
         return Reverted::Nothing(format!("cannot stop the failed release: {}", e.message));
     }
-    if let Err(e) = switch(state.root.path(), &prev) {
-        return Reverted::Nothing(format!("cannot switch back to {prev}: {e}"));
+    if let Err(e) = switch(state, &prev) {
+        return Reverted::Nothing(format!("cannot switch back to {prev}: {}", e.message));
     }
-    let _ = phase(ctx, "reverted", serde_json::json!({ "current": prev }));
+    let _ = ctx
+        .phase(Phase::Reverted, serde_json::json!({ "current": prev }))
+        .await;
     if let Err(e) = start_current(state, None).await {
         return Reverted::Unhealthy(prev, e.message);
     }
@@ -305,84 +265,5 @@ pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &Plan) -> Reverted {
     {
         Ok(_) => Reverted::Healthy(prev),
         Err(f) => Reverted::Unhealthy(prev, f.reason),
-    }
-}
-
-/// Removes old releases beyond `keep_releases`. Never the current one, the
-/// previous one, or any newer than current (staged for a later hop).
-pub fn prune(state: &AgentState, current: &Version) {
-    let previous = previous_release(state);
-    let doomed = doomed_releases(
-        &state.root.releases(),
-        current,
-        previous.as_ref(),
-        state.config.gateway.keep_releases,
-    );
-    for v in doomed {
-        let dir = state.root.release_dir(&v);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => tracing::info!(version = %v, "removed an old release"),
-            Err(e) => tracing::warn!(version = %v, error = %e, "cannot remove an old release"),
-        }
-    }
-}
-
-/// Which releases to remove: of those older than current (previous aside),
-/// the oldest beyond what `keep` leaves room for.
-pub fn doomed_releases(
-    all: &[Version],
-    current: &Version,
-    previous: Option<&Version>,
-    keep: usize,
-) -> Vec<Version> {
-    let pinned = 1 + usize::from(previous.is_some_and(|p| p != current && all.contains(p)));
-    let mut older: Vec<&Version> = all
-        .iter()
-        .filter(|v| *v < current && Some(*v) != previous)
-        .collect();
-    older.sort();
-    older.reverse();
-    let room = keep.saturating_sub(pinned);
-    older.into_iter().skip(room).cloned().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn vs(list: &[&str]) -> Vec<Version> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn prune_keeps_current_previous_and_newer() {
-        let all = vs(&["3.1.0", "3.2.0", "3.3.0", "3.4.0", "3.5.0"]);
-        let cur: Version = "3.4.0".parse().unwrap();
-        let prev: Version = "3.2.0".parse().unwrap();
-        // keep 3: current, previous, and the newest other older one (3.3.0).
-        assert_eq!(doomed_releases(&all, &cur, Some(&prev), 3), vs(&["3.1.0"]));
-        assert_eq!(
-            doomed_releases(&all, &cur, Some(&prev), 2),
-            vs(&["3.3.0", "3.1.0"])
-        );
-        assert_eq!(
-            doomed_releases(&all, &cur, None, 2),
-            vs(&["3.2.0", "3.1.0"])
-        );
-        assert!(doomed_releases(&all, &cur, Some(&prev), 10).is_empty());
-    }
-
-    #[test]
-    fn switch_replaces_the_link_atomically() {
-        let dir = tempfile::tempdir().unwrap();
-        let v1: Version = "3.3.0".parse().unwrap();
-        let v2: Version = "3.4.0".parse().unwrap();
-        switch(dir.path(), &v1).unwrap();
-        switch(dir.path(), &v2).unwrap();
-        assert_eq!(
-            std::fs::read_link(dir.path().join("current")).unwrap(),
-            Path::new("releases/3.4.0")
-        );
-        assert!(!dir.path().join(".current.tmp").exists());
     }
 }

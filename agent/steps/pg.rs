@@ -1,15 +1,17 @@
 //! The CP database: the write-freeze fingerprint, the declarative export,
 //! pg_dump / pg_restore, and checking a backup against its MANIFEST.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rollgate::pb;
+use rollgate::fingerprint::Fingerprint;
+use rollgate::outcome::{BackupFile, FailureCode, Restored};
 use sha2::{Digest, Sha256};
 
-use super::StepError;
-use crate::command;
-use crate::config::BackupSection;
+use crate::command::{self, CommandError};
+use crate::config::{BackupSection, Export};
+use crate::op::StepError;
 use crate::state::AgentState;
 
 /// How far apart two equal readings of the counters must be to trust them.
@@ -72,8 +74,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
 /// The declarative export (the whole gateway config), from the configured
 /// URL or command. None when neither is configured.
 pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
-    let fail = |m: String| StepError::new(pb::FailureCode::CommandFailed, m);
-    if let Some(url) = &cfg.export_url {
+    let fail = |m: String| StepError::new(FailureCode::CommandFailed, m);
+    if let Some(Export::Url(url)) = &cfg.export {
         let resp = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -101,20 +103,20 @@ pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
         }
         return Ok(Some(body.to_vec()));
     }
-    if let Some(argv) = &cfg.export_command {
+    if let Some(Export::Command(argv)) = &cfg.export {
         let out = command::run_argv(argv, Duration::from_secs(300)).await?;
         return Ok(Some(out.stdout));
     }
     Ok(None)
 }
 
-/// Per-table cumulative writes, sorted, minus the excluded tables.
-async fn table_writes(cfg: &BackupSection) -> Result<Vec<pb::TableWrites>, StepError> {
+/// Per-table cumulative writes, minus the excluded tables.
+async fn table_writes(cfg: &BackupSection) -> Result<BTreeMap<String, i64>, StepError> {
     let (client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
         .await
         .map_err(|e| {
             StepError::new(
-                pb::FailureCode::CommandFailed,
+                FailureCode::CommandFailed,
                 format!("cannot connect to the database: {e}"),
             )
         })?;
@@ -132,7 +134,7 @@ async fn table_writes(cfg: &BackupSection) -> Result<Vec<pb::TableWrites>, StepE
         .await
         .map_err(|e| {
             StepError::new(
-                pb::FailureCode::CommandFailed,
+                FailureCode::CommandFailed,
                 format!("cannot read pg_stat_user_tables: {e}"),
             )
         });
@@ -140,19 +142,14 @@ async fn table_writes(cfg: &BackupSection) -> Result<Vec<pb::TableWrites>, StepE
     conn_task.abort();
     Ok(rows?
         .iter()
-        .map(|r| pb::TableWrites {
-            table: r.get(0),
-            writes: r.get(1),
-        })
-        .filter(|t| !cfg.exclude_tables.contains(&t.table))
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+        .filter(|(table, _)| !cfg.exclude_tables.contains(table))
         .collect())
 }
 
 /// The write-freeze fingerprint, read until two readings `STATS_SETTLE`
 /// apart agree, and the export it hashes.
-pub async fn fingerprint(
-    cfg: &BackupSection,
-) -> Result<(pb::Fingerprint, Option<Vec<u8>>), StepError> {
+pub async fn fingerprint(cfg: &BackupSection) -> Result<(Fingerprint, Option<Vec<u8>>), StepError> {
     let mut tables = table_writes(cfg).await?;
     let mut settled = false;
     for _ in 0..SETTLE_ROUNDS {
@@ -162,37 +159,32 @@ pub async fn fingerprint(
             settled = true;
             break;
         }
-        let moving = rollgate::fingerprint::changed_tables(
-            &pb::Fingerprint {
-                tables: tables.clone(),
-                ..Default::default()
-            },
-            &pb::Fingerprint {
-                tables: again.clone(),
-                ..Default::default()
-            },
-        );
+        let reading = |tables: &BTreeMap<String, i64>| Fingerprint {
+            tables: tables.clone(),
+            ..Default::default()
+        };
+        let moving = rollgate::fingerprint::changed_tables(&reading(&tables), &reading(&again));
         tracing::info!(tables = ?moving, "the database is still being written; reading again");
         tables = again;
     }
     if !settled {
         return Err(StepError::new(
-            pb::FailureCode::Precondition,
+            FailureCode::Precondition,
             "the database keeps being written: stop writes (API, dashboard) during the upgrade, or exclude tables the gateway writes by itself (backup.exclude_tables)",
         ));
     }
     let export = export(cfg).await?;
-    let fp = pb::Fingerprint {
+    let fp = Fingerprint {
         tables,
-        export_sha256: export.as_deref().map(sha256_hex).unwrap_or_default(),
+        export_sha256: export.as_deref().map(sha256_hex),
         excluded_tables: cfg.exclude_tables.clone(),
-        taken_at_unix_ms: crate::server::unix_ms(SystemTime::now()),
+        taken_at_ms: rollgate::clock::now_ms(),
     };
     Ok((fp, export))
 }
 
 /// The fingerprint recorded in a backup.
-pub fn recorded_fingerprint(cfg: &BackupSection, id: &str) -> Result<pb::Fingerprint, StepError> {
+pub fn recorded_fingerprint(cfg: &BackupSection, id: &str) -> Result<Fingerprint, StepError> {
     let p = backup_dir(cfg, id).join(FINGERPRINT_FILE);
     let bytes = std::fs::read(&p).map_err(|e| {
         StepError::invalid(format!(
@@ -233,7 +225,7 @@ pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
         .count();
     if entries == 0 {
         return Err(StepError::new(
-            pb::FailureCode::VerifyFailed,
+            FailureCode::VerifyFailed,
             "the dump lists no objects",
         ));
     }
@@ -248,16 +240,12 @@ pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
 }
 
 /// A command's failure as a failed verification of the dump.
-fn unverified(what: &str, e: StepError) -> StepError {
-    StepError::new(
-        pb::FailureCode::VerifyFailed,
-        format!("{what}: {}", e.message),
-    )
-    .detail(e.detail)
+fn unverified(what: &str, e: CommandError) -> StepError {
+    StepError::new(FailureCode::VerifyFailed, format!("{what}: {}", e.message)).detail(e.detail)
 }
 
 /// Parses a MANIFEST: `sha256  size  path` per line.
-pub fn parse_manifest(text: &str) -> Result<Vec<pb::BackupFile>, String> {
+pub fn parse_manifest(text: &str) -> Result<Vec<BackupFile>, String> {
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -265,7 +253,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<pb::BackupFile>, String> {
             let (Some(sha), Some(size), Some(path)) = (it.next(), it.next(), it.next()) else {
                 return Err(format!("bad MANIFEST line {l:?}"));
             };
-            Ok(pb::BackupFile {
+            Ok(BackupFile {
                 path: path.to_string(),
                 size: size
                     .parse()
@@ -276,7 +264,7 @@ pub fn parse_manifest(text: &str) -> Result<Vec<pb::BackupFile>, String> {
         .collect()
 }
 
-pub fn render_manifest(files: &[pb::BackupFile]) -> String {
+pub fn render_manifest(files: &[BackupFile]) -> String {
     files
         .iter()
         .map(|f| format!("{}  {}  {}\n", f.sha256, f.size, f.path))
@@ -284,7 +272,7 @@ pub fn render_manifest(files: &[pb::BackupFile]) -> String {
 }
 
 /// Checks every file of a backup against its MANIFEST.
-pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::BackupFile>, StepError> {
+pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<BackupFile>, StepError> {
     rollgate::ids::check_backup_id(id).map_err(StepError::invalid)?;
     let cfg = config(state)?;
     let dir = backup_dir(cfg, id);
@@ -294,21 +282,20 @@ pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::Backup
             dir.display()
         ))
     })?;
-    let files =
-        parse_manifest(&text).map_err(|e| StepError::new(pb::FailureCode::VerifyFailed, e))?;
+    let files = parse_manifest(&text).map_err(|e| StepError::new(FailureCode::VerifyFailed, e))?;
     let d = dir.clone();
     let files2 = files.clone();
     tokio::task::spawn_blocking(move || -> Result<(), StepError> {
         for f in &files2 {
             let (size, sha) = hash_file(&d.join(&f.path)).map_err(|e| {
                 StepError::new(
-                    pb::FailureCode::VerifyFailed,
+                    FailureCode::VerifyFailed,
                     format!("backup file {} is missing: {e}", f.path),
                 )
             })?;
             if sha != f.sha256 || size != f.size {
                 return Err(StepError::new(
-                    pb::FailureCode::VerifyFailed,
+                    FailureCode::VerifyFailed,
                     format!("backup file {} does not match its MANIFEST", f.path),
                 ));
             }
@@ -319,7 +306,7 @@ pub async fn check_backup(state: &AgentState, id: &str) -> Result<Vec<pb::Backup
     .map_err(|e| StepError::internal(e.to_string()))??;
     if !files.iter().any(|f| f.path == DUMP_FILE) {
         return Err(StepError::new(
-            pb::FailureCode::VerifyFailed,
+            FailureCode::VerifyFailed,
             format!("backup {id:?} holds no database dump"),
         ));
     }
@@ -359,7 +346,7 @@ pub async fn restore(state: &AgentState, id: &str) -> Result<(), StepError> {
     .await
     .map_err(|e| {
         StepError::new(
-            pb::FailureCode::VerifyFailed,
+            FailureCode::VerifyFailed,
             format!("backup {id} cannot be read: {}", e.message),
         )
         .detail(e.detail)
@@ -395,6 +382,7 @@ pub async fn restore(state: &AgentState, id: &str) -> Result<(), StepError> {
     .await
     .map(|_| ())
     .map_err(|e| {
+        let e = StepError::from(e);
         StepError::new(
             e.code,
             format!(
@@ -421,7 +409,7 @@ async fn user_schemas(cfg: &BackupSection) -> Result<Vec<String>, StepError> {
         .await
         .map_err(|e| {
             StepError::new(
-                pb::FailureCode::CommandFailed,
+                FailureCode::CommandFailed,
                 format!("cannot connect to the database: {e}"),
             )
         })?;
@@ -435,21 +423,21 @@ async fn user_schemas(cfg: &BackupSection) -> Result<Vec<String>, StepError> {
             &[],
         )
         .await
-        .map_err(|e| StepError::new(pb::FailureCode::CommandFailed, format!("cannot list the schemas: {e}")));
+        .map_err(|e| StepError::new(FailureCode::CommandFailed, format!("cannot list the schemas: {e}")));
     drop(client);
     task.abort();
     Ok(rows?.iter().map(|r| r.get(0)).collect())
 }
 
 /// Compares a fresh export with the backed-up one.
-pub async fn compare_export(state: &AgentState, id: &str) -> Result<pb::RestoreResult, StepError> {
+pub async fn compare_export(state: &AgentState, id: &str) -> Result<Restored, StepError> {
     let cfg = config(state)?;
     let Some(now) = export(cfg).await? else {
         tracing::warn!(
             backup = id,
             "no declarative export configured: the restore cannot be compared"
         );
-        return Ok(pb::RestoreResult {
+        return Ok(Restored {
             backup_id: id.into(),
             export_matches: true,
         });
@@ -457,7 +445,7 @@ pub async fn compare_export(state: &AgentState, id: &str) -> Result<pb::RestoreR
     let saved = std::fs::read(backup_dir(cfg, id).join(EXPORT_FILE)).unwrap_or_default();
     if now != saved {
         return Err(StepError::new(
-            pb::FailureCode::VerifyFailed,
+            FailureCode::VerifyFailed,
             format!(
                 "after restoring backup {id}, the declarative export differs from the backed-up one"
             ),
@@ -468,7 +456,7 @@ pub async fn compare_export(state: &AgentState, id: &str) -> Result<pb::RestoreR
             sha256_hex(&saved)
         )));
     }
-    Ok(pb::RestoreResult {
+    Ok(Restored {
         backup_id: id.into(),
         export_matches: true,
     })
@@ -480,7 +468,7 @@ mod tests {
 
     #[test]
     fn manifest_round_trip() {
-        let files = vec![pb::BackupFile {
+        let files = vec![BackupFile {
             path: "config/a b.toml".into(),
             size: 3,
             sha256: "ab".into(),

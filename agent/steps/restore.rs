@@ -2,20 +2,21 @@
 //! on the current release: stop the gateway, pg_restore in one transaction,
 //! start it, gate on health, compare the declarative export.
 
-use rollgate::pb;
+use rollgate::outcome::{FailureCode, StepOutput};
 
 use super::install::{start_current, stop};
-use super::{StepError, StepResult, gate, pg, phase};
-use crate::ops::OpCtx;
+use super::{StepRun, gate, pg};
+use crate::kind::Phase;
+use crate::op::{OpCtx, StepError};
 use crate::state::AgentState;
 
-pub async fn restore(state: &AgentState, ctx: &OpCtx, id: &str) -> StepResult {
+pub async fn restore(state: &AgentState, ctx: &OpCtx, id: &str) -> StepRun {
     pg::check_backup(state, id).await?;
-    let Some(current) = state.root.current() else {
+    let Some(current) = state.installer.current() else {
         return Err(StepError::precondition("no release is installed"));
     };
     stop(state).await?;
-    phase(ctx, "stopped", serde_json::Value::Null)?;
+    ctx.phase(Phase::Stopped, serde_json::Value::Null).await?;
     ctx.progress(
         "restore",
         format!("restoring the database from backup {id}"),
@@ -27,19 +28,17 @@ pub async fn restore(state: &AgentState, ctx: &OpCtx, id: &str) -> StepResult {
         let back = start_current(state, None).await;
         return Err(e.reverted(back.is_ok()));
     }
-    phase(ctx, "restored", serde_json::Value::Null)?;
+    ctx.phase(Phase::Restored, serde_json::Value::Null).await?;
     start_current(state, None).await?;
     let h = &state.config.health;
     gate::gate(state, Some(ctx), &current, h.start_timeout, h.min_healthy)
         .await
         .map_err(|f| {
             StepError::new(
-                pb::FailureCode::HealthGateFailed,
+                FailureCode::HealthGateFailed,
                 format!("the gateway is not healthy after the restore: {}", f.reason),
             )
             .detail(f.last.describe())
         })?;
-    Ok(pb::success::Detail::Restore(
-        pg::compare_export(state, id).await?,
-    ))
+    Ok(StepOutput::Restore(pg::compare_export(state, id).await?))
 }

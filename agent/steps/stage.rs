@@ -1,47 +1,45 @@
-//! Stage: put a release on disk as `releases/<version>`, verified.
+//! Stage: put a release on the host, verified.
 //!
 //! The artifact is received (from the coordinator's stream, a file on the
 //! host, or an http(s) URL) into `<state_dir>/staging/`, hashed while it
-//! arrives, checked against the catalog's SHA-256 and size, unpacked into a
-//! hidden directory next to `releases/<version>` and renamed into place. Any
-//! failure removes what was written: nothing is left behind.
+//! arrives, checked against the catalog's SHA-256 and size, and handed to the
+//! install method to put in place (`crate::install`). Any failure removes
+//! what was written: nothing is left behind.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
-use futures::StreamExt;
-use rollgate::pb;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use rollgate::outcome::{FailureCode, Staged, StepOutput};
 use rollgate::version::Version;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tonic::Streaming;
 
-use super::archive::{self, ArchiveError};
-use super::{StepError, StepResult, phase};
-use crate::config::ManagerKind;
-use crate::ops::OpCtx;
+use super::StepRun;
+use crate::install::tarball::Cleanup;
+use crate::install::{Marker, archive};
+use crate::kind::Phase;
+use crate::op::{OpCtx, StepError};
+use crate::service::Service;
 use crate::state::AgentState;
-
-/// Marker written into every unpacked release: where it came from.
-pub const MARKER: &str = ".rollgate-release";
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Marker {
-    pub version: String,
-    pub sha256: String,
-}
 
 /// Where the artifact's bytes come from.
 #[derive(Debug, Clone)]
 pub enum Source {
+    /// The coordinator streams them after the request.
     Coordinator,
     File(PathBuf),
     Url(reqwest::Url),
 }
 
-/// A checked StageHeader.
+/// The artifact's bytes as the coordinator streams them; an error says why
+/// the stream broke.
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// A checked stage request.
 #[derive(Debug, Clone)]
-pub struct Header {
+pub struct Request {
     pub version: Version,
     pub sha256: String,
     pub size: u64,
@@ -50,100 +48,59 @@ pub struct Header {
     pub source: Source,
 }
 
-impl Header {
-    pub fn parse(h: &pb::StageHeader) -> Result<Header, StepError> {
-        let version: Version = h
-            .version
+impl Request {
+    /// Checks a request's fields (the rpc edge has taken them off the wire).
+    pub fn new(
+        version: &str,
+        sha256: &str,
+        size: u64,
+        unpacked_size: u64,
+        source: Option<Result<Source, String>>,
+    ) -> Result<Request, StepError> {
+        let version: Version = version
             .parse()
             .map_err(|e| StepError::invalid(format!("{e}")))?;
-        if h.sha256.len() != 64
-            || !h
-                .sha256
+        if sha256.len() != 64
+            || !sha256
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         {
             return Err(StepError::invalid(format!(
-                "sha256 {:?} is not 64 lower-case hex digits",
-                h.sha256
+                "sha256 {sha256:?} is not 64 lower-case hex digits"
             )));
         }
         // Without a size nothing bounds what is read: a location naming a
         // device (/dev/zero) would fill the disk.
-        if h.size == 0 {
+        if size == 0 {
             return Err(StepError::invalid(
                 "the header gives no artifact size; every artifact needs its size from the catalog",
             ));
         }
-        let source = match &h.source {
-            Some(pb::stage_header::Source::Coordinator(_)) => Source::Coordinator,
-            Some(pb::stage_header::Source::Location(loc)) if loc.starts_with('/') => {
-                Source::File(PathBuf::from(loc))
-            }
-            Some(pb::stage_header::Source::Location(loc)) => {
-                let url = reqwest::Url::parse(loc).map_err(|e| {
-                    StepError::invalid(format!(
-                        "location {loc:?} is neither an absolute path nor a URL: {e}"
-                    ))
-                })?;
-                if !matches!(url.scheme(), "http" | "https") {
-                    return Err(StepError::invalid(format!(
-                        "location {loc:?}: only http and https URLs"
-                    )));
-                }
-                Source::Url(url)
-            }
+        let source = match source {
             None => return Err(StepError::invalid("the header names no source")),
+            Some(s) => s.map_err(StepError::invalid)?,
         };
-        Ok(Header {
+        Ok(Request {
             version,
-            sha256: h.sha256.clone(),
-            size: h.size,
-            unpacked_size: h.unpacked_size,
+            sha256: sha256.to_string(),
+            size,
+            unpacked_size,
             source,
         })
     }
-
-    /// Bytes the release may unpack to: the catalog's figure, else the
-    /// host's ratio times the archive.
-    pub fn unpack_bound(&self, max_ratio: u64) -> u64 {
-        if self.unpacked_size > 0 {
-            self.unpacked_size
-        } else {
-            self.size.saturating_mul(max_ratio)
-        }
-    }
 }
 
-/// Removes a path when dropped, unless kept.
-struct Cleanup {
-    path: Option<PathBuf>,
-}
-
-impl Cleanup {
-    fn new(path: PathBuf) -> Self {
-        Cleanup { path: Some(path) }
+/// A location as the header gives it: an absolute path or an http(s) URL.
+pub fn source_of_location(loc: &str) -> Result<Source, String> {
+    if loc.starts_with('/') {
+        return Ok(Source::File(PathBuf::from(loc)));
     }
-
-    fn keep(&mut self) {
-        self.path = None;
+    let url = reqwest::Url::parse(loc)
+        .map_err(|e| format!("location {loc:?} is neither an absolute path nor a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("location {loc:?}: only http and https URLs"));
     }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            if let Err(e) = r
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %p.display(), error = %e, "cannot remove a staging leftover");
-            }
-        }
-    }
+    Ok(Source::Url(url))
 }
 
 /// The staging directory for artifacts being received.
@@ -151,143 +108,95 @@ pub fn staging_dir(state: &AgentState) -> PathBuf {
     state.config.agent.state_dir.join("staging")
 }
 
-/// Removes everything in the staging areas (after a crash cut a Stage off).
+/// Removes everything half-made by a stage a crash cut off.
 pub fn clean_staging(state: &AgentState) {
-    let dirs = [staging_dir(state), state.root.releases_dir()];
-    for d in dirs {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
+    if let Ok(entries) = std::fs::read_dir(staging_dir(state)) {
         for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let stale = d == staging_dir(state) || name.starts_with(".staging-");
-            if stale {
-                tracing::info!(path = %e.path().display(), "removing a staging leftover");
-                drop(Cleanup::new(e.path()));
-            }
+            tracing::info!(path = %e.path().display(), "removing a staging leftover");
+            drop(Cleanup::new(e.path()));
         }
     }
+    state.installer.clean_leftovers();
 }
 
-pub async fn stage(
-    state: &AgentState,
-    ctx: &OpCtx,
-    h: Header,
-    stream: Option<Streaming<pb::StageRequest>>,
-) -> StepResult {
-    let dest = state.root.release_dir(&h.version);
-    if dest.exists() {
-        let marker: Option<Marker> = std::fs::read(dest.join(MARKER))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        return match marker {
-            Some(m) if m.sha256 == h.sha256 => Ok(pb::success::Detail::Stage(pb::StageResult {
-                version: h.version.to_string(),
-                release_dir: dest.display().to_string(),
+pub async fn stage(state: &AgentState, ctx: &OpCtx, r: Request, chunks: Option<Chunks>) -> StepRun {
+    match state.installer.marker(&r.version) {
+        Ok(Some(m)) if m.sha256 == r.sha256 => {
+            return Ok(StepOutput::Stage(Staged {
+                version: r.version.clone(),
+                location: location(state, &r.version),
                 bytes: 0,
                 already_present: true,
-            })),
-            Some(m) => Err(StepError::precondition(format!(
-                "release {} is already on disk from another artifact (sha256 {}); remove it first",
-                h.version, m.sha256
-            ))),
-            None => Err(StepError::precondition(format!(
-                "{} exists but was not staged by rollgate; remove it first",
-                dest.display()
-            ))),
-        };
+            }));
+        }
+        Ok(Some(m)) => {
+            return Err(StepError::precondition(format!(
+                "release {} is already on this host from another artifact (sha256 {}); remove it first",
+                r.version, m.sha256
+            )));
+        }
+        Ok(None) => {}
+        Err(e) => return Err(StepError::precondition(e)),
     }
-    let min_free = state.config.gateway.min_free_bytes;
-    let max_bytes = h.unpack_bound(state.config.gateway.max_unpack_ratio);
-    check_disk(state, h.size, max_bytes, min_free)?;
+    let min_free = state.config.install.min_free_bytes;
+    let max_bytes = state.installer.bound(r.size, r.unpacked_size);
+    check_disk(state, r.size, max_bytes, min_free)?;
 
     let staging = staging_dir(state);
     std::fs::create_dir_all(&staging)
         .map_err(|e| StepError::internal(format!("cannot create {}: {e}", staging.display())))?;
-    let artifact = staging.join(format!("{}.tar.gz", ctx.op.replace(['/', ':'], "_")));
+    let artifact = staging.join(format!("{}.artifact", ctx.op.replace(['/', ':'], "_")));
     let _artifact_cleanup = Cleanup::new(artifact.clone());
     let floor = Floor {
-        dirs: [staging.clone(), state.root.path().to_path_buf()],
+        dirs: [staging.clone(), state.installer.place().to_path_buf()],
         min_free,
     };
-    let received = receive(&h, &artifact, stream, ctx, &floor).await?;
-    phase(ctx, "received", serde_json::json!({ "bytes": received }))?;
+    let received = receive(&r, &artifact, chunks, ctx, &floor).await?;
+    ctx.phase(Phase::Received, serde_json::json!({ "bytes": received }))
+        .await?;
 
-    // Unpack next to the final place so the publishing rename is atomic.
-    let releases = state.root.releases_dir();
-    std::fs::create_dir_all(&releases)
-        .map_err(|e| StepError::internal(format!("cannot create {}: {e}", releases.display())))?;
-    let tmp = releases.join(format!(".staging-{}-{}", h.version, std::process::id()));
-    let mut tmp_cleanup = Cleanup::new(tmp.clone());
-    drop(Cleanup::new(tmp.clone())); // a leftover of an earlier attempt
-    std::fs::create_dir(&tmp)
-        .map_err(|e| StepError::internal(format!("cannot create {}: {e}", tmp.display())))?;
     ctx.progress(
         "unpack",
-        format!("unpacking {} bytes", received),
+        format!("putting {received} bytes in place"),
         0,
         received,
     );
-    let free_fn = |p: &Path| crate::install_root::free_bytes(p);
-    let (a, t) = (artifact.clone(), tmp.clone());
+    let marker = Marker {
+        version: r.version.to_string(),
+        sha256: r.sha256.clone(),
+    };
+    let must_contain = match &state.service {
+        Service::Exec(e) => e.program_in_release(),
+        Service::Systemd(_) => None,
+    };
     let limits = archive::Limits {
         max_bytes,
         min_free,
     };
-    let written = tokio::task::spawn_blocking(move || archive::unpack(&a, &t, limits, &free_fn))
-        .await
-        .map_err(|e| StepError::internal(format!("unpack task failed: {e}")))?
-        .map_err(|e| match e {
-            ArchiveError::Unsafe { .. }
-            | ArchiveError::Malformed(_)
-            | ArchiveError::TooLarge { .. } => {
-                StepError::new(pb::FailureCode::BadArchive, e.to_string())
-            }
-            ArchiveError::DiskFull(_) => StepError::new(pb::FailureCode::DiskFull, e.to_string()),
-            ArchiveError::Io(_) => StepError::internal(e.to_string()),
-        })?;
-    if state.config.service.manager == ManagerKind::Exec {
-        let program = match &state.service {
-            crate::service::Service::Exec(e) => e.program(&tmp),
-            crate::service::Service::Systemd(_) => unreachable!("manager is exec"),
-        };
-        if program.starts_with(&tmp) && !program.is_file() {
-            return Err(StepError::new(
-                pb::FailureCode::BadArchive,
-                format!(
-                    "the release has no {} (the configured service command)",
-                    program.strip_prefix(&tmp).unwrap_or(&program).display()
-                ),
-            ));
-        }
-    }
-    let marker = serde_json::to_vec(&Marker {
-        version: h.version.to_string(),
-        sha256: h.sha256.clone(),
-    })
-    .map_err(|e| StepError::internal(e.to_string()))?;
-    rollgate::fsx::write_atomic(&tmp.join(MARKER), &marker)
-        .map_err(|e| StepError::internal(format!("cannot write the release marker: {e}")))?;
-    std::fs::rename(&tmp, &dest)
-        .and_then(|()| rollgate::fsx::sync_dir(&releases))
-        .map_err(|e| {
-            StepError::internal(format!(
-                "cannot move the release into {}: {e}",
-                dest.display()
-            ))
-        })?;
-    tmp_cleanup.keep();
-    phase(
-        ctx,
-        "unpacked",
-        serde_json::json!({ "dir": dest, "bytes": written }),
-    )?;
-    Ok(pb::success::Detail::Stage(pb::StageResult {
-        version: h.version.to_string(),
-        release_dir: dest.display().to_string(),
+    let placed = state
+        .installer
+        .put_in_place(&r.version, &marker, &artifact, limits, must_contain)
+        .await?;
+    ctx.phase(
+        Phase::Unpacked,
+        serde_json::json!({ "at": placed.location, "bytes": placed.bytes }),
+    )
+    .await?;
+    Ok(StepOutput::Stage(Staged {
+        version: r.version,
+        location: placed.location,
         bytes: received,
         already_present: false,
     }))
+}
+
+/// Where a staged release is, for reports.
+pub fn location(state: &AgentState, v: &Version) -> String {
+    state
+        .installer
+        .release_dir(v)
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| v.to_string())
 }
 
 /// Free disk for the artifact and its unpacked release (at most `unpacked`
@@ -299,12 +208,15 @@ fn check_disk(
     min_free: u64,
 ) -> Result<(), StepError> {
     let need = size.saturating_add(unpacked).saturating_add(min_free);
-    for p in [state.root.path(), state.config.agent.state_dir.as_path()] {
-        if let Some(free) = crate::install_root::free_bytes(p)
+    for p in [
+        state.installer.place(),
+        state.config.agent.state_dir.as_path(),
+    ] {
+        if let Some(free) = crate::install::free_bytes(p)
             && free < need
         {
             return Err(StepError::new(
-                pb::FailureCode::DiskFull,
+                FailureCode::DiskFull,
                 format!(
                     "{} has {free} bytes free; staging a {size}-byte artifact needs {need} (the artifact, up to {unpacked} bytes unpacked, and min_free_bytes {min_free})",
                     p.display()
@@ -327,11 +239,11 @@ const FLOOR_EVERY: u64 = 4 << 20;
 impl Floor {
     fn check(&self) -> Result<(), StepError> {
         for d in &self.dirs {
-            if let Some(free) = crate::install_root::free_bytes(d)
+            if let Some(free) = crate::install::free_bytes(d)
                 && free < self.min_free
             {
                 return Err(StepError::new(
-                    pb::FailureCode::DiskFull,
+                    FailureCode::DiskFull,
                     format!(
                         "{} is down to {free} bytes free while receiving; the host keeps at least min_free_bytes {}",
                         d.display(),
@@ -348,7 +260,7 @@ impl Floor {
 /// read. Opened non-blocking, so a FIFO swapped in after the check cannot
 /// hang the agent, and checked again on the open descriptor.
 async fn open_regular(p: &Path) -> Result<tokio::fs::File, StepError> {
-    let fetch = |m: String| StepError::new(pb::FailureCode::FetchFailed, m);
+    let fetch = |m: String| StepError::new(FailureCode::FetchFailed, m);
     let not_regular = |what: &str| {
         StepError::invalid(format!(
             "location {} is {what}, not a regular file",
@@ -390,9 +302,9 @@ async fn open_regular(p: &Path) -> Result<tokio::fs::File, StepError> {
 /// Receives the artifact into `path`, hashing it; checks size and SHA-256,
 /// and keeps the free-space floor while writing.
 async fn receive(
-    h: &Header,
+    r: &Request,
     path: &Path,
-    stream: Option<Streaming<pb::StageRequest>>,
+    chunks: Option<Chunks>,
     ctx: &OpCtx,
     floor: &Floor,
 ) -> Result<u64, StepError> {
@@ -403,14 +315,14 @@ async fn receive(
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut last_report = 0u64;
-    let fetch = |m: String| StepError::new(pb::FailureCode::FetchFailed, m);
+    let fetch = |m: String| StepError::new(FailureCode::FetchFailed, m);
     let mut since_floor = 0u64;
     let mut write = async |chunk: &[u8], got: &mut u64| -> Result<(), StepError> {
         *got += chunk.len() as u64;
-        if *got > h.size {
+        if *got > r.size {
             return Err(StepError::new(
-                pb::FailureCode::ChecksumMismatch,
-                format!("the artifact is larger than the {} bytes announced", h.size),
+                FailureCode::ChecksumMismatch,
+                format!("the artifact is larger than the {} bytes announced", r.size),
             ));
         }
         since_floor += chunk.len() as u64;
@@ -421,31 +333,21 @@ async fn receive(
         hasher.update(chunk);
         file.write_all(chunk).await.map_err(|e| {
             if archive::is_disk_full(&e) {
-                StepError::new(
-                    pb::FailureCode::DiskFull,
-                    format!("{}: {e}", path.display()),
-                )
+                StepError::new(FailureCode::DiskFull, format!("{}: {e}", path.display()))
             } else {
                 StepError::internal(format!("{}: {e}", path.display()))
             }
         })
     };
-    match (&h.source, stream) {
+    match (&r.source, chunks) {
         (Source::Coordinator, Some(mut s)) => {
-            while let Some(msg) = s.next().await {
-                let msg = msg.map_err(|e| {
-                    fetch(format!("the coordinator's stream broke: {}", e.message()))
-                })?;
-                match msg.msg {
-                    Some(pb::stage_request::Msg::Chunk(c)) => write(&c, &mut got).await?,
-                    Some(pb::stage_request::Msg::Header(_)) => {
-                        return Err(StepError::invalid("a second header in the stream"));
-                    }
-                    None => {}
-                }
+            while let Some(chunk) = s.next().await {
+                let chunk =
+                    chunk.map_err(|e| fetch(format!("the coordinator's stream broke: {e}")))?;
+                write(&chunk, &mut got).await?;
                 if got - last_report >= 4 << 20 {
                     last_report = got;
-                    ctx.progress("receive", "receiving", got, h.size);
+                    ctx.progress("receive", "receiving", got, r.size);
                 }
             }
         }
@@ -492,7 +394,7 @@ async fn receive(
                 write(&chunk, &mut got).await?;
                 if got - last_report >= 4 << 20 {
                     last_report = got;
-                    ctx.progress("receive", "downloading", got, h.size);
+                    ctx.progress("receive", "downloading", got, r.size);
                 }
             }
         }
@@ -500,22 +402,22 @@ async fn receive(
     file.sync_all()
         .await
         .map_err(|e| StepError::internal(format!("{}: {e}", path.display())))?;
-    if got != h.size {
+    if got != r.size {
         return Err(StepError::new(
-            pb::FailureCode::FetchFailed,
+            FailureCode::FetchFailed,
             format!(
                 "received {got} of {} bytes: the artifact is truncated",
-                h.size
+                r.size
             ),
         ));
     }
     let digest = hex::encode(hasher.finalize());
-    if digest != h.sha256 {
+    if digest != r.sha256 {
         return Err(StepError::new(
-            pb::FailureCode::ChecksumMismatch,
+            FailureCode::ChecksumMismatch,
             format!(
                 "the artifact's sha256 is {digest}, the catalog says {}",
-                h.sha256
+                r.sha256
             ),
         ));
     }

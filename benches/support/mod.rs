@@ -280,7 +280,7 @@ impl Host {
         let config = format!(
             "[agent]\nname = \"{name}\"\nrole = \"dp\"\nlisten = \"{addr}\"\nstate_dir = \"state\"\n\n\
              [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
-             [gateway]\ninstall_root = \"root\"\n\n\
+             [install]\nmethod = \"tarball\"\nroot = \"root\"\n\n\
              [service]\nmanager = \"exec\"\ncommand = [\"bin/gw\"]\nstop_timeout = \"5s\"\n\n{extra}"
         );
         std::fs::write(dir.join("agent.toml"), config).expect("write agent.toml");

@@ -152,7 +152,7 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
             Record::End {
                 op,
                 host,
-                ok,
+                result,
                 at_ms,
                 ..
             } => {
@@ -164,7 +164,7 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
                     .find(|s| s.op == *op)
                 {
                     line.ended = Some(fmt_ms(*at_ms));
-                    line.ok = Some(*ok);
+                    line.ok = Some(result.is_ok());
                     line.elapsed_ms = begun.get(op).map(|b| at_ms - b);
                 }
             }
@@ -172,10 +172,14 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
         }
     }
     let summary = row(&l);
+    let states = crate::rollout::state::fold(&l.records);
     match output {
-        Output::Json => {
-            print_json(&serde_json::json!({ "rollout": summary, "notes": l.notes, "hosts": hosts }))
-        }
+        Output::Json => print_json(&serde_json::json!({
+            "rollout": summary,
+            "backup_copy": l.backup_copy,
+            "host_states": states,
+            "hosts": hosts,
+        })),
         Output::Text => {
             println!(
                 "Rollout {} ({}) → {}: {} — {}",
@@ -192,7 +196,10 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
                 println!("created {}; hops {}", summary.created, hops.join(" → "));
             }
             for (h, steps) in &hosts {
-                println!("\n{h}:");
+                match states.get(h) {
+                    Some(st) => println!("\n{h}: {}", describe(st)),
+                    None => println!("\n{h}:"),
+                }
                 for s in steps {
                     let status = match s.ok {
                         Some(true) => "ok",
@@ -211,4 +218,21 @@ pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// One line for a host's state in `show`.
+fn describe(s: &crate::rollout::state::HostState) -> String {
+    use crate::rollout::state::HostState;
+    match s {
+        HostState::Pending => "pending".into(),
+        HostState::InStep { step, .. } => format!("in {step} (no end recorded)"),
+        HostState::Done { step } => format!("done (last step {step})"),
+        HostState::Failed { step, reason } => format!("FAILED at {step}: {reason}"),
+        HostState::Quarantined { step, reason } => {
+            format!("quarantined after {step}: {reason}")
+        }
+        HostState::LeftDrained { step, reason } => {
+            format!("LEFT OUT OF ROTATION after {step}: {reason}")
+        }
+    }
 }

@@ -1,9 +1,11 @@
 //! The subcommands that drive rollouts, and what they share.
 
+pub mod certs;
 pub mod demo;
 pub mod history;
 pub mod plan;
 pub mod rollback;
+pub mod status;
 pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};

@@ -12,8 +12,11 @@ use rollgate::version::Version;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::Failure;
+use crate::cli::PlanArgs;
 use crate::client::{Agent, CallPolicy, Hello};
 use crate::inventory::{Host, Inventory};
+use crate::output::{Output, print_json};
 use crate::planner;
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +84,30 @@ async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
         host: host.clone(),
         hello,
         agent,
+    }
+}
+
+/// `rollgate plan`: exit 0 when the plan can run, 2 when blocked, 64 when
+/// the catalog or its artifacts are bad.
+pub async fn run(a: PlanArgs) -> Result<(), Failure> {
+    let inv = crate::load_inventory(&a.inv.inventory)?;
+    let catalog = rollgate::catalog::Catalog::load(&a.catalog)
+        .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
+    super::upgrade::in_catalog(&catalog, &a.to)?;
+    super::upgrade::verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
+    let r = plan(&inv, &catalog, &a.to).await;
+    super::upgrade::verify_artifacts(&catalog, &r.hop_versions)?;
+    match a.inv.output {
+        Output::Json => print_json(&r),
+        Output::Text => print_text(&r),
+    }
+    if r.runnable {
+        Ok(())
+    } else {
+        Err(Failure::Blocked(format!(
+            "the plan is blocked: {}",
+            r.blocked.join("; ")
+        )))
     }
 }
 

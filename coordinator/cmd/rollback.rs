@@ -104,14 +104,16 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
             std::sync::Arc::new(inv.clone()),
             std::time::Duration::from_secs(60),
         );
-        let diff = fleet.fingerprint(&cp.name, b).await.map_err(|e| {
+        let reading = fleet.fingerprint(&cp.name, b).await.map_err(|e| {
             Failure::Failed(format!("cannot compare the database with backup {b}: {e}"))
         })?;
-        let taken = diff
-            .baseline
-            .as_ref()
-            .map(|f| lock::fmt_ms(f.taken_at_unix_ms))
-            .unwrap_or_default();
+        let Some((base, diff)) = reading.baseline else {
+            return Err(Failure::Failed(format!(
+                "{} returned no fingerprint for backup {b}",
+                cp.name
+            )));
+        };
+        let taken = lock::fmt_ms(base.taken_at_ms);
         println!("\nThe database goes back to backup {b} (taken {taken}). Lost with it:");
         if diff.changed_tables.is_empty() && !diff.export_changed {
             println!(

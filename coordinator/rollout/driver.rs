@@ -25,29 +25,23 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::{AbortHandle, Abortable};
 use futures::stream::FuturesUnordered;
 use rollgate::catalog::Catalog;
 use rollgate::lb::LbState;
-use rollgate::pb;
+use rollgate::outcome::Failure;
 use rollgate::role::Role;
-use rollgate::version::Version;
 use tokio::sync::{mpsc, watch};
 
 use super::log::{Outcome, Record, now_ms};
 use super::monitor::{Alarm, Monitor};
-use super::sequence::{HostEnd, rollback_dp, upgrade_dp};
-use super::steps::{Ctx, op_id};
-use crate::fleet::{FleetApi, HealthUpdate, StepFailure};
+use super::sequence::HostEnd;
+use super::steps::Ctx;
+use crate::fleet::{FleetApi, HealthUpdate, lost};
 use crate::report::Event;
-
-/// The operation id of putting a DP left drained back in rotation.
-fn restore_op(rid: &str, host: &str) -> String {
-    op_id(rid, host, "undrain-restore", None)
-}
 
 /// How often health is streamed during a rollout: two bad reports in a row
 /// (the alarm threshold) fit in well under a second.
@@ -59,7 +53,7 @@ pub enum Halt {
     Step {
         host: String,
         step: String,
-        failure: Box<StepFailure>,
+        failure: Box<Failure>,
     },
     Alarm(Alarm),
     Guard {
@@ -120,14 +114,12 @@ pub struct Driver<F: FleetApi> {
     pub monitor: Monitor,
     health_rx: mpsc::Receiver<HealthUpdate>,
     interrupt: watch::Receiver<bool>,
-    /// Hosts quarantined after a failure within the budget.
-    pub quarantined: Vec<String>,
     /// The interrupt sender is gone: stop selecting on it.
     interrupt_gone: bool,
     /// Alarms already reported (each is told once, when first seen).
     told: Option<String>,
     /// Agent calls at once in the parallel phases (staging).
-    parallel: usize,
+    pub(super) parallel: usize,
 }
 
 impl<F: FleetApi> Driver<F> {
@@ -158,7 +150,6 @@ impl<F: FleetApi> Driver<F> {
             state_dir,
             health_rx: rx,
             interrupt,
-            quarantined: Vec::new(),
             interrupt_gone: false,
             told: None,
             parallel: 16,
@@ -172,11 +163,17 @@ impl<F: FleetApi> Driver<F> {
         self
     }
 
-    fn rid(&self) -> String {
+    /// Hosts quarantined so far in this rollout (a resume included), from
+    /// the journal.
+    pub fn quarantined(&self) -> Vec<String> {
+        super::state::quarantined(&self.ctx.log().records)
+    }
+
+    pub(super) fn rid(&self) -> String {
         self.ctx.rid.clone()
     }
 
-    fn emit(&self, e: Event) {
+    pub(super) fn emit(&self, e: Event) {
         self.ctx.reporter.emit(e);
     }
 
@@ -293,12 +290,13 @@ impl<F: FleetApi> Driver<F> {
     /// balancer; any host out of rotation (other than a quarantined one,
     /// reported as such) means the rollout has not succeeded.
     async fn every_dp_in_rotation(&mut self) -> Result<(), Halt> {
+        let quarantined = self.quarantined();
         let dps: Vec<String> = {
             let log = self.ctx.log();
             log.spec
                 .hosts
                 .iter()
-                .filter(|h| h.role == Role::Dp && !self.quarantined.contains(&h.name))
+                .filter(|h| h.role == Role::Dp && !quarantined.contains(&h.name))
                 .map(|h| h.name.clone())
                 .collect()
         };
@@ -333,8 +331,9 @@ impl<F: FleetApi> Driver<F> {
     }
 
     pub fn conclude(&mut self, r: Result<(), Halt>) -> (Outcome, String) {
+        let quarantined = self.quarantined();
         let (outcome, reason) = match r {
-            Ok(()) if self.quarantined.is_empty() => (
+            Ok(()) if quarantined.is_empty() => (
                 Outcome::Succeeded,
                 "every host is on the target".to_string(),
             ),
@@ -342,7 +341,7 @@ impl<F: FleetApi> Driver<F> {
                 Outcome::Quarantined,
                 format!(
                     "done, with quarantined hosts on their old release: {}",
-                    self.quarantined.join(", ")
+                    quarantined.join(", ")
                 ),
             ),
             Err(Halt::Interrupted) => (Outcome::Interrupted, Halt::Interrupted.to_string()),
@@ -391,9 +390,10 @@ impl<F: FleetApi> Driver<F> {
                 self.note_baseline(cp, i + 1).await?;
             }
             for (b, hosts) in spec.batches(hop).into_iter().enumerate() {
+                let quarantined = self.quarantined();
                 let hosts: Vec<String> = hosts
                     .into_iter()
-                    .filter(|h| !self.quarantined.contains(h))
+                    .filter(|h| !quarantined.contains(h))
                     .collect();
                 if hosts.is_empty() {
                     continue;
@@ -416,513 +416,6 @@ impl<F: FleetApi> Driver<F> {
             },
         };
         self.conclude(r)
-    }
-
-    /// DPs the plan found out of rotation (an earlier rollout halted with
-    /// them drained) go back first when healthy, so a re-run upgrade
-    /// finishes what the halted one left.
-    async fn restore_rotation(&mut self) -> Result<(), Halt> {
-        let hosts: Vec<String> = {
-            let log = self.ctx.log();
-            log.spec
-                .hosts
-                .iter()
-                .filter(|h| h.role == Role::Dp && h.drained)
-                .map(|h| h.name.clone())
-                .collect()
-        };
-        if hosts.is_empty() {
-            return Ok(());
-        }
-        for h in &hosts {
-            if !self.monitor.healthy(h) && !self.ctx.log().begun(&restore_op(&self.rid(), h)) {
-                return Err(Halt::Other(format!(
-                    "{h} is out of rotation and not healthy ({}); fix it, or roll it back, before upgrading",
-                    self.monitor.summary(h)
-                )));
-            }
-        }
-        let (ends, halt) = self
-            .run_hosts(&hosts, |ctx, host| async move {
-                let op = restore_op(&ctx.rid, &host);
-                match ctx
-                    .run(&host, "undrain", None, &op, || {
-                        ctx.fleet.undrain(&host, &op)
-                    })
-                    .await
-                {
-                    Ok(_) => HostEnd::Done,
-                    Err(failure) => HostEnd::Failed {
-                        step: "undrain".into(),
-                        failure,
-                        left_drained: true,
-                    },
-                }
-            })
-            .await;
-        for (host, end) in ends {
-            if let HostEnd::Failed { failure, .. } = end {
-                return Err(Halt::Step {
-                    host,
-                    step: "undrain".into(),
-                    failure: Box::new(failure),
-                });
-            }
-        }
-        halt.map_or(Ok(()), Err)
-    }
-
-    /// Puts every hop's artifact on every host that needs it, in parallel.
-    async fn stage_all(&mut self, hops: &[Version]) -> Result<(), Halt> {
-        let spec = self.ctx.log().spec.clone();
-        let Some(catalog) = self.catalog.clone() else {
-            return Err(Halt::Other("no release catalog to stage from".into()));
-        };
-        // One list per host: an agent runs one step at a time, so a host's
-        // hops are staged in turn while hosts go in parallel.
-        let mut jobs: Vec<(String, Vec<rollgate::catalog::Release>)> = spec
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), Vec::new()))
-            .collect();
-        for hop in hops {
-            let Some(rel) = catalog.get(hop).cloned() else {
-                return Err(Halt::Other(format!(
-                    "{hop} is not in the catalog {}",
-                    catalog.path.display()
-                )));
-            };
-            for (h, list) in spec.hosts.iter().zip(jobs.iter_mut()) {
-                if h.from < *hop {
-                    list.1.push(rel.clone());
-                }
-            }
-        }
-        let ctx = self.ctx.clone();
-        let work = futures::stream::iter(jobs)
-            .map(|(host, releases)| {
-                let ctx = ctx.clone();
-                async move {
-                    for rel in releases {
-                        let v = rel.version.clone();
-                        let op = op_id(&ctx.rid, &host, "stage", Some(&v));
-                        // Halting: no new call starts.
-                        let Some(mut r) = ctx
-                            .run_unless_halting(&host, "stage", Some(&v), &op, || {
-                                ctx.fleet.stage(&host, &op, &rel)
-                            })
-                            .await
-                        else {
-                            return (host, Ok(()));
-                        };
-                        // A stage cut off by an agent restart was cleaned up: once more.
-                        if matches!(&r, Err(f) if f.is_interrupted()) {
-                            let op2 = format!("{op}.2");
-                            match ctx
-                                .run_unless_halting(&host, "stage", Some(&v), &op2, || {
-                                    ctx.fleet.stage(&host, &op2, &rel)
-                                })
-                                .await
-                            {
-                                Some(again) => r = again,
-                                None => return (host, Ok(())),
-                            }
-                        }
-                        if let Err(f) = r {
-                            return (host, Err(f));
-                        }
-                    }
-                    (host, Ok(()))
-                }
-            })
-            .buffer_unordered(self.parallel)
-            .collect::<Vec<_>>();
-        let (out, halt) = self.monitored(None, work).await;
-        for (host, r) in out.unwrap_or_default() {
-            if let Err(failure) = r {
-                return Err(Halt::Step {
-                    host,
-                    step: "stage".into(),
-                    failure: Box::new(failure),
-                });
-            }
-        }
-        halt.map_or(Ok(()), Err)
-    }
-
-    /// The verified CP backup, and a copy of it in the coordinator's state dir.
-    async fn backup(&mut self, cp: &str) -> Result<(), Halt> {
-        let rid = self.rid();
-        let op = op_id(&rid, cp, "backup", None);
-        let ctx = self.ctx.clone();
-        let (r, halt) = self
-            .monitored(
-                Some(cp),
-                ctx.run(cp, "backup", None, &op, || ctx.fleet.backup(cp, &op, &rid)),
-            )
-            .await;
-        if let Some(h) = halt {
-            return Err(h);
-        }
-        let detail = match r {
-            Some(Ok(d)) => d,
-            Some(Err(failure)) => {
-                return Err(Halt::Step {
-                    host: cp.into(),
-                    step: "backup".into(),
-                    failure: Box::new(failure),
-                });
-            }
-            None => return Err(Halt::Other("backup abandoned".into())),
-        };
-        let pb::success::Detail::Backup(b) = detail else {
-            return Err(Halt::Other("the backup step returned no backup".into()));
-        };
-        if self.ctx.log().notes.contains_key("backup_copy") {
-            return Ok(());
-        }
-        let into = self.state_dir.join("backups").join(&rid);
-        let copy = self.ctx.fleet.fetch_backup(cp, &rid, &b.files, &into).await;
-        match copy {
-            Ok(()) => {
-                self.note_or_warn(
-                    "backup_copy",
-                    serde_json::json!({ "dir": into, "host_dir": b.dir, "files": b.files.len() }),
-                );
-                self.emit(
-                    Event::new("step", &rid, "succeeded")
-                        .host(cp)
-                        .step("backup-copy")
-                        .detail(serde_json::json!({ "dir": into })),
-                );
-                Ok(())
-            }
-            Err(e) => Err(Halt::Other(format!(
-                "cannot copy the backup from {cp}: {e}"
-            ))),
-        }
-    }
-
-    /// Journals a note that helps a later resume but is not a step: a failed
-    /// write is logged, not fatal (the hosts are where the report says).
-    fn note_or_warn(&self, key: &str, value: serde_json::Value) {
-        let mut log = self.ctx.log();
-        if let Err(e) = log.note(key, value) {
-            tracing::warn!(journal = %log.path.display(), key, error = %e, "cannot journal a note");
-        }
-    }
-
-    /// The write-freeze guard before hop `i`'s first CP swap.
-    async fn guard(&mut self, cp: &str, i: usize, hop: &Version) -> Result<(), Halt> {
-        let rid = self.rid();
-        let install_op = op_id(&rid, cp, "install", Some(hop));
-        if self.ctx.log().begun(&install_op) {
-            return Ok(()); // the swap already started: too late to guard, and no need
-        }
-        let baseline = if i == 0 { rid.clone() } else { String::new() };
-        self.emit(
-            Event::new("step", &rid, "started")
-                .host(cp)
-                .step("write-freeze-guard")
-                .hop(hop)
-                .detail(serde_json::json!({ "message": "reading the database's write counters until they settle (11 s or more)" })),
-        );
-        let ctx = self.ctx.clone();
-        let (r, halt) = self
-            .monitored(Some(cp), ctx.fleet.fingerprint(cp, &baseline))
-            .await;
-        if let Some(h) = halt {
-            return Err(h);
-        }
-        let resp = match r {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                return Err(Halt::Other(format!(
-                    "{cp}: cannot read the DB fingerprint: {e}"
-                )));
-            }
-            None => return Err(Halt::Other("fingerprint abandoned".into())),
-        };
-        let (tables, export_changed) = if i == 0 {
-            (resp.changed_tables, resp.export_changed)
-        } else {
-            let key = format!("baseline:{i}");
-            let Some(before) = self
-                .ctx
-                .log()
-                .notes
-                .get(&key)
-                .cloned()
-                .and_then(|v| serde_json::from_value::<pb::Fingerprint>(v).ok())
-            else {
-                return Ok(());
-            };
-            let now = resp.current.unwrap_or_default();
-            (
-                rollgate::fingerprint::changed_tables(&before, &now),
-                before.export_sha256 != now.export_sha256,
-            )
-        };
-        let ok = tables.is_empty() && !export_changed;
-        self.emit(
-            Event::new("step", &rid, if ok { "succeeded" } else { "failed" })
-                .host(cp)
-                .step("write-freeze-guard")
-                .hop(hop)
-                .detail(serde_json::json!({ "changed_tables": tables, "export_changed": export_changed })),
-        );
-        if ok {
-            Ok(())
-        } else {
-            Err(Halt::Guard {
-                tables,
-                export_changed,
-            })
-        }
-    }
-
-    /// Records the DB fingerprint after a hop's CPs: the next hop's baseline.
-    async fn note_baseline(&mut self, cp: &str, next: usize) -> Result<(), Halt> {
-        let key = format!("baseline:{next}");
-        if self.ctx.log().notes.contains_key(&key) {
-            return Ok(());
-        }
-        self.emit(
-            Event::new("step", &self.rid(), "started")
-                .host(cp)
-                .step("db-baseline")
-                .detail(serde_json::json!({ "message": "recording the database's write counters for the next hop's guard (11 s or more)" })),
-        );
-        let ctx = self.ctx.clone();
-        let (r, halt) = self
-            .monitored(Some(cp), ctx.fleet.fingerprint(cp, ""))
-            .await;
-        if let Some(h) = halt {
-            return Err(h);
-        }
-        match r {
-            Some(Ok(r)) => {
-                let v = serde_json::to_value(r.current.unwrap_or_default()).unwrap_or_default();
-                self.ctx
-                    .log()
-                    .note(&key, v)
-                    .map_err(|e| Halt::Other(format!("cannot write the journal: {e}")))
-            }
-            Some(Err(e)) => Err(Halt::Other(format!(
-                "{cp}: cannot record the next hop's DB baseline: {e}"
-            ))),
-            None => Err(Halt::Other("fingerprint abandoned".into())),
-        }
-    }
-
-    async fn install_cp(&mut self, cp: &str, hop: &Version) -> Result<(), Halt> {
-        // From an earlier hop this CP counts as passed; its restart now is ours.
-        self.monitor.unpass(cp);
-        let op = op_id(&self.rid(), cp, "install", Some(hop));
-        let p = self.ctx.policy.clone();
-        let ctx = self.ctx.clone();
-        let (r, halt) = self
-            .monitored(
-                Some(cp),
-                ctx.run(cp, "install", Some(hop), &op, || {
-                    ctx.fleet
-                        .install(cp, &op, hop, p.min_healthy(), p.health_timeout())
-                }),
-            )
-            .await;
-        match r {
-            Some(Ok(_)) => {
-                self.monitor.pass(cp.to_string());
-                halt.map_or(Ok(()), Err)
-            }
-            Some(Err(failure)) => Err(Halt::Step {
-                host: cp.into(),
-                step: "install".into(),
-                failure: Box::new(failure),
-            }),
-            None => Err(halt.unwrap_or(Halt::Other("CP install abandoned".into()))),
-        }
-    }
-
-    /// One DP batch: every host drains, installs and undrains; then the
-    /// batch must stay healthy for `min_healthy`.
-    async fn dp_batch(&mut self, hop: &Version, b: usize, hosts: Vec<String>) -> Result<(), Halt> {
-        let rid = self.rid();
-        let canary = b == 0;
-        self.emit(
-            Event::new("batch", &rid, "started")
-                .hop(hop)
-                .batch(b)
-                .detail(serde_json::json!({ "hosts": hosts, "canary": canary })),
-        );
-        for h in &hosts {
-            if !self.monitor.healthy(h) && !self.already_begun(h, hop) {
-                return Err(Halt::Other(format!(
-                    "{h} is not healthy before its batch: {}",
-                    self.monitor.summary(h)
-                )));
-            }
-        }
-        // Hosts that passed an earlier hop are restarted on purpose now.
-        for h in &hosts {
-            self.monitor.unpass(h);
-        }
-        let ends = self
-            .run_hosts(&hosts, |ctx, host| {
-                let hop = hop.clone();
-                async move { upgrade_dp(ctx, host, hop).await }
-            })
-            .await;
-        let (ends, halt) = ends;
-        let mut failed = Vec::new();
-        for (host, end) in &ends {
-            match end {
-                HostEnd::Done => {
-                    self.monitor.pass(host.clone());
-                    self.monitor.reset_streak(host);
-                }
-                HostEnd::NotStarted => {}
-                HostEnd::Failed {
-                    step,
-                    failure,
-                    left_drained,
-                } => {
-                    failed.push((host.clone(), step.clone(), failure.clone(), *left_drained));
-                }
-            }
-        }
-        if let Some(h) = halt {
-            return Err(h);
-        }
-        self.absorb_failures(failed)?;
-        // The whole batch holds healthy before the next one starts.
-        let p = self.ctx.policy.clone();
-        let start = Instant::now();
-        // At least two health reports, so one bad report plus a second (the
-        // alarm threshold) can land inside the hold.
-        let hold = p.min_healthy().max(HEALTH_INTERVAL * 3);
-        self.emit(
-            Event::new("batch", &rid, "holding")
-                .hop(hop)
-                .batch(b)
-                .detail(serde_json::json!({ "message": format!("the batch must stay healthy for {hold:?}"), "hold_ms": hold.as_millis() as u64 })),
-        );
-        let halt = self.hold(hold).await;
-        if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt
-            && hosts.contains(host)
-        {
-            let host = host.clone();
-            let why = why.clone();
-            self.roll_back_dp(&host, hop).await;
-            return Err(Halt::Alarm(Alarm::Unhealthy { host, why }));
-        }
-        if let Some(h) = halt {
-            return Err(h);
-        }
-        self.emit(
-            Event::new("batch", &rid, "succeeded")
-                .hop(hop)
-                .batch(b)
-                .elapsed(start.elapsed()),
-        );
-        Ok(())
-    }
-
-    /// True when the journal shows `host`'s sequence for `hop` began (this
-    /// is a resume): the driver re-attaches to it whatever the host's health
-    /// now — it may be mid-install, or failed and quarantined.
-    fn already_begun(&self, host: &str, hop: &Version) -> bool {
-        self.ctx
-            .log()
-            .begun(&op_id(&self.rid(), host, "drain", Some(hop)))
-    }
-
-    /// Failed hosts are back on their old release (the agent reverted them).
-    /// Within the failure budget they are quarantined; beyond it the rollout
-    /// halts.
-    fn absorb_failures(
-        &mut self,
-        failed: Vec<(String, String, StepFailure, bool)>,
-    ) -> Result<(), Halt> {
-        if failed.is_empty() {
-            return Ok(());
-        }
-        let budget = self.ctx.policy.max_failures;
-        if self.quarantined.len() + failed.len() > budget {
-            let (host, step, failure, _) = failed[0].clone();
-            for (h, ..) in &failed {
-                self.monitor.ignore(h.clone());
-            }
-            if failed.len() == 1 {
-                return Err(Halt::Step {
-                    host,
-                    step,
-                    failure: Box::new(failure),
-                });
-            }
-            return Err(Halt::Budget {
-                failed: failed
-                    .iter()
-                    .map(|(h, s, f, _)| format!("{h} ({s}: {f})"))
-                    .collect(),
-            });
-        }
-        for (h, step, f, left_drained) in failed {
-            self.monitor.ignore(h.clone());
-            self.emit(
-                Event::new("host", &self.rid(), "quarantined")
-                    .host(&h)
-                    .error(format!("{step}: {f}"))
-                    .detail(serde_json::json!({ "left_drained": left_drained, "active_version": f.active_version })),
-            );
-            self.note_or_warn(
-                &format!("quarantined:{h}"),
-                serde_json::json!({ "step": step, "reason": f.to_string() }),
-            );
-            self.quarantined.push(h);
-        }
-        Ok(())
-    }
-
-    /// A host that passed its install but then failed its batch's hold goes
-    /// back to the release it had: drain, rollback, undrain.
-    async fn roll_back_dp(&mut self, host: &str, hop: &Version) {
-        // Back one hop, not to where the rollout started: the CP already runs
-        // this hop, and a DP two minors behind it would be incompatible.
-        let from = {
-            let log = self.ctx.log();
-            let start = log
-                .spec
-                .hosts
-                .iter()
-                .find(|h| h.name == host)
-                .map(|h| h.from.clone());
-            start.map(|start| {
-                log.spec
-                    .hops
-                    .iter()
-                    .filter(|v| *v < hop && **v > start)
-                    .max()
-                    .cloned()
-                    .unwrap_or(start)
-            })
-        };
-        let Some(from) = from else { return };
-        self.monitor.ignore(host.to_string());
-        let ctx = self.ctx.clone();
-        let (ends, _) = self
-            .run_hosts(&[host.to_string()], move |ctx, host| {
-                let from = from.clone();
-                let hop = hop.clone();
-                async move { rollback_dp(ctx, host, from, Some(hop)).await }
-            })
-            .await;
-        drop(ctx);
-        for (h, end) in ends {
-            if let HostEnd::Failed { step, failure, .. } = end {
-                tracing::error!(host = %h, %step, error = %failure, "rolling back the unhealthy host failed");
-            }
-        }
     }
 
     /// Runs one sequence per host concurrently, watching health. A host whose
@@ -953,7 +446,7 @@ impl<F: FleetApi> Driver<F> {
             tokio::select! {
                 Some((h, r)) = running.next() => ends.push((h.clone(), r.unwrap_or_else(|_| HostEnd::Failed {
                     step: "unknown".into(),
-                    failure: StepFailure::lost(format!("the agent of {h} stopped answering in the middle of a step")),
+                    failure: lost(format!("the agent of {h} stopped answering in the middle of a step")),
                     left_drained: true,
                 }))),
                 () = self.pulse(&mut tick) => {}

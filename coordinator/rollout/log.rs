@@ -7,19 +7,18 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
+use rollgate::fingerprint::Fingerprint;
+use rollgate::journal_writer::Writer;
+use rollgate::outcome::StepResult;
 use serde::{Deserialize, Serialize};
 
-use super::spec::RolloutSpec;
-use super::writer::Writer;
+pub use rollgate::clock::now_ms;
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use super::spec::RolloutSpec;
+
+/// The journal format this build writes and reads (in the first record).
+pub const FORMAT: u32 = 1;
 
 /// How a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,26 +37,39 @@ pub enum Outcome {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Record {
-    Created {
-        spec: Box<RolloutSpec>,
-    },
+    /// The first record: the journal's format and the rollout's plan.
+    Created { format: u32, spec: Box<RolloutSpec> },
+    /// A step is about to be called (durable before the call).
     Begin {
         op: String,
         host: String,
         step: String,
         at_ms: i64,
     },
+    /// A step's result, as the agent (or the coordinator) gave it.
     End {
         op: String,
         host: String,
         step: String,
-        ok: bool,
-        summary: String,
+        result: StepResult,
         at_ms: i64,
     },
-    Note {
-        key: String,
-        value: serde_json::Value,
+    /// What the rollout decided about a host (quarantine, left drained).
+    Host {
+        host: String,
+        mark: HostMark,
+        at_ms: i64,
+    },
+    /// The copy of the rollout's backup kept in the state dir.
+    BackupCopy {
+        dir: PathBuf,
+        files: usize,
+        at_ms: i64,
+    },
+    /// The DB fingerprint after hop `hop`'s CPs: the next hop's guard baseline.
+    Baseline {
+        hop: usize,
+        fingerprint: Fingerprint,
         at_ms: i64,
     },
     Ended {
@@ -67,11 +79,15 @@ pub enum Record {
     },
 }
 
-/// The end of one step.
-#[derive(Debug, Clone)]
-pub struct StepEnd {
-    pub ok: bool,
-    pub summary: String,
+/// What the rollout decided about a host, beyond its steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mark", rename_all = "snake_case")]
+pub enum HostMark {
+    /// Failed within the failure budget: left on its old release, and the
+    /// rollout went on without it.
+    Quarantined { step: String, reason: String },
+    /// A step failed and the host could not be put back in rotation.
+    LeftDrained { step: String, reason: String },
 }
 
 /// A rollout's journal, open for appending, and what it says so far.
@@ -82,11 +98,14 @@ pub struct RolloutLog {
     writer: Option<Writer>,
     pub spec: RolloutSpec,
     pub records: Vec<Record>,
-    ends: HashMap<String, StepEnd>,
+    ends: HashMap<String, StepResult>,
     /// Operations begun (by id) and hosts with any step begun.
     begun: HashSet<String>,
     begun_hosts: HashSet<String>,
-    pub notes: BTreeMap<String, serde_json::Value>,
+    /// The backup copy, when made.
+    pub backup_copy: Option<PathBuf>,
+    /// Guard baselines by hop index.
+    pub baselines: BTreeMap<usize, Fingerprint>,
     pub outcome: Option<(Outcome, String)>,
 }
 
@@ -115,16 +134,18 @@ impl RolloutLog {
         rollgate::fsx::sync_dir(&dir)?;
         let mut log = RolloutLog {
             path,
-            writer: Some(Writer::start(file)),
+            writer: Some(Writer::start(file, "rollout-journal")?),
             spec: spec.clone(),
             records: Vec::new(),
             ends: HashMap::new(),
             begun: HashSet::new(),
             begun_hosts: HashSet::new(),
-            notes: BTreeMap::new(),
+            backup_copy: None,
+            baselines: BTreeMap::new(),
             outcome: None,
         };
         log.append(Record::Created {
+            format: FORMAT,
             spec: Box::new(spec),
         })?;
         Ok(log)
@@ -145,7 +166,7 @@ impl RolloutLog {
         if torn {
             file.set_len(good).map_err(err)?;
         }
-        log.writer = Some(Writer::start(file));
+        log.writer = Some(Writer::start(file, "rollout-journal").map_err(err)?);
         Ok(log)
     }
 
@@ -158,9 +179,15 @@ impl RolloutLog {
     }
 
     fn from_records(path: &Path, records: Vec<Record>) -> Result<RolloutLog, String> {
-        let Some(Record::Created { spec }) = records.first().cloned() else {
+        let Some(Record::Created { format, spec }) = records.first().cloned() else {
             return Err(format!("{} does not start with a rollout", path.display()));
         };
+        if format != FORMAT {
+            return Err(format!(
+                "{} is in journal format {format}; this rollgate reads format {FORMAT}",
+                path.display()
+            ));
+        }
         let mut log = RolloutLog {
             path: path.to_path_buf(),
             writer: None,
@@ -169,7 +196,8 @@ impl RolloutLog {
             ends: HashMap::new(),
             begun: HashSet::new(),
             begun_hosts: HashSet::new(),
-            notes: BTreeMap::new(),
+            backup_copy: None,
+            baselines: BTreeMap::new(),
             outcome: None,
         };
         for rec in records {
@@ -180,20 +208,16 @@ impl RolloutLog {
 
     fn apply(&mut self, rec: Record) {
         match &rec {
-            Record::End {
-                op, ok, summary, ..
+            Record::End { op, result, .. } => {
+                self.ends.insert(op.clone(), result.clone());
+            }
+            Record::BackupCopy { dir, .. } => self.backup_copy = Some(dir.clone()),
+            Record::Baseline {
+                hop, fingerprint, ..
             } => {
-                self.ends.insert(
-                    op.clone(),
-                    StepEnd {
-                        ok: *ok,
-                        summary: summary.clone(),
-                    },
-                );
+                self.baselines.insert(*hop, fingerprint.clone());
             }
-            Record::Note { key, value, .. } => {
-                self.notes.insert(key.clone(), value.clone());
-            }
+            Record::Host { .. } => {}
             Record::Begin { op, host, .. } => {
                 self.begun.insert(op.clone());
                 self.begun_hosts.insert(host.clone());
@@ -241,16 +265,8 @@ impl RolloutLog {
         self.begun_hosts.contains(host)
     }
 
-    pub fn ended(&self, op: &str) -> Option<&StepEnd> {
+    pub fn ended(&self, op: &str) -> Option<&StepResult> {
         self.ends.get(op)
-    }
-
-    pub fn note(&mut self, key: &str, value: serde_json::Value) -> std::io::Result<()> {
-        self.append(Record::Note {
-            key: key.into(),
-            value,
-            at_ms: now_ms(),
-        })
     }
 }
 
@@ -306,7 +322,7 @@ pub fn list(state_dir: &Path) -> Vec<PathBuf> {
             serde_json::from_str::<Record>(line.trim_end()).ok()
         });
         match first {
-            Some(Record::Created { spec }) => spec.created_ms,
+            Some(Record::Created { spec, .. }) => spec.created_ms,
             _ => 0,
         }
     };
@@ -318,4 +334,43 @@ pub fn list(state_dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v.into_iter().map(|(_, p)| p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::state::{HostState, fold};
+    use rollgate::outcome::{FailureCode, StepOutput};
+
+    /// A journal of this format, committed: a later change to the records
+    /// must still read it, or `resume` after an upgrade of rollgate would
+    /// misread where the rollout stands.
+    #[test]
+    fn the_committed_format_1_fixture_replays() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rollout-v1.jsonl"
+        ));
+        let log = RolloutLog::read(path).unwrap();
+        assert_eq!(log.spec.id, "r-20261130T105553Z-1a2b");
+        assert_eq!(log.spec.hops.len(), 2);
+        assert!(log.spec.hosts[2].drained);
+        assert_eq!(log.spec.hosts[1].group.as_deref(), Some("g1"));
+        assert!(matches!(
+            log.ended("r-20261130T105553Z-1a2b/cp-1/backup"),
+            Some(Ok(StepOutput::Backup(b))) if b.fingerprint.tables["public.routes"] == 12
+        ));
+        assert!(matches!(
+            log.ended("r-20261130T105553Z-1a2b/dp-1/install-3.4.1"),
+            Some(Err(f)) if f.code == FailureCode::HealthGateFailed && f.reverted
+        ));
+        assert!(log.begun("r-20261130T105553Z-1a2b/dp-2/drain-3.4.1"));
+        assert!(log.backup_copy.is_some());
+        assert_eq!(log.baselines[&1].tables.len(), 3);
+        assert!(log.outcome.is_none(), "cut off: resume continues it");
+        let states = fold(&log.records);
+        assert!(states["dp-1"].is_quarantined());
+        assert!(matches!(states["dp-2"], HostState::InStep { .. }));
+        assert!(matches!(states["cp-1"], HostState::Done { .. }));
+    }
 }

@@ -1,6 +1,12 @@
-//! Rollouts: the persisted plan (`spec`), its journal (`log`), the fleet
-//! lock, and the driver that carries it out.
+//! Rollouts: the persisted plan (`spec`), its journal (`log`) and what it
+//! says of each host (`state`), the fleet lock, and the driver that carries
+//! a rollout out — its owner loop (`driver`) and its phases: `staging`,
+//! `backup` (with the write-freeze guard), `cp`, `dp`, and `undo` for
+//! `rollgate rollback`.
 
+mod backup;
+mod cp;
+mod dp;
 pub mod driver;
 pub mod lock;
 pub mod log;
@@ -9,6 +15,7 @@ pub mod monitor;
 mod scripted;
 pub mod sequence;
 pub mod spec;
+mod staging;
+pub mod state;
 pub mod steps;
 pub mod undo;
-pub mod writer;

@@ -16,16 +16,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rollgate::catalog::Release;
+use rollgate::fingerprint::{Fingerprint, Reading};
 use rollgate::lb::LbState;
-use rollgate::pb;
-use rollgate::pb::success::Detail;
+use rollgate::outcome::{
+    BackupFile, BackupTaken, Drained, Failure, FailureCode, Installed, Staged, StepOutput,
+};
 use rollgate::role::Role;
 use rollgate::version::Version;
 use tokio::sync::{mpsc, watch};
 
 use super::log::now_ms;
 use crate::client::{CallError, Hello};
-use crate::fleet::{FleetApi, Health, HealthUpdate, StepFailure, StepOutcome};
+use crate::fleet::{FleetApi, Health, HealthUpdate, StepOutcome};
 
 mod harness;
 mod resume;
@@ -98,13 +100,13 @@ struct State {
     calls: Vec<Call>,
     /// The agents' record of operations: id → result.
     results: HashMap<String, StepOutcome>,
-    failures: HashMap<(String, Step), StepFailure>,
+    failures: HashMap<(String, Step), Failure>,
     /// One-shot: (host, step) → what happens when it acts.
     triggers: Vec<(String, Step, Effect)>,
     /// Write counters of the CP database, per table.
     db: BTreeMap<String, i64>,
     /// Fingerprints taken with each backup, by backup id.
-    backups: HashMap<String, pb::Fingerprint>,
+    backups: HashMap<String, Fingerprint>,
     /// How long a stage takes, when not STEP_TIME.
     stage_time: Option<Duration>,
     /// One-shot: when any host is first asked for `step`, `effect` happens
@@ -151,7 +153,7 @@ impl ScriptedFleet {
     }
 
     /// Every action of `step` on `host` fails with `failure`.
-    pub fn fail(&self, host: &str, step: Step, failure: StepFailure) -> &Self {
+    pub fn fail(&self, host: &str, step: Step, failure: Failure) -> &Self {
         self.lock().failures.insert((host.into(), step), failure);
         self
     }
@@ -318,19 +320,12 @@ impl ScriptedFleet {
 }
 
 impl State {
-    fn fingerprint(&self) -> pb::Fingerprint {
-        pb::Fingerprint {
-            tables: self
-                .db
-                .iter()
-                .map(|(t, w)| pb::TableWrites {
-                    table: t.clone(),
-                    writes: *w,
-                })
-                .collect(),
-            export_sha256: "e".repeat(64),
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            tables: self.db.clone(),
+            export_sha256: Some("e".repeat(64)),
             excluded_tables: vec!["public.heartbeats".into()],
-            taken_at_unix_ms: now_ms(),
+            taken_at_ms: now_ms(),
         }
     }
 
@@ -377,8 +372,8 @@ impl State {
             match step {
                 // The agent put back what `active_version` names.
                 Step::Install | Step::Rollback => {
-                    if let Ok(v) = f.active_version.parse() {
-                        h.version = v;
+                    if let Some(v) = &f.active_version {
+                        h.version = v.clone();
                     }
                     h.healthy = f.gateway_healthy;
                 }
@@ -392,24 +387,24 @@ impl State {
         Ok(match step {
             Step::Stage => {
                 h.staged.insert(v());
-                Detail::Stage(pb::StageResult {
-                    version: v().to_string(),
-                    release_dir: format!("/opt/gw/releases/{}", v()),
+                StepOutput::Stage(Staged {
+                    version: v(),
+                    location: format!("/opt/gw/releases/{}", v()),
                     bytes: 1,
                     already_present: false,
                 })
             }
             Step::Backup => {
                 self.backups.insert(arg.into(), fp.clone());
-                Detail::Backup(pb::BackupResult {
+                StepOutput::Backup(BackupTaken {
                     backup_id: arg.into(),
                     dir: format!("/var/backups/rollgate/{arg}"),
-                    files: vec![pb::BackupFile {
+                    files: vec![BackupFile {
                         path: "db.dump".into(),
                         size: 1,
                         sha256: "d".repeat(64),
                     }],
-                    fingerprint: Some(fp),
+                    fingerprint: fp,
                 })
             }
             Step::Install | Step::Rollback => {
@@ -418,26 +413,30 @@ impl State {
                 }
                 let previous = std::mem::replace(&mut h.version, v());
                 h.healthy = true;
-                let r = pb::InstallResult {
-                    previous_version: previous.to_string(),
-                    version: v().to_string(),
+                let r = Installed {
+                    previous_version: Some(previous),
+                    version: v(),
                     pid: 4242,
                     healthy_for_ms: 1,
                     restore: None,
                 };
                 if step == Step::Install {
-                    Detail::Install(r)
+                    StepOutput::Install(r)
                 } else {
-                    Detail::Rollback(r)
+                    StepOutput::Rollback(r)
                 }
             }
             Step::Drain => {
                 h.drained = true;
-                Detail::Drain(pb::DrainResult::default())
+                StepOutput::Drain(Drained {
+                    remaining_connections: 0,
+                    lb_acknowledged: false,
+                    waited_ms: 0,
+                })
             }
             Step::Undrain => {
                 h.drained = false;
-                Detail::Undrain(pb::UndrainResult {})
+                StepOutput::Undrain
             }
             Step::Hello | Step::FetchBackup | Step::Fingerprint => {
                 return Err(precondition(format!("{step:?} is not an operation")));
@@ -446,15 +445,10 @@ impl State {
     }
 }
 
-fn precondition(message: String) -> StepFailure {
-    StepFailure {
-        code: "PRECONDITION".into(),
-        message,
-        detail: String::new(),
-        reverted: false,
-        active_version: String::new(),
+fn precondition(message: String) -> Failure {
+    Failure {
         gateway_healthy: true,
-        lost: false,
+        ..Failure::new(FailureCode::Precondition, message)
     }
 }
 
@@ -498,7 +492,7 @@ impl FleetApi for ScriptedFleet {
         &self,
         host: &str,
         backup_id: &str,
-        _files: &[pb::BackupFile],
+        _files: &[BackupFile],
         _into: &Path,
     ) -> Result<(), String> {
         // Nothing to copy: the driver's part is asking, and noting the copy.
@@ -507,11 +501,7 @@ impl FleetApi for ScriptedFleet {
         Ok(())
     }
 
-    async fn fingerprint(
-        &self,
-        host: &str,
-        baseline_backup: &str,
-    ) -> Result<pb::FingerprintResponse, CallError> {
+    async fn fingerprint(&self, host: &str, baseline_backup: &str) -> Result<Reading, CallError> {
         let idx = self.record(host, Step::Fingerprint, "", None, baseline_backup);
         let r = {
             let s = self.lock();
@@ -519,23 +509,13 @@ impl FleetApi for ScriptedFleet {
             let baseline = if baseline_backup.is_empty() {
                 None
             } else {
-                Some(s.backups.get(baseline_backup).cloned().ok_or_else(|| {
+                let b = s.backups.get(baseline_backup).cloned().ok_or_else(|| {
                     CallError::Mismatch(format!("no backup {baseline_backup} on {host}"))
-                })?)
+                })?;
+                let diff = b.diff(&current);
+                Some((b, diff))
             };
-            let changed_tables = baseline
-                .as_ref()
-                .map(|b| rollgate::fingerprint::changed_tables(b, &current))
-                .unwrap_or_default();
-            let export_changed = baseline
-                .as_ref()
-                .is_some_and(|b| b.export_sha256 != current.export_sha256);
-            pb::FingerprintResponse {
-                current: Some(current),
-                baseline,
-                changed_tables,
-                export_changed,
-            }
+            Reading { current, baseline }
         };
         self.returned(idx, false);
         Ok(r)

@@ -5,7 +5,9 @@
 use rollgate::version::Version;
 
 use super::steps::{Ctx, op_id};
-use crate::fleet::{FleetApi, StepFailure};
+use rollgate::outcome::Failure;
+
+use crate::fleet::{FleetApi, is_lost, lost};
 
 /// How one host's sequence ended.
 #[derive(Debug, Clone)]
@@ -17,7 +19,7 @@ pub enum HostEnd {
     NotStarted,
     Failed {
         step: String,
-        failure: StepFailure,
+        failure: Failure,
         left_drained: bool,
     },
 }
@@ -120,7 +122,7 @@ where
     };
     if let Err(failure) = drained {
         // A failed drain undoes itself on the agent, when it says so.
-        let left_drained = failure.lost || !failure.reverted;
+        let left_drained = is_lost(&failure) || !failure.reverted;
         return HostEnd::Failed {
             step: "drain".into(),
             failure,
@@ -156,7 +158,7 @@ where
     };
     let healthy = match &done {
         Ok(_) => true,
-        Err(f) => f.gateway_healthy && !f.lost,
+        Err(f) => f.gateway_healthy && !is_lost(f),
     };
     let back = if healthy {
         ctx.run(host, names.undrain.0, Some(shown), &undrain_op, || {
@@ -165,9 +167,7 @@ where
         .await
         .map(|_| ())
     } else {
-        Err(StepFailure::lost(
-            "not healthy: left out of rotation".into(),
-        ))
+        Err(lost("not healthy: left out of rotation"))
     };
     match (done, back) {
         (Ok(_), Ok(())) => HostEnd::Done,

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio::sync::watch;
 
-use rollgate::pb;
+use rollgate::outcome::{Failure, FailureCode};
 use rollgate::version::Version;
 
 use super::log::{Record, RolloutLog, now_ms};
 use super::spec::PolicySnap;
-use crate::fleet::{FleetApi, StepFailure, StepOutcome};
+use crate::fleet::{FleetApi, StepOutcome};
 use crate::report::{Event, Reporter};
 
 /// What every host task of a rollout shares.
@@ -73,10 +73,12 @@ impl<F: FleetApi> Ctx<F> {
 
     /// Journals a record and waits until it is on disk (group commit: the
     /// lock is not held while waiting).
-    async fn journal(&self, rec: Record) -> Result<(), StepFailure> {
-        let failed = |e: std::io::Error| StepFailure {
-            code: "JOURNAL".into(),
-            ..StepFailure::lost(format!("cannot write the rollout journal: {e}"))
+    async fn journal(&self, rec: Record) -> Result<(), Failure> {
+        let failed = |e: std::io::Error| {
+            Failure::new(
+                FailureCode::Journal,
+                format!("cannot write the rollout journal: {e}"),
+            )
         };
         let durable = self.log().submit(rec).map_err(failed)?;
         durable
@@ -149,7 +151,7 @@ impl<F: FleetApi> Ctx<F> {
             let mut e = ev();
             e.status = "done-before".into();
             self.reporter.emit(e);
-            return Some(stored(&end.summary, end.ok));
+            return Some(end);
         }
         if held_back() {
             return None;
@@ -173,17 +175,12 @@ impl<F: FleetApi> Ctx<F> {
         self.reporter.emit(e);
         let start = Instant::now();
         let r = call().await;
-        let summary = match &r {
-            Ok(d) => serde_json::to_string(d).unwrap_or_default(),
-            Err(f) => serde_json::to_string(f).unwrap_or_default(),
-        };
         if let Err(f) = self
             .journal(Record::End {
                 op: op.into(),
                 host: host.into(),
                 step: step.into(),
-                ok: r.is_ok(),
-                summary,
+                result: r.clone(),
                 at_ms: now_ms(),
             })
             .await
@@ -211,15 +208,4 @@ impl<F: FleetApi> Ctx<F> {
 enum Start {
     Always,
     UnlessHalting,
-}
-
-/// A step's journalled result, as the step returned it.
-fn stored(summary: &str, ok: bool) -> StepOutcome {
-    if ok {
-        serde_json::from_str::<pb::success::Detail>(summary)
-            .map_err(|e| StepFailure::lost(format!("unreadable journal entry: {e}")))
-    } else {
-        Err(serde_json::from_str::<StepFailure>(summary)
-            .unwrap_or_else(|_| StepFailure::lost(summary.to_string())))
-    }
 }

@@ -320,7 +320,7 @@ impl DemoFleet {
         let agent = format!(
             "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\nstate_dir = \"state\"\n\n\
              [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
-             [gateway]\ninstall_root = \"root\"\n\n\
+             [install]\nmethod = \"tarball\"\nroot = \"root\"\n\n\
              [service]\nmanager = \"exec\"\ncommand = [\"bin/demo-gateway\", \"{role}\", \"--config\", \"{d}/gateway.toml\"]\nstop_timeout = \"15s\"\n\n\
              [health]\nstatus_url = \"http://{g}/status\"\nready_url = \"http://{g}/status/ready\"\nstart_timeout = \"30s\"\nmin_healthy = \"2s\"\nprobe_timeout = \"2s\"\n\n{extra}",
             name = h.name,

@@ -192,8 +192,8 @@ async fn staging_refuses_when_the_disk_floor_would_be_crossed() {
     std::fs::write(
         dp.config_path(),
         cfg.replace(
-            "install_root = \"root\"",
-            "install_root = \"root\"\nmin_free_bytes = 1000000000000000",
+            "root = \"root\"",
+            "root = \"root\"\nmin_free_bytes = 1000000000000000",
         ),
     )
     .unwrap();

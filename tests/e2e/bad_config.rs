@@ -22,7 +22,7 @@ fn bad_agent_config_exits_64_naming_the_key_and_binds_nothing() {
 
     let cases = [
         (good.replace("role = \"dp\"", "role = \"edge\""), "role"),
-        (good.replace("[gateway]", "[gateway]\nkeep = 2"), "keep"),
+        (good.replace("[install]", "[install]\nkeep = 2"), "keep"),
         (
             good.replace("name = \"dp-1\"", "name = \"dp 1\""),
             "agent.name",

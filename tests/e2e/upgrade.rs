@@ -331,8 +331,8 @@ async fn plan_refuses_a_major_jump_and_a_downgrade() {
         std::fs::write(
             dp.config_path(),
             cfg.replace(
-                "install_root = \"root\"",
-                "install_root = \"root\"\ncustom_plugin_dirs = [\"conf\"]",
+                "[service]",
+                "[gateway]\ncustom_plugin_dirs = [\"conf\"]\n\n[service]",
             ),
         )
         .unwrap();

@@ -13,13 +13,13 @@ use tokio::sync::watch;
 
 use super::{Call, ScriptedFleet, Step};
 use crate::batch::BatchSize;
-use crate::fleet::StepFailure;
 use crate::output::Output;
 use crate::report::Reporter;
 use crate::rollout::driver::Driver;
-use crate::rollout::log::{Outcome, Record, RolloutLog, now_ms};
+use crate::rollout::log::{HostMark, Outcome, Record, RolloutLog, now_ms};
 use crate::rollout::spec::{HostPlan, Kind, PolicySnap, RolloutSpec};
 use crate::rollout::steps::Ctx;
+use rollgate::outcome::{Failure, FailureCode};
 
 pub(super) const RID: &str = "r-scripted";
 /// A driver that has not ended by then is stuck: fail instead of hanging.
@@ -201,11 +201,18 @@ impl Ran {
         );
     }
 
+    /// The records that are not steps, by name: `backup_copy`,
+    /// `baseline:<hop>`, `quarantined:<host>`, `left_drained:<host>`.
     pub fn notes(&self) -> Vec<String> {
         self.records
             .iter()
             .filter_map(|r| match r {
-                Record::Note { key, .. } => Some(key.clone()),
+                Record::BackupCopy { .. } => Some("backup_copy".to_string()),
+                Record::Baseline { hop, .. } => Some(format!("baseline:{hop}")),
+                Record::Host { host, mark, .. } => Some(match mark {
+                    HostMark::Quarantined { .. } => format!("quarantined:{host}"),
+                    HostMark::LeftDrained { .. } => format!("left_drained:{host}"),
+                }),
                 _ => None,
             })
             .collect()
@@ -248,21 +255,20 @@ pub(super) async fn drive(
     }
 }
 
-pub(super) fn health_gate_failed(old: &str) -> StepFailure {
-    StepFailure {
-        code: "HEALTH_GATE_FAILED".into(),
+pub(super) fn health_gate_failed(old: &str) -> Failure {
+    Failure {
+        code: FailureCode::HealthGateFailed,
         message: "the new release did not pass the health gate".into(),
         detail: "ready answered 503 for 1s".into(),
         reverted: true,
-        active_version: old.into(),
+        active_version: Some(v(old)),
         gateway_healthy: true,
-        lost: false,
     }
 }
 
 /// The gateway is back on the old release but does not come up healthy.
-pub(super) fn revert_unhealthy(old: &str) -> StepFailure {
-    StepFailure {
+pub(super) fn revert_unhealthy(old: &str) -> Failure {
+    Failure {
         gateway_healthy: false,
         detail: "reverted; the old release does not answer /status/ready".into(),
         ..health_gate_failed(old)

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use rollgate::pb::success::Detail;
+use rollgate::outcome::StepOutput;
 use rollgate::role::Role;
 
 use super::harness::*;
@@ -22,7 +22,7 @@ async fn a_scripted_agent_answers_a_repeated_operation_from_its_record() {
     let hello = fleet.hello("dp-1").await.expect("facts");
     assert_eq!((hello.role, hello.installed), (Role::Dp, Some(v("3.3.0"))));
     let staged = fleet.stage("dp-1", "op-stage", rel).await;
-    assert!(matches!(staged, Ok(Detail::Stage(_))), "{staged:?}");
+    assert!(matches!(staged, Ok(StepOutput::Stage(_))), "{staged:?}");
     let min = Duration::from_millis(1);
     let first = fleet
         .install("dp-1", "op-install", &rel.version, min, min)
@@ -38,7 +38,7 @@ async fn a_scripted_agent_answers_a_repeated_operation_from_its_record() {
     assert_eq!(fleet.steps("dp-1").len(), 4, "every call is recorded");
     let never = fleet.install("dp-1", "op-2", &v("3.5.0"), min, min).await;
     assert!(
-        matches!(never, Err(f) if f.code == "PRECONDITION"),
+        matches!(never, Err(f) if f.code == rollgate::outcome::FailureCode::Precondition),
         "not staged"
     );
 }

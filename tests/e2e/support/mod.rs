@@ -196,7 +196,7 @@ impl Host {
         let config = format!(
             "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{agent_addr}\"\nstate_dir = \"state\"\n\n\
              [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
-             [gateway]\ninstall_root = \"root\"\n\n\
+             [install]\nmethod = \"tarball\"\nroot = \"root\"\n\n\
              [service]\nmanager = \"exec\"\ncommand = [\"bin/demo-gateway\", \"{role}\", \"--config\", \"{d}/gateway.toml\"]\n\n{extra}",
             c = certs.display(),
             d = dir.display(),

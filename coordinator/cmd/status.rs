@@ -10,8 +10,11 @@ use rollgate::version::Version;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::Failure;
+use crate::cli::StatusArgs;
 use crate::client::{Agent, CallPolicy, Hello};
 use crate::inventory::{Host, Inventory};
+use crate::output::{Output, print_json, print_table, yes_no};
 
 /// One host as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +145,57 @@ pub fn judge(
         }
     }
     (Some(true), None)
+}
+
+/// `rollgate status`: the table (or JSON document); exit 1 when a host is
+/// unreachable.
+pub async fn run(a: StatusArgs) -> Result<(), Failure> {
+    let inv = crate::load_inventory(&a.inventory)?;
+    let rows = collect(&inv).await;
+    match a.output {
+        Output::Json => print_json(&serde_json::json!({ "hosts": rows })),
+        Output::Text => print_table(
+            &[
+                "HOST",
+                "ROLE",
+                "VERSION",
+                "HEALTHY",
+                "LOAD BALANCER",
+                "COMPATIBLE",
+                "REACHABLE",
+                "NOTE",
+            ],
+            &rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.role.to_string(),
+                        r.version.clone().unwrap_or_else(|| "-".into()),
+                        yes_no(r.healthy),
+                        r.load_balancer
+                            .map_or_else(|| "-".into(), |l| l.to_string()),
+                        yes_no(r.compatible),
+                        yes_no(Some(r.reachable)),
+                        r.error
+                            .clone()
+                            .or_else(|| r.reason.clone())
+                            .unwrap_or_default(),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        ),
+    }
+    let down: Vec<&str> = rows
+        .iter()
+        .filter(|r| !r.reachable)
+        .map(|r| r.name.as_str())
+        .collect();
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Failed(format!("unreachable: {}", down.join(", "))))
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
-//! Group commit for the rollout journal. Hosts of a batch run their steps at
+//! Group commit for an append-only journal (the coordinator's rollout
+//! journal, the agent's step journal). Hosts of a batch run their steps at
 //! once and each step journals twice; one fsync per record, taken in turn
 //! under a lock, costs a disk's fsync latency per record (milliseconds on
-//! real disks) and blocks a runtime thread meanwhile. Here one thread owns
-//! the file: it writes every record queued since its last fsync, fsyncs
-//! once, then tells each writer its record is durable. A caller still waits
-//! for its own record to be on disk before it acts.
+//! real disks) and blocks a runtime thread meanwhile: on the agent's single
+//! thread it would also stall the health watch and the HAProxy agent-check
+//! answer. Here one thread owns the file: it writes every record queued
+//! since its last fsync, fsyncs once, then tells each writer its record is
+//! durable. A caller still waits for its own record to be on disk before it
+//! acts.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -44,13 +47,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(file: File) -> Writer {
+    /// Starts the thread that owns `file` (opened for appending).
+    pub fn start(file: File, name: &str) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
-            .name("rollout-journal".into())
-            .spawn(move || run(file, rx))
-            .expect("a thread for the rollout journal");
-        Writer { tx }
+            .name(name.into())
+            .spawn(move || run(file, rx))?;
+        Ok(Writer { tx })
     }
 
     /// Queues a line; the receiver says when it is durable.
@@ -103,7 +106,7 @@ fn run(mut file: File, rx: mpsc::Receiver<Job>) {
             let _ = file.set_len(len);
         }
         if let Err(e) = &result {
-            tracing::error!(error = %e, records = batch.len(), "cannot write the rollout journal");
+            tracing::error!(error = %e, records = batch.len(), "cannot write the journal");
         }
         for job in batch {
             job.ack.send(match &result {
@@ -122,7 +125,7 @@ mod tests {
     async fn concurrent_records_all_land_whole_and_in_order_per_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let w = std::sync::Arc::new(Writer::start(File::create(&path).unwrap()));
+        let w = std::sync::Arc::new(Writer::start(File::create(&path).unwrap(), "test").unwrap());
         let mut tasks = Vec::new();
         for t in 0..8 {
             let w = w.clone();

@@ -1,0 +1,113 @@
+//! `agent.toml` as written: every key optional here, unknown keys refused.
+//! `super::Config::try_from` turns it into the checked config the agent uses,
+//! with defaults filled in and every value (paths, signals, durations,
+//! addresses) parsed exactly once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rollgate::role::Role;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub agent: Option<AgentFile>,
+    pub tls: Option<TlsFile>,
+    pub install: Option<InstallFile>,
+    pub gateway: Option<GatewayFile>,
+    pub service: Option<ServiceFile>,
+    pub health: Option<HealthFile>,
+    pub drain: Option<DrainFile>,
+    pub backup: Option<BackupFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub listen: Option<SocketAddr>,
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub allowed_clients: Option<Vec<String>>,
+}
+
+/// `[install]`, tagged by `method`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum InstallFile {
+    Tarball {
+        root: Option<PathBuf>,
+        keep_releases: Option<usize>,
+        min_free_bytes: Option<u64>,
+        max_unpack_ratio: Option<u64>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    pub custom_plugin_dirs: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub manager: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub stop_signal: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<Duration>,
+    pub unit: Option<String>,
+    pub systemctl: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    pub status_url: Option<String>,
+    pub ready_url: Option<String>,
+    pub version_pointer: Option<String>,
+    pub revision_pointer: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub probe_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub start_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub min_healthy: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainFile {
+    pub agent_check_listen: Option<SocketAddr>,
+    pub gateway_ports: Option<Vec<u16>>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub drain_command: Option<Vec<String>>,
+    pub undrain_command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupFile {
+    pub dir: Option<PathBuf>,
+    pub keep: Option<usize>,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub exclude_tables: Option<Vec<String>>,
+    pub config_files: Option<Vec<PathBuf>>,
+    pub export_url: Option<String>,
+    pub export_command: Option<Vec<String>>,
+}

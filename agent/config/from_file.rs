@@ -1,0 +1,306 @@
+//! `file::File` → `Config`: defaults filled in, paths resolved, every value
+//! checked once; each error starts with the key it is about.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use rollgate::ids::check_host_name;
+use rollgate::role::Role;
+
+use super::file;
+use super::*;
+
+/// A required key.
+fn need<T>(v: Option<T>, key: &str) -> Result<T, String> {
+    v.ok_or_else(|| format!("key `{key}`: missing"))
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_relative() { base.join(p) } else { p }
+}
+
+impl Config {
+    pub(super) fn from_file(f: file::File, base: &Path) -> Result<Config, String> {
+        let agent = need(f.agent, "agent")?;
+        let agent = AgentSection {
+            name: need(agent.name, "agent.name")?,
+            role: need(agent.role, "agent.role")?,
+            listen: need(agent.listen, "agent.listen")?,
+            state_dir: resolve(base, need(agent.state_dir, "agent.state_dir")?),
+        };
+        check_host_name(&agent.name).map_err(|e| format!("key `agent.name`: {e}"))?;
+        let tls = need(f.tls, "tls")?;
+        let tls = TlsSection {
+            ca: resolve(base, need(tls.ca, "tls.ca")?),
+            cert: resolve(base, need(tls.cert, "tls.cert")?),
+            key: resolve(base, need(tls.key, "tls.key")?),
+            allowed_clients: need(tls.allowed_clients, "tls.allowed_clients")?,
+        };
+        if tls.allowed_clients.is_empty() {
+            return Err("key `tls.allowed_clients`: must name at least one client".into());
+        }
+        let gateway = GatewaySection {
+            custom_plugin_dirs: f
+                .gateway
+                .and_then(|g| g.custom_plugin_dirs)
+                .unwrap_or_default(),
+        };
+        for d in &gateway.custom_plugin_dirs {
+            if d.is_absolute() || d.components().any(|c| c.as_os_str() == "..") {
+                return Err(format!(
+                    "key `gateway.custom_plugin_dirs`: {} must be relative to the release directory",
+                    d.display()
+                ));
+            }
+        }
+        let backup = match f.backup {
+            Some(b) => Some(backup(b, base, agent.role)?),
+            None => None,
+        };
+        Ok(Config {
+            install: install(need(f.install, "install")?, base)?,
+            service: service(need(f.service, "service")?)?,
+            health: health(f.health)?,
+            drain: drain(f.drain)?,
+            backup,
+            agent,
+            tls,
+            gateway,
+        })
+    }
+}
+
+fn install(f: file::InstallFile, base: &Path) -> Result<InstallSection, String> {
+    match f {
+        file::InstallFile::Tarball {
+            root,
+            keep_releases,
+            min_free_bytes,
+            max_unpack_ratio,
+        } => {
+            let t = TarballConfig {
+                root: resolve(base, need(root, "install.root")?),
+                keep_releases: keep_releases.unwrap_or(3),
+                max_unpack_ratio: max_unpack_ratio.unwrap_or(DEFAULT_MAX_UNPACK_RATIO),
+            };
+            if t.keep_releases < 2 {
+                return Err(
+                    "key `install.keep_releases`: must be at least 2, so the previous release stays for rollback"
+                        .into(),
+                );
+            }
+            if t.max_unpack_ratio == 0 {
+                return Err("key `install.max_unpack_ratio`: must be at least 1".into());
+            }
+            Ok(InstallSection {
+                method: InstallMethod::Tarball(t),
+                min_free_bytes: min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
+            })
+        }
+    }
+}
+
+fn service(s: file::ServiceFile) -> Result<ServiceSection, String> {
+    let stop_signal = parse_signal(s.stop_signal.as_deref().unwrap_or("SIGQUIT"))
+        .map_err(|e| format!("key `service.stop_signal`: {e}"))?;
+    let manager = match need(s.manager, "service.manager")?.as_str() {
+        "exec" => {
+            let command = s.command.unwrap_or_default();
+            if command.is_empty() || command[0].is_empty() {
+                return Err(
+                    "key `service.command`: manager \"exec\" needs the gateway's command (argv)"
+                        .into(),
+                );
+            }
+            if s.unit.is_some() {
+                return Err("key `service.unit`: only for manager = \"systemd\"".into());
+            }
+            Manager::Exec {
+                command,
+                env: s.env.unwrap_or_default(),
+            }
+        }
+        "systemd" => {
+            let unit = match s.unit {
+                None => {
+                    return Err(
+                        "key `service.unit`: manager \"systemd\" needs the gateway's unit".into(),
+                    );
+                }
+                Some(u) if u.is_empty() || u.contains('/') || u.starts_with('-') => {
+                    return Err(format!("key `service.unit`: {u:?} is not a unit name"));
+                }
+                Some(u) => u,
+            };
+            if s.command.is_some() || s.env.is_some() {
+                return Err(
+                    "key `service.command`: only for manager = \"exec\" (systemd runs the unit)"
+                        .into(),
+                );
+            }
+            Manager::Systemd {
+                unit,
+                systemctl: s.systemctl.unwrap_or_else(|| "/usr/bin/systemctl".into()),
+            }
+        }
+        other => {
+            return Err(format!(
+                "key `service.manager`: unknown variant `{other}`, expected `exec` or `systemd`"
+            ));
+        }
+    };
+    Ok(ServiceSection {
+        manager,
+        stop_signal,
+        stop_timeout: s.stop_timeout.unwrap_or(Duration::from_secs(30)),
+    })
+}
+
+fn health(h: Option<file::HealthFile>) -> Result<HealthSection, String> {
+    let h = h.unwrap_or(file::HealthFile {
+        status_url: None,
+        ready_url: None,
+        version_pointer: None,
+        revision_pointer: None,
+        probe_timeout: None,
+        start_timeout: None,
+        min_healthy: None,
+    });
+    for (key, url) in [
+        ("health.status_url", &h.status_url),
+        ("health.ready_url", &h.ready_url),
+    ] {
+        if let Some(url) = url {
+            check_http_url(url).map_err(|e| format!("key `{key}`: {e}"))?;
+        }
+    }
+    let version_pointer = h.version_pointer.unwrap_or_else(|| "/version".into());
+    let revision_pointer = h
+        .revision_pointer
+        .unwrap_or_else(|| "/config_revision".into());
+    for (key, ptr) in [
+        ("health.version_pointer", &version_pointer),
+        ("health.revision_pointer", &revision_pointer),
+    ] {
+        if !ptr.is_empty() && !ptr.starts_with('/') {
+            return Err(format!("key `{key}`: a JSON pointer starts with '/'"));
+        }
+    }
+    Ok(HealthSection {
+        status_url: h.status_url,
+        ready_url: h.ready_url,
+        version_pointer,
+        revision_pointer,
+        probe_timeout: h.probe_timeout.unwrap_or(Duration::from_secs(2)),
+        start_timeout: h.start_timeout.unwrap_or(Duration::from_secs(60)),
+        min_healthy: h.min_healthy.unwrap_or(Duration::from_secs(5)),
+    })
+}
+
+fn drain(d: Option<file::DrainFile>) -> Result<DrainSection, String> {
+    let d = d.unwrap_or(file::DrainFile {
+        agent_check_listen: None,
+        gateway_ports: None,
+        timeout: None,
+        drain_command: None,
+        undrain_command: None,
+    });
+    for (key, cmd) in [
+        ("drain.drain_command", &d.drain_command),
+        ("drain.undrain_command", &d.undrain_command),
+    ] {
+        if cmd
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c[0].is_empty())
+        {
+            return Err(format!("key `{key}`: must name a program"));
+        }
+    }
+    Ok(DrainSection {
+        agent_check_listen: d.agent_check_listen,
+        gateway_ports: d.gateway_ports.unwrap_or_default(),
+        timeout: d.timeout.unwrap_or(Duration::from_secs(30)),
+        drain_command: d.drain_command,
+        undrain_command: d.undrain_command,
+    })
+}
+
+fn backup(b: file::BackupFile, base: &Path, role: Role) -> Result<BackupSection, String> {
+    if role != Role::Cp {
+        return Err("key `backup`: only CP hosts (agent.role = \"cp\") take backups".into());
+    }
+    let keep = b.keep.unwrap_or(5);
+    if keep == 0 {
+        return Err("key `backup.keep`: must be at least 1".into());
+    }
+    let database_url = need(b.database_url, "backup.database_url")?;
+    if database_url.trim().is_empty() {
+        return Err("key `backup.database_url`: is empty".into());
+    }
+    let export = match (b.export_url, b.export_command) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "key `backup.export_command`: give either export_url or export_command, not both"
+                    .into(),
+            );
+        }
+        (Some(url), None) => {
+            check_http_url(&url).map_err(|e| format!("key `backup.export_url`: {e}"))?;
+            Some(Export::Url(url))
+        }
+        (None, Some(cmd)) => {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err("key `backup.export_command`: must name a program".into());
+            }
+            Some(Export::Command(cmd))
+        }
+        (None, None) => None,
+    };
+    let exclude_tables = b.exclude_tables.unwrap_or_default();
+    for t in &exclude_tables {
+        if t.split('.').count() != 2 {
+            return Err(format!(
+                "key `backup.exclude_tables`: {t:?} must be written schema.table"
+            ));
+        }
+    }
+    Ok(BackupSection {
+        dir: resolve(base, need(b.dir, "backup.dir")?),
+        keep,
+        pg_bin_dir: resolve(
+            base,
+            b.pg_bin_dir
+                .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into()),
+        ),
+        database_url,
+        exclude_tables,
+        config_files: b
+            .config_files
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| resolve(base, p))
+            .collect(),
+        export,
+    })
+}
+
+fn check_http_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => Ok(()),
+        s => Err(format!("{url:?}: scheme {s:?} is not http or https")),
+    }
+}
+
+/// `SIGQUIT`, `QUIT` or `sigquit` → the signal.
+pub fn parse_signal(name: &str) -> Result<Signal, String> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse()
+        .map_err(|_| format!("{name:?} is not a signal name"))
+}

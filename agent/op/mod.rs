@@ -1,0 +1,393 @@
+//! Operations: at most one step changes the host at a time; every step is
+//! journalled before it acts; a repeated operation id never acts twice.
+//!
+//! A call with a new id begins the operation (journal `begin`, durable), runs
+//! it in its own task — it goes on if the caller disconnects — and streams
+//! its events. A call with an id that is running follows the same operation;
+//! a call with an id that has ended gets the recorded result at once.
+//!
+//! This layer knows steps only as `Intent`s and results: the steps sit on top
+//! of it, the gRPC edge turns its events into wire messages.
+
+pub mod error;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use futures::Stream;
+use rollgate::clock::now_ms;
+use rollgate::outcome::{Failure, FailureCode, StepResult};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+pub use error::StepError;
+
+use crate::failpoint;
+use crate::journal::{Entry, Event, FORMAT, Journal, OpState};
+use crate::kind::{Intent, Phase, StepKind};
+
+/// Something a running operation says.
+#[derive(Debug, Clone)]
+pub enum OpEvent {
+    /// Work is going on (not journalled).
+    Progress(Progress),
+    /// The operation ended; always the last event.
+    Done { result: StepResult, replayed: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Short machine-readable phase ("receive", "stop", "health", ...).
+    pub phase: &'static str,
+    pub message: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = OpEvent> + Send>>;
+
+/// What a start request got.
+pub enum Started {
+    /// The operation's events (new, followed, or replayed from the journal).
+    Events(EventStream),
+    /// A step cut off by a restart is about to be recovered: ask again.
+    Retry(&'static str),
+}
+
+/// An operation as the journal has it, for GetOperation/ListOperations.
+#[derive(Debug, Clone)]
+pub struct OpRecord {
+    pub op: String,
+    pub kind: StepKind,
+    /// None while running.
+    pub result: Option<StepResult>,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub attempts: u32,
+}
+
+/// The operation registry: the journal plus the running operation.
+#[derive(Debug)]
+pub struct Ops {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    journal: Journal,
+    states: BTreeMap<String, OpState>,
+    running: Option<Running>,
+    seq: u64,
+}
+
+#[derive(Debug)]
+struct Running {
+    op: String,
+    events: broadcast::Sender<OpEvent>,
+}
+
+/// Handed to a running step: reports progress and journals phases.
+#[derive(Debug, Clone)]
+pub struct OpCtx {
+    pub op: String,
+    pub kind: StepKind,
+    ops: Arc<Ops>,
+    events: broadcast::Sender<OpEvent>,
+}
+
+impl OpCtx {
+    /// A progress message to whoever follows the operation (not journalled).
+    pub fn progress(&self, phase: &'static str, message: impl Into<String>, done: u64, total: u64) {
+        let message = message.into();
+        tracing::info!(op = %self.op, phase, done, total, "{message}");
+        let _ = self.events.send(OpEvent::Progress(Progress {
+            phase,
+            message,
+            done,
+            total,
+        }));
+    }
+
+    /// Journals that a step boundary was passed and waits until it is
+    /// durable. A failpoint named `<kind>:<phase>` kills the agent right
+    /// after, for crash tests.
+    pub async fn phase(&self, phase: Phase, detail: serde_json::Value) -> Result<(), StepError> {
+        let durable = self
+            .ops
+            .submit(&self.op, self.kind, Event::Phase { phase, detail });
+        wait(durable)
+            .await
+            .map_err(|e| StepError::internal(format!("cannot write the journal: {e}")))?;
+        failpoint::hit(self.kind, phase);
+        Ok(())
+    }
+}
+
+/// Waits until a submitted entry is durable.
+async fn wait(
+    submitted: std::io::Result<oneshot::Receiver<std::io::Result<()>>>,
+) -> std::io::Result<()> {
+    submitted?
+        .await
+        .map_err(|_| std::io::Error::other("the journal writer has stopped"))?
+}
+
+impl Ops {
+    pub fn new(journal: Journal, states: BTreeMap<String, OpState>) -> Arc<Ops> {
+        let seq = states.values().map(|s| s.seq).max().unwrap_or(0);
+        Arc::new(Ops {
+            inner: Mutex::new(Inner {
+                journal,
+                states,
+                running: None,
+                seq,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn submit(
+        &self,
+        op: &str,
+        kind: StepKind,
+        event: Event,
+    ) -> std::io::Result<oneshot::Receiver<std::io::Result<()>>> {
+        self.lock().submit(op, kind, event)
+    }
+
+    /// The journal's record of an operation.
+    pub fn get(&self, op: &str) -> Option<OpRecord> {
+        self.lock().states.get(op).map(record)
+    }
+
+    /// Records whose id starts with `prefix`, oldest first.
+    pub fn list(&self, prefix: &str) -> Vec<OpRecord> {
+        let inner = self.lock();
+        let mut v: Vec<&OpState> = inner
+            .states
+            .values()
+            .filter(|s| s.op.starts_with(prefix))
+            .collect();
+        v.sort_by_key(|s| s.seq);
+        v.into_iter().map(record).collect()
+    }
+
+    /// Operations the journal shows begun and never ended (crash victims).
+    pub fn unfinished(&self) -> Vec<OpState> {
+        self.lock()
+            .states
+            .values()
+            .filter(|s| s.result.is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// The id of the running operation, if any.
+    pub fn active(&self) -> Option<String> {
+        self.lock().running.as_ref().map(|r| r.op.clone())
+    }
+
+    /// Runs `work` as operation `op` with `intent`, or follows / replays it
+    /// if the id is known. `begin` is journalled with the start.
+    pub fn start<F, Fut>(self: &Arc<Self>, op: &str, intent: Intent, work: F) -> Started
+    where
+        F: FnOnce(OpCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = StepResult> + Send + 'static,
+    {
+        let kind = intent.kind();
+        self.begin(op, kind, Some(intent), false, work)
+    }
+
+    /// Takes up an operation cut off by a restart (recovery): the same id,
+    /// its attempt count one higher, its first intent kept.
+    pub fn resume<F, Fut>(self: &Arc<Self>, op: &str, kind: StepKind, work: F) -> Started
+    where
+        F: FnOnce(OpCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = StepResult> + Send + 'static,
+    {
+        self.begin(op, kind, None, true, work)
+    }
+
+    fn begin<F, Fut>(
+        self: &Arc<Self>,
+        op: &str,
+        kind: StepKind,
+        intent: Option<Intent>,
+        resume: bool,
+        work: F,
+    ) -> Started
+    where
+        F: FnOnce(OpCtx) -> Fut + Send + 'static,
+        Fut: Future<Output = StepResult> + Send + 'static,
+    {
+        let mut inner = self.lock();
+        if !resume {
+            // Running first: its end may be applied but not yet durable.
+            if let Some(run) = inner.running.as_ref().filter(|r| r.op == op) {
+                tracing::info!(op, "repeated operation id: following the running operation");
+                return Started::Events(follow(op, run.events.subscribe()));
+            }
+            if let Some((st, result)) = inner
+                .states
+                .get(op)
+                .and_then(|st| st.result.as_ref().map(|r| (st, r)))
+            {
+                tracing::info!(op, kind = %st.kind, "repeated operation id: answering from the journal");
+                return Started::Events(single(result.clone(), true));
+            }
+        }
+        if !resume && inner.running.is_none() && inner.states.values().any(|s| s.result.is_none()) {
+            // A step cut off by a restart that recovery has not taken up yet:
+            // ask the caller to come back (it retries, and then follows it).
+            tracing::info!(
+                op,
+                "a cut-off step is about to be recovered; asking the caller to retry"
+            );
+            return Started::Retry("the agent is recovering a step cut off by its restart; retry");
+        }
+        if let Some(run) = &inner.running {
+            return Started::Events(single(
+                Err(Failure::new(
+                    FailureCode::Precondition,
+                    format!("operation {} is running on this host", run.op),
+                )),
+                false,
+            ));
+        }
+        let attempt = inner.states.get(op).map_or(0, |s| s.attempts) + 1;
+        let durable = inner.submit(op, kind, Event::Begin { attempt, intent });
+        let (tx, _) = broadcast::channel(256);
+        inner.running = Some(Running {
+            op: op.to_string(),
+            events: tx.clone(),
+        });
+        let stream = follow(op, tx.subscribe());
+        drop(inner);
+
+        let ctx = OpCtx {
+            op: op.to_string(),
+            kind,
+            ops: self.clone(),
+            events: tx,
+        };
+        let ops = self.clone();
+        let span = tracing::info_span!("operation", op = %op, %kind, attempt);
+        tokio::spawn(
+            async move {
+                let op = ctx.op.clone();
+                let result = match wait(durable).await {
+                    Ok(()) => work(ctx).await,
+                    Err(e) => {
+                        tracing::error!(op = %op, error = %e, "cannot journal the start; not acting");
+                        Err(Failure::new(
+                            FailureCode::Internal,
+                            format!("cannot write the journal: {e}"),
+                        ))
+                    }
+                };
+                ops.finish(&op, kind, result).await;
+            }
+            .instrument(span),
+        );
+        Started::Events(stream)
+    }
+
+    /// Journals the end and waits until it is durable; only then is the
+    /// operation over for repeated ids and its followers told.
+    async fn finish(&self, op: &str, kind: StepKind, result: StepResult) {
+        match &result {
+            Ok(_) => tracing::info!(op, "operation succeeded"),
+            Err(f) => {
+                tracing::warn!(op, code = %f.code, reverted = f.reverted, "operation failed: {}", f.message)
+            }
+        }
+        let end = Event::End {
+            result: result.clone(),
+        };
+        let durable = self.submit(op, kind, end);
+        if let Err(e) = wait(durable).await {
+            // The host is in the state the result says; only the record is
+            // missing. The result is kept in memory (applied on submit), so
+            // repeated ids get it; a restart treats the step as cut off and
+            // re-checks the host.
+            tracing::error!(op, error = %e, "cannot journal the end of the operation");
+        }
+        let events = {
+            let mut inner = self.lock();
+            inner.running.take().map(|r| r.events)
+        };
+        if let Some(tx) = events {
+            let _ = tx.send(OpEvent::Done {
+                result,
+                replayed: false,
+            });
+        }
+    }
+}
+
+impl Inner {
+    /// Applies an entry to the in-memory state and queues it for the disk.
+    fn submit(
+        &mut self,
+        op: &str,
+        kind: StepKind,
+        event: Event,
+    ) -> std::io::Result<oneshot::Receiver<std::io::Result<()>>> {
+        let e = Entry {
+            v: FORMAT,
+            op: op.to_string(),
+            kind,
+            at_ms: now_ms(),
+            event,
+        };
+        let durable = self.journal.submit(&e);
+        crate::journal::apply(&mut self.states, e, &mut self.seq);
+        durable
+    }
+}
+
+fn record(s: &OpState) -> OpRecord {
+    OpRecord {
+        op: s.op.clone(),
+        kind: s.kind,
+        result: s.result.clone(),
+        started_ms: s.started_ms,
+        finished_ms: s.finished_ms,
+        attempts: s.attempts,
+    }
+}
+
+/// A stream of exactly one result.
+pub fn single(result: StepResult, replayed: bool) -> EventStream {
+    Box::pin(futures::stream::iter([OpEvent::Done { result, replayed }]))
+}
+
+/// Forwards a running operation's events until its result.
+fn follow(op: &str, mut rx: broadcast::Receiver<OpEvent>) -> EventStream {
+    let (tx, out) = mpsc::channel(64);
+    let op = op.to_string();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let last = matches!(ev, OpEvent::Done { .. });
+                    if tx.send(ev).await.is_err() || last {
+                        break;
+                    }
+                }
+                // A slow follower missed progress lines; the result still comes.
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(op = %op, missed = n, "follower lagged");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(out))
+}

@@ -1,0 +1,196 @@
+//! The read-only face: Hello (host facts) and WatchHealth (a report each
+//! interval, unchanged ones paced by a heartbeat).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollgate::clock::now_ms;
+use rollgate::pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+use tracing::Instrument;
+
+use super::wire;
+use crate::config::ManagerKind;
+use crate::health::Observation;
+use crate::state::AgentState;
+
+/// Shortest health interval a client may ask for.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The host's facts.
+pub fn hello(s: &AgentState) -> pb::HelloResponse {
+    let facts = s.facts.read();
+    let cfg = &s.config;
+    let current = s.installer.current();
+    let plugin_root = current.as_ref().and_then(|v| s.installer.release_dir(v));
+    pb::HelloResponse {
+        agent_version: rollgate::VERSION.to_string(),
+        host_name: cfg.agent.name.clone(),
+        role: pb::Role::from(cfg.agent.role) as i32,
+        installed_version: current
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        releases: s.installer.kept().iter().map(ToString::to_string).collect(),
+        disk_free_bytes: s.installer.free_bytes().unwrap_or(0),
+        memory_total_bytes: facts.memory_total_bytes,
+        memory_available_bytes: facts.memory_available_bytes,
+        cpu_count: facts.cpu_count,
+        cpu_brand: facts.cpu_brand,
+        load_average_1m: facts.load_average_1m,
+        service_manager: match cfg.service.kind() {
+            ManagerKind::Exec => pb::ServiceManager::Exec,
+            ManagerKind::Systemd => pb::ServiceManager::Systemd,
+        } as i32,
+        features: Some(pb::Features {
+            agent_check_port: cfg
+                .drain
+                .agent_check_listen
+                .map(|a| u32::from(a.port()))
+                .unwrap_or(0),
+            drain_hooks: cfg.drain.drain_command.is_some() || cfg.drain.undrain_command.is_some(),
+            database_backup: cfg.backup.is_some(),
+            declarative_export: cfg.backup.as_ref().is_some_and(|b| b.export.is_some()),
+        }),
+        custom_plugin_dirs: s
+            .installer
+            .current_dir()
+            .map(|dir| {
+                cfg.gateway
+                    .custom_plugin_dirs
+                    .iter()
+                    .map(|d| dir.join(d).display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default(),
+        custom_plugin_files: plugin_root
+            .map(|dir| crate::plugins::list(&dir, &cfg.gateway.custom_plugin_dirs))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| pb::PluginFile {
+                path: f.path,
+                sha256: f.sha256,
+            })
+            .collect(),
+    }
+}
+
+/// Streams health reports to the caller until it goes away.
+pub fn watch(
+    state: Arc<AgentState>,
+    peer: Option<SocketAddr>,
+    r: pb::WatchHealthRequest,
+) -> ReceiverStream<Result<pb::HealthReport, Status>> {
+    let interval = match r.interval_ms {
+        0 => Duration::from_secs(1),
+        ms => Duration::from_millis(u64::from(ms)).max(MIN_INTERVAL),
+    };
+    let heartbeat = Duration::from_millis(u64::from(r.heartbeat_ms));
+    let (tx, rx) = mpsc::channel(4);
+    let span = tracing::info_span!("watch_health", peer = ?peer, interval_ms = interval.as_millis() as u64);
+    tokio::spawn(
+        async move {
+            tracing::debug!("health watch started");
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut seq, mut streak) = (0, 0u32);
+            let mut last: Option<(ReportKey, std::time::Instant)> = None;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = tx.closed() => break,
+                }
+                let mut report = report(&state, seq + 1).await;
+                streak = if report.healthy {
+                    0
+                } else {
+                    streak.saturating_add(1)
+                };
+                report.unhealthy_streak = streak;
+                let key = ReportKey::of(&report);
+                let quiet = !heartbeat.is_zero()
+                    && last
+                        .as_ref()
+                        .is_some_and(|(k, at)| *k == key && at.elapsed() < heartbeat);
+                if quiet {
+                    continue;
+                }
+                seq += 1;
+                last = Some((key, std::time::Instant::now()));
+                if tx.send(Ok(report)).await.is_err() {
+                    break;
+                }
+            }
+            tracing::debug!("health watch ended: the client went away");
+        }
+        .instrument(span),
+    );
+    ReceiverStream::new(rx)
+}
+
+async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {
+    let obs = s.prober.observe(&s.service).await;
+    let facts = s.facts.read();
+    health_report(
+        sequence,
+        &obs,
+        s,
+        facts.load_average_1m,
+        facts.memory_available_bytes,
+    )
+}
+
+fn health_report(
+    sequence: u64,
+    obs: &Observation,
+    s: &AgentState,
+    load: f64,
+    mem_available: u64,
+) -> pb::HealthReport {
+    let mut r = pb::HealthReport {
+        sequence,
+        observed_at_unix_ms: now_ms(),
+        installed_version: s
+            .installer
+            .current()
+            .map(|v| v.to_string())
+            .unwrap_or_default(),
+        drain_state: wire::drain(s.drain.get()) as i32,
+        load_average_1m: load,
+        memory_available_bytes: mem_available,
+        active_operation_id: s.ops.active().unwrap_or_default(),
+        // Set by the watch that sends it.
+        unhealthy_streak: 0,
+        ..Default::default()
+    };
+    wire::observation(obs, &mut r);
+    r
+}
+
+/// What makes two reports "the same" for a heartbeat-paced watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReportKey {
+    process: i32,
+    healthy: bool,
+    streak: u32,
+    version: String,
+    drain: i32,
+    active: String,
+}
+
+impl ReportKey {
+    fn of(r: &pb::HealthReport) -> Self {
+        ReportKey {
+            process: r.process,
+            healthy: r.healthy,
+            // 2 bad looks make an alarm; more of them change nothing.
+            streak: r.unhealthy_streak.min(2),
+            version: r.running_version.clone(),
+            drain: r.drain_state,
+            active: r.active_operation_id.clone(),
+        }
+    }
+}

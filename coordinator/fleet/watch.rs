@@ -1,0 +1,118 @@
+//! One health watcher task per host: streams the agent's WatchHealth
+//! reports to the driver and reconnects when the stream breaks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rollgate::pb;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::{Health, HealthUpdate};
+use crate::client::{Agent, CallPolicy};
+use crate::inventory::{Host, Inventory};
+
+/// How long a broken watch waits before it reconnects.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// What a watcher needs.
+pub struct Watcher {
+    pub host: Host,
+    pub inv: Arc<Inventory>,
+    pub policy: CallPolicy,
+    /// A channel already open to the host, reused for the first stream.
+    pub reuse: Option<Agent>,
+    pub interval: Duration,
+    pub heartbeat: Duration,
+    pub tx: mpsc::Sender<HealthUpdate>,
+}
+
+impl Watcher {
+    pub fn spawn(self) {
+        let span = tracing::info_span!("health_watch", host = %self.host.name);
+        tokio::spawn(self.run().instrument(span));
+    }
+
+    async fn run(mut self) {
+        loop {
+            let why = match self.stream().await {
+                Ok(Ended::ReceiverGone) => return,
+                Ok(Ended::Broke(why)) | Err(why) => why,
+            };
+            let broken = HealthUpdate::Broken {
+                host: self.host.name.clone(),
+                why,
+            };
+            if self.tx.send(broken).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+
+    /// One stream, forwarded until it breaks or nobody listens.
+    async fn stream(&mut self) -> Result<Ended, String> {
+        let agent = match self.reuse.take() {
+            Some(a) => a,
+            None => Agent::connect(&self.host, &self.inv, &self.policy)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let mut s = agent
+            .client
+            .clone()
+            .watch_health(pb::WatchHealthRequest {
+                interval_ms: self.interval.as_millis() as u32,
+                heartbeat_ms: self.heartbeat.as_millis() as u32,
+            })
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner();
+        loop {
+            let r = match s.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(Ended::Broke("the health stream ended".into())),
+                Err(e) => return Ok(Ended::Broke(format!("{:?}: {}", e.code(), e.message()))),
+            };
+            let health = Health {
+                healthy: r.healthy,
+                streak: r.unhealthy_streak,
+                summary: summarize(&r),
+            };
+            let update = HealthUpdate::Report {
+                host: self.host.name.clone(),
+                health,
+            };
+            if self.tx.send(update).await.is_err() {
+                return Ok(Ended::ReceiverGone);
+            }
+        }
+    }
+}
+
+enum Ended {
+    ReceiverGone,
+    Broke(String),
+}
+
+/// One line saying why a report is unhealthy.
+fn summarize(r: &pb::HealthReport) -> String {
+    if r.healthy {
+        return format!("healthy on {}", r.running_version);
+    }
+    let mut parts = vec![format!("process {:?}", r.process())];
+    for p in &r.probes {
+        if !p.ok {
+            parts.push(format!(
+                "{} {}",
+                p.name,
+                if p.error.is_empty() {
+                    format!("answered {}", p.http_status)
+                } else {
+                    p.error.clone()
+                }
+            ));
+        }
+    }
+    parts.join("; ")
+}
