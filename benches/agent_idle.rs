@@ -1,4 +1,4 @@
-//! Benchmark: what an idle agent costs its host (issue 2, DESIGN.md
+//! Benchmark: what an idle agent costs its host (issue 2, ARCHITECTURE.md
 //! "Performance targets": ≤ 8 MiB RSS, ≤ 0.2 % of one core with a health
 //! watch at 1 s).
 //!
@@ -21,7 +21,6 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,7 +29,6 @@ use rollgate::pb;
 use rollgate::pb::agent_client::AgentClient;
 use support::{Host, Sandbox, mib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const RSS_TARGET: u64 = 8 * 1024 * 1024;
 const CPU_TARGET_PCT: f64 = 0.2;
@@ -137,7 +135,7 @@ async fn run(window: Duration) {
 
     rollgate::tls::install_crypto_provider();
     for s in &subjects {
-        let client = connect(&certs, &s.host).await;
+        let client = support::connect(&certs, &s.host.name, s.host.addr).await;
         let (reports, unhealthy) = (s.reports.clone(), s.unhealthy.clone());
         tokio::spawn(watch(client, reports, unhealthy));
     }
@@ -285,28 +283,6 @@ fn print_report(subjects: &[Subject], readings: &[Reading], elapsed: f64, tck: f
 }
 
 /// A channel to the agent as the coordinator opens one (`coordinator/client.rs`).
-async fn connect(certs: &Path, host: &Host) -> AgentClient<tonic::transport::Channel> {
-    let read = |f: &str| std::fs::read(certs.join(f)).expect("read certs");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read("ca.pem")))
-        .identity(Identity::from_pem(
-            read("rollgate-coordinator.pem"),
-            read("rollgate-coordinator.key"),
-        ))
-        .domain_name(host.name.clone());
-    let channel = Endpoint::from_shared(format!("https://{}", host.addr))
-        .expect("endpoint")
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .expect("tls config")
-        .connect()
-        .await
-        .expect("connect to the agent");
-    AgentClient::new(channel)
-}
-
 async fn watch(
     mut client: AgentClient<tonic::transport::Channel>,
     reports: Arc<AtomicU64>,

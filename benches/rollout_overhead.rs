@@ -1,5 +1,5 @@
 //! Benchmark: the coordinator's orchestration overhead per host and its peak
-//! memory during a full rollout (issue 5, DESIGN.md "Performance targets":
+//! memory during a full rollout (issue 5, ARCHITECTURE.md "Targets":
 //! ≤ 2 ms per host).
 //!
 //! For each fleet size N (default 20, 100, 200, 400) it starts N real
@@ -658,7 +658,7 @@ fn report(runs: &[Run]) {
     );
     if let Some((a, b)) = line_fit(&pts(&|r| r.overhead_ms())) {
         println!(
-            "    fitted overhead ≈ {:.0} ms + {:.2} ms × N; at N = 1000 (DESIGN.md's fleet) that is {:.2} ms per host (extrapolated)",
+            "    fitted overhead ≈ {:.0} ms + {:.2} ms × N; at N = 1000 (the targets' fleet) that is {:.2} ms per host (extrapolated)",
             a,
             b,
             (a + b * 1000.0) / 1000.0

@@ -50,9 +50,11 @@ pub enum Command {
     Show(ShowArgs),
     /// Build a throwaway fleet on this machine (PostgreSQL, CP, DPs behind
     /// HAProxy, agents) and upgrade it under live traffic.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Data planes behind HAProxy (2 to 50).

@@ -111,6 +111,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Backup(a) => cmd::upgrade::backup(load_inventory(&a.inventory)?, a.output).await,
         Command::History(a) => cmd::history::history(&load_inventory(&a.inventory)?, a.output),
+        #[cfg(feature = "demo")]
         Command::Demo(a) => {
             cmd::demo::demo(cmd::demo::DemoArgs {
                 dps: a.dps,

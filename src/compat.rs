@@ -1,6 +1,6 @@
 //! Which DP versions may run against which CP version.
 //!
-//! The runbook's rule (DESIGN.md): a newer CP minor works with the previous DP
+//! The runbook's rule (ARCHITECTURE.md, "Targets"): a newer CP minor works with the previous DP
 //! minor, never the other way round. As policy: the DP's major equals the CP's,
 //! the DP's minor is the CP's or one below, and the DP is never newer than the
 //! CP. A release catalog can override the lower bound for a CP release

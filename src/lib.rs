@@ -2,10 +2,8 @@
 //! contract (`pb`) and its conversion to domain types, versions and the
 //! CP/DP compatibility rule, mutual TLS, telemetry, shutdown and exit codes.
 //!
-//! `testbed` is different: it holds the throwaway PostgreSQL clusters, HAProxy
-//! instances and process helpers that `rollgate demo` and the end-to-end tests
-//! use to build a fleet on one machine. Neither the agent nor a real rollout
-//! touches it.
+//! What builds a fleet on one machine for the demo and the tests is not here
+//! but in the separate `rollgate-testbed` crate.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
@@ -24,7 +22,6 @@ pub mod pb;
 pub mod role;
 pub mod shutdown;
 pub mod telemetry;
-pub mod testbed;
 pub mod tls;
 pub mod tomlerr;
 pub mod version;

@@ -120,23 +120,20 @@ pub fn cleanup() {
 
 // === sandbox ===
 
-/// A temporary directory; dropping it kills what was started, then removes
-/// it (unless ROLLGATE_BENCH_KEEP is set).
+/// The testbed's sandbox; dropping it kills what was started, then removes
+/// its directory (unless ROLLGATE_BENCH_KEEP is set).
 pub struct Sandbox {
-    dir: Option<tempfile::TempDir>,
+    inner: Option<rollgate_testbed::Sandbox>,
     path: PathBuf,
 }
 
 impl Sandbox {
     pub fn new(prefix: &str) -> Sandbox {
-        let dir = tempfile::Builder::new()
-            .prefix(prefix)
-            .tempdir()
-            .expect("temp dir");
-        let path = dir.path().to_path_buf();
+        let inner = rollgate_testbed::Sandbox::new(prefix);
+        let path = inner.path().to_path_buf();
         started().dirs.push(path.clone());
         Sandbox {
-            dir: Some(dir),
+            inner: Some(inner),
             path,
         }
     }
@@ -168,9 +165,9 @@ impl Drop for Sandbox {
         cleanup();
         started().dirs.retain(|d| *d != self.path);
         if std::env::var_os("ROLLGATE_BENCH_KEEP").is_some()
-            && let Some(d) = self.dir.take()
+            && let Some(sb) = self.inner.take()
         {
-            eprintln!("bench: kept {}", d.keep().display());
+            eprintln!("bench: kept {}", sb.dir.keep().display());
         }
     }
 }
@@ -207,6 +204,47 @@ pub fn artifact(dir: &Path, version: &str) -> Artifact {
     h.set_size(body.len() as u64);
     tar.append_data(&mut h, "bin/gw", body.as_bytes())
         .expect("tar bin/gw");
+    tar.into_inner()
+        .and_then(|gz| gz.finish())
+        .and_then(|mut f| f.flush())
+        .expect("finish artifact");
+    let bytes = std::fs::read(&path).expect("read artifact");
+    Artifact {
+        version: version.into(),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+        path,
+    }
+}
+
+/// As `artifact`, with a `payload` file of `size` incompressible bytes, so
+/// receiving, hashing and unpacking it is real work.
+pub fn artifact_with_payload(dir: &Path, version: &str, size: usize) -> Artifact {
+    let path = dir.join(format!("gw-{version}.tar.gz"));
+    let file = std::fs::File::create(&path).expect("create artifact");
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let body = gateway_script(version);
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(body.len() as u64);
+    tar.append_data(&mut h, "bin/gw", body.as_bytes())
+        .expect("tar bin/gw");
+    // xorshift: reproducible bytes gzip cannot shrink.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ version.len() as u64;
+    let payload: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(payload.len() as u64);
+    tar.append_data(&mut h, "payload", payload.as_slice())
+        .expect("tar payload");
     tar.into_inner()
         .and_then(|gz| gz.finish())
         .and_then(|mut f| f.flush())
@@ -328,17 +366,7 @@ impl Host {
     }
 }
 
-/// Waits until `ok()` holds, panicking with `what` after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !ok() {
-        assert!(
-            Instant::now() < end,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use rollgate_testbed::wait::must as wait_until;
 
 pub fn listening(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -414,4 +442,59 @@ pub fn with_raised_nofile(program: &str) -> Command {
         .arg("sh")
         .arg(program);
     c
+}
+
+// === agents over mTLS ===
+
+/// A gRPC client of `host`'s agent, with the coordinator's certificate.
+pub async fn connect(
+    certs: &Path,
+    name: &str,
+    addr: SocketAddr,
+) -> rollgate::pb::agent_client::AgentClient<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    rollgate::tls::install_crypto_provider();
+    let read = |f: &str| std::fs::read(certs.join(f)).expect("read certs");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(
+            read("rollgate-coordinator.pem"),
+            read("rollgate-coordinator.key"),
+        ))
+        .domain_name(name.to_string());
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .tls_config(tls)
+        .expect("tls config")
+        .connect()
+        .await
+        .expect("connect to the agent");
+    rollgate::pb::agent_client::AgentClient::new(channel)
+}
+
+/// Follows a step's stream to its result: Ok on success, the failure (or
+/// a broken stream) as text otherwise.
+pub async fn final_result(
+    resp: Result<tonic::Response<tonic::Streaming<rollgate::pb::OperationEvent>>, tonic::Status>,
+) -> Result<(), String> {
+    use rollgate::pb::operation_event::Event;
+    use rollgate::pb::operation_result::Outcome;
+    let mut stream = resp.map_err(|s| s.message().to_string())?.into_inner();
+    while let Some(ev) = stream
+        .message()
+        .await
+        .map_err(|s| s.message().to_string())?
+    {
+        if let Some(Event::Result(r)) = ev.event {
+            return match r.outcome {
+                Some(Outcome::Success(_)) => Ok(()),
+                Some(Outcome::Failure(f)) => Err(f.message),
+                None => Err("a result without an outcome".into()),
+            };
+        }
+    }
+    Err("the stream ended without a result".into())
 }

@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rollgate::testbed::fleet::{Bins, DemoFleet, FleetSpec, missing_prerequisites};
-use rollgate::testbed::load::Load;
 use rollgate::version::Version;
+use rollgate_testbed::fleet::{Bins, DemoFleet, FleetSpec, missing_prerequisites};
+use rollgate_testbed::load::Load;
 
 use super::upgrade::{Overrides, UpgradeArgs, upgrade};
 use crate::Failure;
@@ -178,7 +178,7 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
         println!("\nThe fleet keeps running.");
         println!(
             "  traffic:   curl http://{lb}{}",
-            rollgate::testbed::fleet::ROUTE
+            rollgate_testbed::fleet::ROUTE
         );
         println!("  status:    {r} status -i {i}");
         println!("  plan:      {r} plan -i {i} -c {c} --to 3.5.0");

@@ -1,6 +1,7 @@
 //! The subcommands that drive rollouts, and what they share.
 
 pub mod certs;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod history;
 pub mod plan;

@@ -92,7 +92,7 @@ impl PartialOrd for Version {
     }
 }
 
-/// The rule from DESIGN.md: a DP works with a CP of the same major whose minor is
+/// The rule of rollgate's ARCHITECTURE.md ("Targets"): a DP works with a CP of the same major whose minor is
 /// the DP's or one above it, and a DP is never newer than its CP.
 pub fn dp_compatible(cp: &Version, dp: &Version) -> bool {
     dp.major == cp.major && (dp.minor == cp.minor || dp.minor + 1 == cp.minor) && dp <= cp

@@ -71,7 +71,7 @@ fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
         "{hosts}"
     );
     let lb: std::net::SocketAddr = doc["lb"].as_str().unwrap().parse().unwrap();
-    let (code, _) = rollgate::testbed::http::get(lb, rollgate::testbed::fleet::ROUTE).unwrap();
+    let (code, _) = rollgate_testbed::http::get(lb, rollgate_testbed::fleet::ROUTE).unwrap();
     assert_eq!(code, 200, "traffic flows through the kept load balancer");
     let plan = proc::run(
         ROLLGATE,
@@ -119,7 +119,7 @@ fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
         assert!(!alive, "gateway {pid} outlived the teardown");
     }
     assert!(
-        rollgate::testbed::http::get(lb, "/").is_none(),
+        rollgate_testbed::http::get(lb, "/").is_none(),
         "nothing listens any more"
     );
 }

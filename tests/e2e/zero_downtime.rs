@@ -5,9 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use rollgate::testbed::fleet::DemoFleet;
-use rollgate::testbed::http;
-use rollgate::testbed::load::{Load, LoadReport};
+use rollgate_testbed::fleet::DemoFleet;
+use rollgate_testbed::http;
+use rollgate_testbed::load::{Load, LoadReport};
 
 use crate::support::Sandbox;
 use crate::upgrade::events;

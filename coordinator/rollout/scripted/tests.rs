@@ -331,7 +331,7 @@ async fn a_dp_that_turns_unhealthy_after_its_batch_passed_halts_the_rollout() {
     ran.expect(Outcome::Halted, &["dp-1 turned unhealthy"]);
     let turned = call(&fleet.calls(), "dp-2", Step::Drain).started;
     let noticed = ran.ended_at - turned;
-    // DESIGN.md: halted within 1 s of a DP turning unhealthy.
+    // ARCHITECTURE.md "Targets": halted within 1 s of a DP turning unhealthy.
     assert!(
         noticed < Duration::from_secs(1),
         "halted {noticed:?} after dp-1 turned"

@@ -1,7 +1,7 @@
 //! The CP's schema lifecycle: forward migrations, refusal of a newer schema, and a
 //! failing migration that leaves the database exactly as it was.
 
-use rollgate::testbed::pg::PgCluster;
+use rollgate_testbed::pg::PgCluster;
 use serde_json::json;
 
 use crate::support::client;

@@ -7,18 +7,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rollgate::catalog::{Artifact, Catalog, Release};
-use rollgate::testbed::pg::PgCluster;
 use rollgate::version::Version;
+use rollgate_testbed::pg::PgCluster;
 
 use super::{Host, ROLLGATE, Sandbox, wait_until};
 
 pub fn demo_bin() -> PathBuf {
-    rollgate::testbed::artifacts::demo_gateway_next_to(Path::new(ROLLGATE))
+    rollgate_testbed::artifacts::demo_gateway_next_to(Path::new(ROLLGATE))
 }
 
 /// The packaged releases (cached per build of demo-gateway).
 pub fn artifacts() -> PathBuf {
-    rollgate::testbed::artifacts::packaged(&demo_bin(), Path::new(env!("CARGO_TARGET_TMPDIR")))
+    rollgate_testbed::artifacts::packaged(&demo_bin(), Path::new(env!("CARGO_TARGET_TMPDIR")))
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -6,46 +6,33 @@ pub mod client;
 pub mod files;
 pub mod fixtures;
 pub mod gateway;
-pub mod proc;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-pub use proc::{Proc, RunOutput, Running, wait_until};
+pub use rollgate_testbed::proc::{self, Proc, RunOutput, Running};
+pub use rollgate_testbed::wait::must as wait_until;
 
 pub const ROLLGATE: &str = env!("CARGO_BIN_EXE_rollgate");
 pub const AGENT: &str = env!("CARGO_BIN_EXE_rollgate-agent");
 
-/// One test's world: a temp dir and a /16 of loopback addresses nobody else
-/// in this test run uses.
+/// One test's world: the testbed's sandbox (a temp dir and a loopback /16)
+/// with the real CLI and certificates at hand.
 pub struct Sandbox {
-    pub dir: tempfile::TempDir,
-    net: (u8, u8),
+    inner: rollgate_testbed::Sandbox,
 }
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        // Tests run as separate processes (nextest) or threads (cargo test):
-        // mix the pid and a counter so concurrent tests get distinct networks.
-        let n = std::process::id()
-            .wrapping_mul(31)
-            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
-        let a = (n % 250) as u8 + 2;
-        let b = ((n / 250) % 250) as u8 + 2;
         Sandbox {
-            dir: tempfile::Builder::new()
-                .prefix("rollgate-e2e-")
-                .tempdir()
-                .expect("temp dir"),
-            net: (a, b),
+            inner: rollgate_testbed::Sandbox::new("rollgate-e2e-"),
         }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.inner.path()
     }
 
     /// Gateways started by agents run in their own process group and outlive
@@ -75,11 +62,11 @@ impl Sandbox {
         dps: usize,
         version: &str,
         policy: &str,
-    ) -> rollgate::testbed::fleet::DemoFleet {
-        use rollgate::testbed::fleet::{Bins, DemoFleet, FleetSpec};
+    ) -> rollgate_testbed::fleet::DemoFleet {
+        use rollgate_testbed::fleet::{Bins, DemoFleet, FleetSpec};
         DemoFleet::start(FleetSpec {
             dir: self.path().join("fleet"),
-            net: self.net,
+            net: self.inner.net(),
             dps,
             version: version.into(),
             bins: Bins::next_to(Path::new(ROLLGATE)),
@@ -92,16 +79,12 @@ impl Sandbox {
 
     /// The loopback address of simulated host `n` (1..=254).
     pub fn ip(&self, n: u8) -> Ipv4Addr {
-        Ipv4Addr::new(127, self.net.0, self.net.1, n)
+        self.inner.ip(n)
     }
 
     /// A port free on `ip` right now.
     pub fn free_port(&self, ip: Ipv4Addr) -> u16 {
-        TcpListener::bind((ip, 0))
-            .expect("bind port 0")
-            .local_addr()
-            .unwrap()
-            .port()
+        self.inner.free_port(ip)
     }
 
     pub fn certs_dir(&self) -> PathBuf {

@@ -1,13 +1,13 @@
 //! Fixtures: a CP on a throwaway database, DPs, upstreams, each a real process of
 //! a packaged release, each on its own free loopback port.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rollgate::testbed::pg::PgCluster;
+use rollgate_testbed::pg::PgCluster;
 use serde_json::Value;
 
 use super::client;
@@ -19,9 +19,11 @@ use super::releases::{BINARY, binary_of};
 pub const STARTUP: Duration = Duration::from_secs(20);
 
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("find a free port")
+    let ip = std::net::Ipv4Addr::LOCALHOST;
+    SocketAddr::new(
+        ip.into(),
+        rollgate_testbed::net::free_port(ip).expect("a free port"),
+    )
 }
 
 pub fn temp_dir() -> tempfile::TempDir {

@@ -6,20 +6,10 @@ pub mod gateway;
 pub mod process;
 pub mod releases;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Polls `check` every 20 ms until it returns `Some`, or panics naming `what`
-/// after `within`. The test-side replacement for sleeps.
-pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// Polls `check` until it returns `Some`, or panics naming `what` after
+/// `within`: the testbed's deadline-bounded wait, for a value.
+pub fn eventually<T>(what: &str, within: Duration, check: impl FnMut() -> Option<T>) -> T {
+    rollgate_testbed::wait::value(within, what, check).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -2,7 +2,6 @@
 //! package`) and unpacks releases on demand, as an agent would.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
@@ -59,26 +58,17 @@ fn publish(final_dir: &Path, fill: impl FnOnce(&Path)) {
     }
 }
 
-/// The packaged releases of this build, built on first use.
+/// The packaged releases of this build, built on first use (the testbed's
+/// cache, shared with rollgate's own tests).
 pub fn packaged() -> &'static Packaged {
     static PACKAGED: OnceLock<Packaged> = OnceLock::new();
     PACKAGED.get_or_init(|| {
         remove_stale(&work_root());
-        let root = shared_root();
-        std::fs::create_dir_all(&root).unwrap();
-        let out = root.join("artifacts");
-        publish(&out, |tmp| {
-            let output = Command::new(BINARY)
-                .args(["package", "--out"])
-                .arg(tmp)
-                .output()
-                .expect("run demo-gateway package");
-            assert!(
-                output.status.success(),
-                "package failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        });
+        let out = rollgate_testbed::artifacts::packaged(
+            Path::new(BINARY),
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let text = std::fs::read_to_string(out.join(FILE_NAME)).expect("read the catalog");
         let catalog: Catalog = toml::from_str(&text).expect("parse the catalog");
         Packaged { dir: out, catalog }

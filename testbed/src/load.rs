@@ -35,7 +35,7 @@ impl Load {
     /// `rate` requests a second spread over `workers` keep-alive clients,
     /// each a GET of `url` that must answer 200.
     pub fn start(url: String, rate: u32, workers: u32) -> Load {
-        crate::tls::install_crypto_provider();
+        crate::install_crypto_provider();
         let stop = Arc::new(AtomicBool::new(false));
         let (sent, ok, failed) = (
             Arc::new(AtomicU64::new(0)),

@@ -6,7 +6,6 @@
 //! run as the `postgres` user through `runuser`, and the temp dir is handed to it.
 //! Clients (`psql`) run as whoever we are; they connect over TCP.
 
-use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -326,7 +325,7 @@ fn make_temp_dir() -> Result<PathBuf, PgError> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((HOST, 0))?.local_addr()?.port())
+    crate::net::free_port(std::net::Ipv4Addr::LOCALHOST).map_err(std::io::Error::other)
 }
 
 fn run(command: &mut Command) -> Result<Output, PgError> {

@@ -6,16 +6,30 @@
 //! inventory and the release catalog.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::haproxy::{self, Haproxy, Server};
-use super::{artifacts, http, pg::PgCluster};
-use crate::catalog::{Artifact, Catalog};
-use crate::role::Role;
+use crate::haproxy::{self, Haproxy, Server};
+use crate::{artifacts, catalog, http, pg::PgCluster};
+
+/// What a simulated host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Cp,
+    Dp,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Cp => "cp",
+            Role::Dp => "dp",
+        })
+    }
+}
 
 /// The binaries a fleet runs.
 #[derive(Debug, Clone)]
@@ -88,21 +102,11 @@ pub struct DemoFleet {
 pub const ROUTE: &str = "/api/hello";
 
 fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port on {ip}: {e}"))
+    crate::net::free_port(ip)
 }
 
-fn wait(deadline: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<(), String> {
-    let end = Instant::now() + deadline;
-    while !ok() {
-        if Instant::now() > end {
-            return Err(format!("timed out after {deadline:?} waiting for {what}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+fn wait(deadline: Duration, what: &str, ok: impl FnMut() -> bool) -> Result<(), String> {
+    crate::wait::until(deadline, what, ok)
 }
 
 impl DemoFleet {
@@ -111,13 +115,7 @@ impl DemoFleet {
         std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
         let pkg = artifacts::packaged(&spec.bins.demo_gateway, &spec.artifacts_cache)?;
         let catalog_path = pkg.join("releases.toml");
-        let catalog = Catalog::load(&catalog_path).map_err(|e| e.to_string())?;
-        let release = catalog
-            .releases
-            .iter()
-            .find(|r| r.version.to_string() == spec.version)
-            .ok_or_else(|| format!("no release {} in {}", spec.version, catalog_path.display()))?
-            .clone();
+        let release = catalog::release(&catalog_path, &spec.version)?;
         let pg = PgCluster::start().map_err(|e| format!("PostgreSQL: {e}"))?;
         pg.createdb("gateway")
             .map_err(|e| format!("PostgreSQL: {e}"))?;
@@ -157,9 +155,7 @@ impl DemoFleet {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let Artifact::File(artifact) = &release.artifact else {
-            return Err("the demo needs file artifacts".into());
-        };
+        let artifact = &release.artifact;
         let cp_addr = SocketAddr::new(ip(1).into(), free_port(ip(1))?);
         for (name, i, role) in &names {
             let gateway = if *role == Role::Cp {
@@ -179,13 +175,7 @@ impl DemoFleet {
                     None
                 },
             };
-            fleet.lay_out(
-                &host,
-                cp_addr,
-                artifact,
-                &release.version.to_string(),
-                &release.sha256,
-            )?;
+            fleet.lay_out(&host, cp_addr, artifact, &release.version, &release.sha256)?;
             fleet.hosts.push(host);
         }
         // The upstream, then the agents (each starts its installed gateway).

@@ -6,21 +6,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Polls `cond` until it holds, panicking with `what` after `deadline`.
-pub fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// A long-running child (an agent); killed with SIGKILL and reaped on drop.
 pub struct Proc {
     pub child: Child,
