@@ -11,7 +11,21 @@
 //! breaking_changes = ["One sentence each."]
 //! dp_min = "3.2.0"   # optional: oldest DP this CP release accepts (compatibility override)
 //! unpacked_size = 23456  # optional: bytes of file content once unpacked; the agent stops beyond it
+//!
+//! [releases.image]        # for hosts installed with `method = "compose"`
+//! artifact = "demo-gateway-3.4.0.image.tar.gz"   # a `docker save` archive (may be gzipped)
+//! sha256 = "…"
+//! size = 12345
+//! id = "sha256:…"         # the image ID it must load as
+//!
+//! [releases.deb]          # for hosts installed with `method = "deb"`
+//! artifact = "demo-gateway_3.4.0_amd64.deb"
+//! sha256 = "…"
+//! size = 12345
 //! ```
+//!
+//! The tarball (the top-level `artifact`) is every release's; an image or a
+//! package is needed only by hosts installed that way (`Release::package`).
 //!
 //! File artifacts must lie inside the catalog's directory, or inside one of
 //! the directories a top-level `artifact_dirs = ["/srv/releases"]` names: a
@@ -24,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::method::Method;
 use crate::version::Version;
 
 /// A catalog that cannot be used: the file and what is wrong.
@@ -53,13 +68,49 @@ impl std::fmt::Display for Artifact {
 #[derive(Debug, Clone)]
 pub struct Release {
     pub version: Version,
+    /// The release tarball.
     pub artifact: Artifact,
     pub sha256: String,
     pub size: u64,
     /// Bytes of file content once unpacked, when the catalog says.
     pub unpacked_size: Option<u64>,
+    /// The container image archive, for compose hosts.
+    pub image: Option<Package>,
+    /// The OS package, for deb hosts.
+    pub deb: Option<Package>,
     pub breaking_changes: Vec<String>,
     pub dp_min: Option<Version>,
+}
+
+/// One artifact of a release, in the form one install method takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub method: Method,
+    pub artifact: Artifact,
+    pub sha256: String,
+    pub size: u64,
+    pub unpacked_size: Option<u64>,
+    /// Images: the ID the archive must load as.
+    pub image_id: Option<String>,
+}
+
+impl Release {
+    /// The artifact a host installed with `method` takes; None when the
+    /// catalog has none for it.
+    pub fn package(&self, method: Method) -> Option<Package> {
+        match method {
+            Method::Tarball => Some(Package {
+                method,
+                artifact: self.artifact.clone(),
+                sha256: self.sha256.clone(),
+                size: self.size,
+                unpacked_size: self.unpacked_size,
+                image_id: None,
+            }),
+            Method::Compose => self.image.clone(),
+            Method::Deb => self.deb.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +143,72 @@ struct RawRelease {
     breaking_changes: Vec<String>,
     dp_min: Option<Version>,
     unpacked_size: Option<u64>,
+    image: Option<RawPackage>,
+    deb: Option<RawPackage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPackage {
+    artifact: String,
+    sha256: String,
+    size: u64,
+    /// Images only.
+    id: Option<String>,
+}
+
+/// A location as the catalog writes it: a path (relative to the catalog)
+/// or an http(s) URL.
+fn location(raw: &str, base: &Path, key: &str) -> Result<Artifact, String> {
+    if raw.starts_with("http://") || raw.starts_with("https://") {
+        Ok(Artifact::Url(raw.to_string()))
+    } else if raw.is_empty() || raw.contains("://") {
+        Err(format!("{key}: {raw:?} is neither a path nor an http(s) URL"))
+    } else {
+        let p = Path::new(raw);
+        Ok(Artifact::File(if p.is_relative() {
+            base.join(p)
+        } else {
+            p.to_path_buf()
+        }))
+    }
+}
+
+fn check_sha256(sha: &str, key: &str) -> Result<(), String> {
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(format!("{key}: must be 64 lower-case hex digits"));
+    }
+    Ok(())
+}
+
+impl RawPackage {
+    fn check(self, method: Method, base: &Path, key: &dyn Fn(&str) -> String) -> Result<Package, String> {
+        check_sha256(&self.sha256, &key("sha256"))?;
+        if self.size == 0 {
+            return Err(format!("{}: must be the artifact's size in bytes", key("size")));
+        }
+        match (method, &self.id) {
+            (Method::Compose, None) => {
+                return Err(format!("{}: an image needs the ID it loads as (sha256:…)", key("id")));
+            }
+            (Method::Compose, Some(id)) => {
+                let hex = id.strip_prefix("sha256:").unwrap_or_default();
+                if check_sha256(hex, "").is_err() {
+                    return Err(format!("{}: {id:?} is not sha256:<64 hex digits>", key("id")));
+                }
+            }
+            (_, Some(_)) => return Err(format!("{}: only images have an id", key("id"))),
+            (_, None) => {}
+        }
+        Ok(Package {
+            method,
+            artifact: location(&self.artifact, base, &key("artifact"))?,
+            sha256: self.sha256,
+            size: self.size,
+            unpacked_size: None,
+            image_id: self.id,
+        })
+    }
 }
 
 /// Why an artifact cannot be used for a rollout.
@@ -148,17 +265,7 @@ impl Catalog {
                     r.version
                 ));
             }
-            if r.sha256.len() != 64
-                || !r
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(format!(
-                    "{}: must be 64 lower-case hex digits",
-                    key("sha256")
-                ));
-            }
+            check_sha256(&r.sha256, &key("sha256"))?;
             if r.size == 0 {
                 return Err(format!(
                     "{}: must be the artifact's size in bytes",
@@ -180,29 +287,23 @@ impl Catalog {
                     key("dp_min")
                 ));
             }
-            let artifact =
-                if r.artifact.starts_with("http://") || r.artifact.starts_with("https://") {
-                    Artifact::Url(r.artifact)
-                } else if r.artifact.is_empty() || r.artifact.contains("://") {
-                    return Err(format!(
-                        "{}: {:?} is neither a path nor an http(s) URL",
-                        key("artifact"),
-                        r.artifact
-                    ));
-                } else {
-                    let p = Path::new(&r.artifact);
-                    Artifact::File(if p.is_relative() {
-                        base.join(p)
-                    } else {
-                        p.to_path_buf()
-                    })
-                };
+            let artifact = location(&r.artifact, base, &key("artifact"))?;
+            let image = r
+                .image
+                .map(|p| p.check(Method::Compose, base, &|k| key(&format!("image.{k}"))))
+                .transpose()?;
+            let deb = r
+                .deb
+                .map(|p| p.check(Method::Deb, base, &|k| key(&format!("deb.{k}"))))
+                .transpose()?;
             out.push(Release {
                 version: r.version,
                 artifact,
                 sha256: r.sha256,
                 size: r.size,
                 unpacked_size: r.unpacked_size,
+                image,
+                deb,
                 breaking_changes: r.breaking_changes,
                 dp_min: r.dp_min,
             });
@@ -215,16 +316,22 @@ impl Catalog {
         self.releases.iter().find(|r| r.version == *v)
     }
 
-    /// Checks that a release's artifact can be sent as the catalog says: a
-    /// regular file inside an allowed directory, of the listed size and
-    /// SHA-256. Reads the whole file. URL artifacts are checked by each agent
-    /// as it downloads them (size and SHA-256), not here.
+    /// Checks that a release's tarball can be sent as the catalog says.
     pub fn verify(&self, r: &Release) -> Result<(), ArtifactError> {
-        let Artifact::File(path) = &r.artifact else {
+        let p = r.package(Method::Tarball).expect("every release has a tarball");
+        self.verify_package(&r.version, &p)
+    }
+
+    /// Checks that an artifact can be sent as the catalog says: a regular
+    /// file inside an allowed directory, of the listed size and SHA-256.
+    /// Reads the whole file. URL artifacts are checked by each agent as it
+    /// downloads them (size and SHA-256), not here.
+    pub fn verify_package(&self, version: &Version, p: &Package) -> Result<(), ArtifactError> {
+        let Artifact::File(path) = &p.artifact else {
             return Ok(());
         };
         let fail = |problem: String| ArtifactError {
-            version: r.version.clone(),
+            version: version.clone(),
             artifact: path.display().to_string(),
             problem,
         };
@@ -248,18 +355,18 @@ impl Catalog {
         if !meta.is_file() {
             return Err(fail("is not a regular file".into()));
         }
-        if meta.len() != r.size {
+        if meta.len() != p.size {
             return Err(fail(format!(
                 "is {} bytes, the catalog says {}",
                 meta.len(),
-                r.size
+                p.size
             )));
         }
         let digest = sha256_file(&real).map_err(|e| fail(format!("cannot be read: {e}")))?;
-        if digest != r.sha256 {
+        if digest != p.sha256 {
             return Err(fail(format!(
                 "its sha256 is {digest}, the catalog says {}",
-                r.sha256
+                p.sha256
             )));
         }
         Ok(())

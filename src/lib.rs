@@ -17,6 +17,7 @@ pub mod fsx;
 pub mod ids;
 pub mod journal_writer;
 pub mod lb;
+pub mod method;
 pub mod outcome;
 pub mod pb;
 pub mod role;

@@ -32,6 +32,12 @@ pub struct DpConfig {
     pub cp_url: String,
     /// Name this DP heartbeats under; unique in the fleet.
     pub instance_id: String,
+    /// Where to serve the status API the APISIX way (APISIX listens on
+    /// `127.0.0.1:7085`): `/status` and `/status/ready` with
+    /// `{"status":"ok"}` / 503 `{"status":"error","error":...}` bodies and the
+    /// version only in the `Server` header. None: not served.
+    #[serde(default)]
+    pub status_listen: Option<SocketAddr>,
     /// How often the DP polls the CP for config and heartbeats.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,

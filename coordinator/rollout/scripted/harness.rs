@@ -94,6 +94,8 @@ impl Setup {
                 size: 1,
                 breaking_changes: Vec::new(),
                 dp_min: None,
+                image: None,
+                deb: None,
                 unpacked_size: None,
             })
             .collect();

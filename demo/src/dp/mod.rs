@@ -4,6 +4,7 @@
 pub mod proxy;
 pub mod routes;
 pub mod state;
+pub mod status;
 pub mod sync;
 
 use std::sync::Arc;
@@ -88,6 +89,21 @@ pub async fn run(config: DpConfig, release: Release) -> Result<(), DpError> {
         let _ = graceful_rx.wait_for(|started| *started).await;
     };
 
+    let status_server = match config.status_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DpError::Bind { addr, source })?;
+            info!(listen = %addr, "status API (APISIX-shaped) started");
+            let st = state.clone();
+            let handler = move |request, _peer| status::handle(st.clone(), request);
+            Some(tokio::spawn(
+                http::serve(l, handler, std::future::pending(), Duration::ZERO).in_current_span(),
+            ))
+        }
+        None => None,
+    };
+    let _stop_status = status_server.map(AbortOnDrop);
     let handler = move |request, peer| proxy::handle(state.clone(), client.clone(), request, peer);
     let graceful_timeout = config.graceful_timeout;
     tokio::select! {
@@ -100,5 +116,14 @@ pub async fn run(config: DpConfig, release: Release) -> Result<(), DpError> {
         }
         _ = fast_rx => Ok(()),
         Ok(after) = crash_rx => Err(DpError::InjectedCrash(after)),
+    }
+}
+
+/// Ends a spawned task when dropped (the status API ends with the DP).
+struct AbortOnDrop(tokio::task::JoinHandle<http::Drained>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
