@@ -32,3 +32,31 @@ pub fn hit(kind: StepKind, phase: Phase) {
         std::process::abort();
     }
 }
+
+/// Whether the failpoint names this point inside a step (`deb:unpacked`,
+/// `compose:recreating`): the code there decides how to die.
+pub fn named(name: &str) -> bool {
+    configured() == Some(name)
+}
+
+/// Dies here (SIGKILL, as `hit`), first killing the command recorded in
+/// `child` (its pid file): a crash that takes the agent's children with it,
+/// as systemd's stop of the agent's control group does.
+pub fn kill_with_child(name: &str, child: &std::path::Path) -> ! {
+    use nix::sys::signal::{SIGKILL, kill};
+    use nix::unistd::Pid;
+    if let Some(rec) = crate::procfs::PidRecord::read(child)
+        && rec.is_running()
+        && let Ok(raw) = i32::try_from(rec.pid)
+    {
+        tracing::warn!(
+            failpoint = name,
+            pid = rec.pid,
+            "failpoint: killing the running command"
+        );
+        let _ = kill(Pid::from_raw(raw), SIGKILL);
+    }
+    tracing::warn!(failpoint = name, "failpoint reached: killing the agent");
+    let _ = kill(Pid::this(), SIGKILL);
+    std::process::abort();
+}

@@ -24,6 +24,48 @@ impl ProcStat {
     }
 }
 
+/// A process recorded in a file (the exec manager's gateway, a command the
+/// agent runs): its pid and start time, so a reused pid is not mistaken
+/// for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PidRecord {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl PidRecord {
+    pub fn parse(text: &str) -> Option<PidRecord> {
+        let mut it = text.split_whitespace();
+        let pid = it.next()?.parse().ok()?;
+        let start_ticks = it.next()?.parse().ok()?;
+        Some(PidRecord { pid, start_ticks })
+    }
+
+    pub fn render(&self) -> String {
+        format!("{} {}\n", self.pid, self.start_ticks)
+    }
+
+    /// True while this very process (not a later one with the same pid) runs.
+    pub fn is_running(&self) -> bool {
+        stat(self.pid).is_some_and(|s| s.is_alive() && s.start_ticks == self.start_ticks)
+    }
+}
+
+impl PidRecord {
+    /// The record of a running process.
+    pub fn of(pid: u32) -> PidRecord {
+        PidRecord {
+            pid,
+            start_ticks: stat(pid).map_or(0, |s| s.start_ticks),
+        }
+    }
+
+    /// Reads a record file; None when it is missing or does not parse.
+    pub fn read(path: &Path) -> Option<PidRecord> {
+        PidRecord::parse(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
 /// Reads /proc/PID/stat; None when the process does not exist.
 pub fn stat(pid: u32) -> Option<ProcStat> {
     stat_at(&Path::new("/proc").join(pid.to_string()).join("stat"))
@@ -80,5 +122,25 @@ mod tests {
         let me = stat(std::process::id()).unwrap();
         assert!(me.is_alive());
         assert!(me.rss_pages > 0);
+    }
+
+    #[test]
+    fn pid_record_round_trip_and_liveness() {
+        let me = stat(std::process::id()).unwrap();
+        let r = PidRecord {
+            pid: std::process::id(),
+            start_ticks: me.start_ticks,
+        };
+        assert_eq!(PidRecord::parse(&r.render()), Some(r));
+        assert!(r.is_running());
+        let reused = PidRecord {
+            start_ticks: me.start_ticks + 1,
+            ..r
+        };
+        assert!(
+            !reused.is_running(),
+            "a different start time is another process"
+        );
+        assert_eq!(PidRecord::parse("garbage"), None);
     }
 }

@@ -74,6 +74,15 @@ pub fn plan(kind: StepKind, passed: &[Phase]) -> Recovery {
 
 /// Recovers every unfinished operation, then makes sure the gateway runs.
 pub async fn run(state: Arc<AgentState>) {
+    // A command the previous agent left running (dpkg, compose) would race
+    // recovery: it ends first, then the method repairs what it cut off.
+    for record in [state.installer.child_record(), state.service.child_record()]
+        .into_iter()
+        .flatten()
+    {
+        crate::command::end_leftover(record).await;
+    }
+    state.installer.repair().await;
     for st in state.ops.unfinished() {
         tracing::warn!(op = %st.op, kind = %st.kind, phases = ?st.passed_phases(), "recovering an operation cut off by a restart");
         let s = state.clone();
@@ -116,7 +125,7 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepRun {
             else {
                 return Err(interrupted("stage", true));
             };
-            match state.installer.marker(version) {
+            match state.installer.marker(version).await {
                 Ok(Some(m)) if m.sha256 == *sha256 => Ok(StepOutput::Stage(Staged {
                     version: version.clone(),
                     location: stage::location(state, version),
@@ -183,7 +192,7 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepRun {
                 }
                 Recovery::SwapForward => {
                     if state.installer.current().as_ref() != Some(&plan.target) {
-                        install::switch(state, &plan.target)?;
+                        install::switch(state, &plan.target).await?;
                     }
                     start_if_stopped(state).await?;
                     install::finish_gate(state, ctx, plan).await
@@ -193,7 +202,7 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepRun {
                         && state.installer.current().as_ref() != Some(prev)
                     {
                         stop_if_running(state).await?;
-                        install::switch(state, prev)?;
+                        install::switch(state, prev).await?;
                     }
                     start_if_stopped(state).await?;
                     Err(interrupted(st.kind.as_str(), true))
@@ -232,7 +241,9 @@ async fn ensure_running(state: &AgentState) {
         return;
     }
     match state.service.status().await {
-        ProcessStatus::Running { pid } => tracing::info!(pid, "re-adopted the running gateway"),
+        ProcessStatus::Running { pid, .. } => {
+            tracing::info!(pid, "re-adopted the running gateway")
+        }
         ProcessStatus::Stopped => match install::start_current(state, None).await {
             Ok(pid) => tracing::info!(pid, "started the gateway"),
             Err(e) => tracing::error!(error = %e.message, "cannot start the gateway"),

@@ -136,6 +136,7 @@ fn work(
                         r.path.display().to_string(),
                     )),
                     unpacked_size: 0,
+                    image_id: String::new(),
                 };
                 let req = pb::StageRequest {
                     msg: Some(pb::stage_request::Msg::Header(header)),

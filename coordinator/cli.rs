@@ -75,6 +75,11 @@ pub struct DemoArgs {
     /// Requests per second through HAProxy during the upgrade.
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
+    /// How the gateways are installed: release tarballs run by the agents,
+    /// Docker Compose services (needs a running Docker Engine), or Debian
+    /// packages (each host in a dpkg root of its own).
+    #[arg(long, default_value = "tarball", value_parser = ["tarball", "compose", "deb"])]
+    pub install: String,
     /// Where to build the fleet (default: a new temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use rollgate::convert::{self, WireError};
+use rollgate::method::Method;
 use rollgate::pb;
 use rollgate::pb::agent_client::AgentClient;
 use rollgate::role::Role;
@@ -109,6 +110,10 @@ pub struct Hello {
     /// (path relative to the release, sha256) of each custom plugin file.
     pub custom_plugin_files: Vec<(String, String)>,
     pub database_backup: bool,
+    /// How the host installs releases (an older agent says nothing: tarball).
+    pub method: Method,
+    /// Releases kept on the host, ready to switch to without a transfer.
+    pub kept: Vec<Version>,
 }
 
 impl TryFrom<pb::HelloResponse> for Hello {
@@ -131,6 +136,18 @@ impl TryFrom<pb::HelloResponse> for Hello {
                 .map(|f| (f.path, f.sha256))
                 .collect(),
             database_backup: h.features.is_some_and(|f| f.database_backup),
+            method: if h.install_method.is_empty() {
+                Method::Tarball
+            } else {
+                h.install_method.parse().map_err(|reason| WireError {
+                    message: "HelloResponse",
+                    field: "install_method",
+                    reason,
+                })?
+            },
+            // A kept release the coordinator cannot read is one it cannot
+            // roll back to: left out, not an error.
+            kept: h.releases.iter().filter_map(|r| r.parse().ok()).collect(),
         })
     }
 }

@@ -120,6 +120,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 keep: a.keep,
                 no_upgrade: a.no_upgrade,
                 rate: a.rate,
+                install: a.install.parse().map_err(Failure::Usage)?,
                 dir: a.dir,
                 output: a.output,
             })

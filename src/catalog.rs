@@ -163,7 +163,9 @@ fn location(raw: &str, base: &Path, key: &str) -> Result<Artifact, String> {
     if raw.starts_with("http://") || raw.starts_with("https://") {
         Ok(Artifact::Url(raw.to_string()))
     } else if raw.is_empty() || raw.contains("://") {
-        Err(format!("{key}: {raw:?} is neither a path nor an http(s) URL"))
+        Err(format!(
+            "{key}: {raw:?} is neither a path nor an http(s) URL"
+        ))
     } else {
         let p = Path::new(raw);
         Ok(Artifact::File(if p.is_relative() {
@@ -175,26 +177,44 @@ fn location(raw: &str, base: &Path, key: &str) -> Result<Artifact, String> {
 }
 
 fn check_sha256(sha: &str, key: &str) -> Result<(), String> {
-    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if sha.len() != 64
+        || !sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(format!("{key}: must be 64 lower-case hex digits"));
     }
     Ok(())
 }
 
 impl RawPackage {
-    fn check(self, method: Method, base: &Path, key: &dyn Fn(&str) -> String) -> Result<Package, String> {
+    fn check(
+        self,
+        method: Method,
+        base: &Path,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Package, String> {
         check_sha256(&self.sha256, &key("sha256"))?;
         if self.size == 0 {
-            return Err(format!("{}: must be the artifact's size in bytes", key("size")));
+            return Err(format!(
+                "{}: must be the artifact's size in bytes",
+                key("size")
+            ));
         }
         match (method, &self.id) {
             (Method::Compose, None) => {
-                return Err(format!("{}: an image needs the ID it loads as (sha256:…)", key("id")));
+                return Err(format!(
+                    "{}: an image needs the ID it loads as (sha256:…)",
+                    key("id")
+                ));
             }
             (Method::Compose, Some(id)) => {
                 let hex = id.strip_prefix("sha256:").unwrap_or_default();
                 if check_sha256(hex, "").is_err() {
-                    return Err(format!("{}: {id:?} is not sha256:<64 hex digits>", key("id")));
+                    return Err(format!(
+                        "{}: {id:?} is not sha256:<64 hex digits>",
+                        key("id")
+                    ));
                 }
             }
             (_, Some(_)) => return Err(format!("{}: only images have an id", key("id"))),
@@ -316,10 +336,15 @@ impl Catalog {
         self.releases.iter().find(|r| r.version == *v)
     }
 
-    /// Checks that a release's tarball can be sent as the catalog says.
+    /// Checks that every artifact of a release (tarball, image, package) can
+    /// be sent as the catalog says.
     pub fn verify(&self, r: &Release) -> Result<(), ArtifactError> {
-        let p = r.package(Method::Tarball).expect("every release has a tarball");
-        self.verify_package(&r.version, &p)
+        for m in [Method::Tarball, Method::Compose, Method::Deb] {
+            if let Some(p) = r.package(m) {
+                self.verify_package(&r.version, &p)?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks that an artifact can be sent as the catalog says: a regular

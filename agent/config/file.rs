@@ -52,6 +52,29 @@ pub enum InstallFile {
         min_free_bytes: Option<u64>,
         max_unpack_ratio: Option<u64>,
     },
+    Compose {
+        project_dir: Option<PathBuf>,
+        project: Option<String>,
+        files: Option<Vec<PathBuf>>,
+        env_file: Option<PathBuf>,
+        variable: Option<String>,
+        image: Option<String>,
+        services: Option<Vec<String>>,
+        compose: Option<Vec<String>>,
+        docker_socket: Option<PathBuf>,
+        keep_images: Option<usize>,
+        min_free_bytes: Option<u64>,
+    },
+    Deb {
+        package: Option<String>,
+        dpkg: Option<Vec<String>>,
+        dpkg_query: Option<Vec<String>>,
+        dpkg_deb: Option<Vec<String>>,
+        admin_dir: Option<PathBuf>,
+        cache_dir: Option<PathBuf>,
+        keep_packages: Option<usize>,
+        min_free_bytes: Option<u64>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +101,7 @@ pub struct ServiceFile {
 pub struct HealthFile {
     pub status_url: Option<String>,
     pub ready_url: Option<String>,
+    pub version: Option<VersionFile>,
     pub version_pointer: Option<String>,
     pub revision_pointer: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -110,4 +134,27 @@ pub struct BackupFile {
     pub config_files: Option<Vec<PathBuf>>,
     pub export_url: Option<String>,
     pub export_command: Option<Vec<String>>,
+}
+
+/// `[health] version = { from = ... }`: where the running version is read.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase", deny_unknown_fields)]
+pub enum VersionFile {
+    /// A JSON pointer into the status probe's body.
+    Json { pointer: Option<String> },
+    /// A response header of the status probe, through a pattern whose
+    /// first group is the version.
+    Header {
+        name: Option<String>,
+        pattern: Option<String>,
+    },
+    /// The running container's image tag (compose hosts).
+    Image,
+    /// The installed package's version (deb hosts).
+    Package,
+    /// A configured command's output, through an optional pattern.
+    Command {
+        command: Option<Vec<String>>,
+        pattern: Option<String>,
+    },
 }

@@ -58,10 +58,40 @@ impl Config {
             Some(b) => Some(backup(b, base, agent.role)?),
             None => None,
         };
+        let install = install(need(f.install, "install")?, base, &agent.state_dir)?;
+        let service = service(need(f.service, "service")?)?;
+        let compose = matches!(install.method, InstallMethod::Compose(_));
+        if compose != matches!(service.manager, Manager::Compose) {
+            return Err(
+                "key `service.manager`: \"compose\" goes with [install] method = \"compose\", and only with it"
+                    .into(),
+            );
+        }
+        if let (InstallMethod::Deb(_), Manager::Exec { command, .. }) =
+            (&install.method, &service.manager)
+            && !Path::new(&command[0]).is_absolute()
+        {
+            return Err(format!(
+                "key `service.command`: with [install] method = \"deb\" the program is where the package installs it: an absolute path, not {:?}",
+                command[0]
+            ));
+        }
+        let health = health(f.health)?;
+        let needs = |v: &VersionSource, m: &InstallMethod| match v {
+            VersionSource::Image => matches!(m, InstallMethod::Compose(_)),
+            VersionSource::Package => matches!(m, InstallMethod::Deb(_)),
+            _ => true,
+        };
+        if !needs(&health.version, &install.method) {
+            return Err(format!(
+                "key `health.version`: this source is not available with [install] method = {:?}",
+                install.method.name()
+            ));
+        }
         Ok(Config {
-            install: install(need(f.install, "install")?, base)?,
-            service: service(need(f.service, "service")?)?,
-            health: health(f.health)?,
+            install,
+            service,
+            health,
             drain: drain(f.drain)?,
             backup,
             agent,
@@ -71,7 +101,7 @@ impl Config {
     }
 }
 
-fn install(f: file::InstallFile, base: &Path) -> Result<InstallSection, String> {
+fn install(f: file::InstallFile, base: &Path, state_dir: &Path) -> Result<InstallSection, String> {
     match f {
         file::InstallFile::Tarball {
             root,
@@ -95,6 +125,151 @@ fn install(f: file::InstallFile, base: &Path) -> Result<InstallSection, String> 
             }
             Ok(InstallSection {
                 method: InstallMethod::Tarball(t),
+                min_free_bytes: min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
+            })
+        }
+        file::InstallFile::Compose {
+            project_dir,
+            project,
+            files,
+            env_file,
+            variable,
+            image,
+            services,
+            compose,
+            docker_socket,
+            keep_images,
+            min_free_bytes,
+        } => {
+            let project_dir = resolve(base, need(project_dir, "install.project_dir")?);
+            let project = match project {
+                Some(p) => p,
+                None => project_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_lowercase())
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+                    .collect(),
+            };
+            if project.is_empty()
+                || !project
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'))
+            {
+                return Err(format!(
+                    "key `install.project`: {project:?} is not a compose project name (lower-case letters, digits, - and _)"
+                ));
+            }
+            let variable = need(variable, "install.variable")?;
+            if variable.is_empty()
+                || !variable
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                || variable.starts_with(|c: char| c.is_ascii_digit())
+            {
+                return Err(format!(
+                    "key `install.variable`: {variable:?} is not an env variable name"
+                ));
+            }
+            let image = need(image, "install.image")?;
+            if image.is_empty()
+                || image.contains(':') && !image.contains('/')
+                || image.contains('@')
+            {
+                return Err(format!(
+                    "key `install.image`: {image:?} must be an image repository without tag or digest"
+                ));
+            }
+            let services = need(services, "install.services")?;
+            if services.is_empty() || services.iter().any(|s| s.is_empty() || s.starts_with('-')) {
+                return Err(
+                    "key `install.services`: must name the compose service(s) to recreate".into(),
+                );
+            }
+            let compose = compose.unwrap_or_else(|| vec!["docker".into(), "compose".into()]);
+            if compose.is_empty() || compose[0].is_empty() {
+                return Err("key `install.compose`: must name a program".into());
+            }
+            let files = files.unwrap_or_else(|| vec!["docker-compose.yml".into()]);
+            if files.is_empty() {
+                return Err("key `install.files`: must name at least one compose file".into());
+            }
+            let keep_images = keep_images.unwrap_or(2);
+            if keep_images < 2 {
+                return Err(
+                    "key `install.keep_images`: must be at least 2, so the previous image stays for rollback"
+                        .into(),
+                );
+            }
+            Ok(InstallSection {
+                method: InstallMethod::Compose(ComposeConfig {
+                    files: files
+                        .into_iter()
+                        .map(|f| resolve(&project_dir, f))
+                        .collect(),
+                    env_file: resolve(&project_dir, env_file.unwrap_or_else(|| ".env".into())),
+                    project_dir,
+                    project,
+                    variable,
+                    image,
+                    services,
+                    compose,
+                    docker_socket: docker_socket.unwrap_or_else(|| "/var/run/docker.sock".into()),
+                    keep_images,
+                }),
+                min_free_bytes: min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
+            })
+        }
+        file::InstallFile::Deb {
+            package,
+            dpkg,
+            dpkg_query,
+            dpkg_deb,
+            admin_dir,
+            cache_dir,
+            keep_packages,
+            min_free_bytes,
+        } => {
+            let package = need(package, "install.package")?;
+            if package.is_empty()
+                || !package.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.')
+                })
+            {
+                return Err(format!(
+                    "key `install.package`: {package:?} is not a package name"
+                ));
+            }
+            let argv =
+                |v: Option<Vec<String>>, default: &str, key: &str| -> Result<Vec<String>, String> {
+                    let v = v.unwrap_or_else(|| vec![default.to_string()]);
+                    if v.is_empty() || v[0].is_empty() {
+                        return Err(format!("key `install.{key}`: must name a program"));
+                    }
+                    Ok(v)
+                };
+            let keep_packages = keep_packages.unwrap_or(3);
+            if keep_packages < 2 {
+                return Err(
+                    "key `install.keep_packages`: must be at least 2, so the previous package stays for rollback"
+                        .into(),
+                );
+            }
+            Ok(InstallSection {
+                method: InstallMethod::Deb(DebConfig {
+                    package,
+                    dpkg: argv(dpkg, "dpkg", "dpkg")?,
+                    dpkg_query: argv(dpkg_query, "dpkg-query", "dpkg_query")?,
+                    dpkg_deb: argv(dpkg_deb, "dpkg-deb", "dpkg_deb")?,
+                    admin_dir: admin_dir
+                        .map(|d| resolve(base, d))
+                        .unwrap_or_else(|| "/var/lib/dpkg".into()),
+                    cache_dir: cache_dir
+                        .map(|d| resolve(base, d))
+                        .unwrap_or_else(|| state_dir.join("packages")),
+                    keep_packages,
+                }),
                 min_free_bytes: min_free_bytes.unwrap_or(DEFAULT_MIN_FREE_BYTES),
             })
         }
@@ -144,9 +319,18 @@ fn service(s: file::ServiceFile) -> Result<ServiceSection, String> {
                 systemctl: s.systemctl.unwrap_or_else(|| "/usr/bin/systemctl".into()),
             }
         }
+        "compose" => {
+            if s.command.is_some() || s.env.is_some() || s.unit.is_some() {
+                return Err(
+                    "key `service.command`: manager \"compose\" runs the services of [install]; give no command or unit"
+                        .into(),
+                );
+            }
+            Manager::Compose
+        }
         other => {
             return Err(format!(
-                "key `service.manager`: unknown variant `{other}`, expected `exec` or `systemd`"
+                "key `service.manager`: unknown variant `{other}`, expected `exec`, `systemd` or `compose`"
             ));
         }
     };
@@ -161,6 +345,7 @@ fn health(h: Option<file::HealthFile>) -> Result<HealthSection, String> {
     let h = h.unwrap_or(file::HealthFile {
         status_url: None,
         ready_url: None,
+        version: None,
         version_pointer: None,
         revision_pointer: None,
         probe_timeout: None,
@@ -175,22 +360,69 @@ fn health(h: Option<file::HealthFile>) -> Result<HealthSection, String> {
             check_http_url(url).map_err(|e| format!("key `{key}`: {e}"))?;
         }
     }
-    let version_pointer = h.version_pointer.unwrap_or_else(|| "/version".into());
     let revision_pointer = h
         .revision_pointer
         .unwrap_or_else(|| "/config_revision".into());
-    for (key, ptr) in [
-        ("health.version_pointer", &version_pointer),
-        ("health.revision_pointer", &revision_pointer),
-    ] {
+    let pointer = |key: &str, ptr: &str| -> Result<(), String> {
         if !ptr.is_empty() && !ptr.starts_with('/') {
             return Err(format!("key `{key}`: a JSON pointer starts with '/'"));
         }
-    }
+        Ok(())
+    };
+    pointer("health.revision_pointer", &revision_pointer)?;
+    let regex = |key: &str, p: &str| -> Result<regex_lite::Regex, String> {
+        let r = regex_lite::Regex::new(p).map_err(|e| format!("key `{key}`: {e}"))?;
+        if r.captures_len() < 2 {
+            return Err(format!(
+                "key `{key}`: {p:?} needs a group, ( ), around the version"
+            ));
+        }
+        Ok(r)
+    };
+    let version = match (h.version, h.version_pointer) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "key `health.version_pointer`: give either version or version_pointer, not both"
+                    .into(),
+            );
+        }
+        (None, ptr) => {
+            let ptr = ptr.unwrap_or_else(|| "/version".into());
+            pointer("health.version_pointer", &ptr)?;
+            VersionSource::Json(ptr)
+        }
+        (Some(file::VersionFile::Json { pointer: ptr }), None) => {
+            let ptr = ptr.unwrap_or_else(|| "/version".into());
+            pointer("health.version.pointer", &ptr)?;
+            VersionSource::Json(ptr)
+        }
+        (Some(file::VersionFile::Header { name, pattern }), None) => VersionSource::Header {
+            name: name.unwrap_or_else(|| "Server".into()),
+            pattern: regex(
+                "health.version.pattern",
+                pattern.as_deref().unwrap_or(r"^APISIX/(\S+)$"),
+            )?,
+        },
+        (Some(file::VersionFile::Image), None) => VersionSource::Image,
+        (Some(file::VersionFile::Package), None) => VersionSource::Package,
+        (Some(file::VersionFile::Command { command, pattern }), None) => {
+            let command = need(command, "health.version.command")?;
+            if command.is_empty() || command[0].is_empty() {
+                return Err("key `health.version.command`: must name a program".into());
+            }
+            VersionSource::Command {
+                command,
+                pattern: regex(
+                    "health.version.pattern",
+                    pattern.as_deref().unwrap_or(r"(\d+\.\d+\.\d+\S*)"),
+                )?,
+            }
+        }
+    };
     Ok(HealthSection {
         status_url: h.status_url,
         ready_url: h.ready_url,
-        version_pointer,
+        version,
         revision_pointer,
         probe_timeout: h.probe_timeout.unwrap_or(Duration::from_secs(2)),
         start_timeout: h.start_timeout.unwrap_or(Duration::from_secs(60)),

@@ -79,14 +79,90 @@ pub struct InstallSection {
 pub enum InstallMethod {
     /// `tarball`: `<root>/releases/<version>/` and an atomic `current` link.
     Tarball(TarballConfig),
+    /// `compose`: an image loaded into the Docker Engine, its tag pinned by
+    /// one variable of the compose env file.
+    Compose(ComposeConfig),
+    /// `deb`: a package installed with dpkg; the previous one cached.
+    Deb(DebConfig),
 }
 
 impl InstallMethod {
     pub fn name(&self) -> &'static str {
+        self.method().as_str()
+    }
+
+    pub fn method(&self) -> rollgate::method::Method {
+        use rollgate::method::Method;
         match self {
-            InstallMethod::Tarball(_) => "tarball",
+            InstallMethod::Tarball(_) => Method::Tarball,
+            InstallMethod::Compose(_) => Method::Compose,
+            InstallMethod::Deb(_) => Method::Deb,
         }
     }
+}
+
+/// `[install] method = "compose"`.
+#[derive(Debug, Clone)]
+pub struct ComposeConfig {
+    /// The compose project's directory.
+    pub project_dir: PathBuf,
+    /// The compose project name (`-p`); default: the directory's name.
+    pub project: String,
+    /// The compose files, absolute.
+    pub files: Vec<PathBuf>,
+    /// The env file holding the pinning variable, absolute.
+    pub env_file: PathBuf,
+    /// The one variable that pins the image tag (`GATEWAY_TAG`).
+    pub variable: String,
+    /// The image repository the variable tags (`demo-gateway`).
+    pub image: String,
+    /// The services that move together (an API7 CP: dashboard and
+    /// dp-manager); every other service of the project is left alone.
+    pub services: Vec<String>,
+    /// The compose command: `["docker", "compose"]` or `["docker-compose"]`.
+    pub compose: Vec<String>,
+    /// The Docker Engine's socket.
+    pub docker_socket: PathBuf,
+    /// Images of this repository kept: the current one and the previous
+    /// (for a rollback with no transfer) at least.
+    pub keep_images: usize,
+}
+
+impl ComposeConfig {
+    /// `<compose…> --project-directory D -p P -f F… --env-file E`: what
+    /// every compose command starts with.
+    pub fn base_argv(&self) -> Vec<String> {
+        let mut v = self.compose.clone();
+        v.push("--project-directory".into());
+        v.push(self.project_dir.display().to_string());
+        v.push("-p".into());
+        v.push(self.project.clone());
+        for f in &self.files {
+            v.push("-f".into());
+            v.push(f.display().to_string());
+        }
+        v.push("--env-file".into());
+        v.push(self.env_file.display().to_string());
+        v
+    }
+}
+
+/// `[install] method = "deb"`.
+#[derive(Debug, Clone)]
+pub struct DebConfig {
+    /// The package name (`apisix`).
+    pub package: String,
+    /// How dpkg is run (argv prefix; e.g. with `--instdir`/`--admindir`).
+    pub dpkg: Vec<String>,
+    pub dpkg_query: Vec<String>,
+    pub dpkg_deb: Vec<String>,
+    /// dpkg's database (the `--admindir` the dpkg argv uses): its `status`
+    /// file changing is what makes the agent ask dpkg-query again.
+    pub admin_dir: PathBuf,
+    /// Where staged packages are kept (the rollback cache).
+    pub cache_dir: PathBuf,
+    /// Packages kept in the cache.
+    pub keep_packages: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +190,7 @@ pub struct GatewaySection {
 pub enum ManagerKind {
     Systemd,
     Exec,
+    Compose,
 }
 
 /// `[service]`: the gateway process.
@@ -136,6 +213,8 @@ pub enum Manager {
     },
     /// systemctl start/stop of the gateway's unit.
     Systemd { unit: String, systemctl: PathBuf },
+    /// The compose services of `[install] method = "compose"`.
+    Compose,
 }
 
 impl ServiceSection {
@@ -143,6 +222,7 @@ impl ServiceSection {
         match self.manager {
             Manager::Exec { .. } => ManagerKind::Exec,
             Manager::Systemd { .. } => ManagerKind::Systemd,
+            Manager::Compose => ManagerKind::Compose,
         }
     }
 }
@@ -154,8 +234,8 @@ pub struct HealthSection {
     pub status_url: Option<String>,
     /// Answers 2xx only when the gateway is ready to serve.
     pub ready_url: Option<String>,
-    /// JSON pointer to the version in the status body.
-    pub version_pointer: String,
+    /// Where the running version is read.
+    pub version: VersionSource,
     /// JSON pointer to the config revision in the status body.
     pub revision_pointer: String,
     pub probe_timeout: Duration,
@@ -163,6 +243,28 @@ pub struct HealthSection {
     pub start_timeout: Duration,
     /// How long it must then stay healthy.
     pub min_healthy: Duration,
+}
+
+/// Where the version the gateway runs is read (`[health] version`).
+#[derive(Debug, Clone)]
+pub enum VersionSource {
+    /// A JSON pointer into the status probe's body (`/version`).
+    Json(String),
+    /// A response header of the status probe; the pattern's first group is
+    /// the version (APISIX: `Server: APISIX/3.x.y`).
+    Header {
+        name: String,
+        pattern: regex_lite::Regex,
+    },
+    /// The running container's image tag (compose hosts).
+    Image,
+    /// The installed package's version (deb hosts).
+    Package,
+    /// A command's output (argv, run as configured), through a pattern.
+    Command {
+        command: Vec<String>,
+        pattern: regex_lite::Regex,
+    },
 }
 
 /// `[drain]`: taking the host out of its load balancer.
@@ -293,7 +395,9 @@ command = ["bin/gw"]
         let c = parse(&minimal(), Path::new("/srv/h1")).unwrap();
         assert_eq!(c.agent.state_dir, Path::new("/srv/h1/state"));
         assert_eq!(c.tls.ca, Path::new("/srv/h1/ca.pem"));
-        let InstallMethod::Tarball(t) = &c.install.method;
+        let InstallMethod::Tarball(t) = &c.install.method else {
+            panic!("tarball expected");
+        };
         assert_eq!(t.root, Path::new("/srv/h1/root"));
         assert_eq!(t.keep_releases, 3);
         assert_eq!(c.install.min_free_bytes, 64 << 20);
@@ -346,6 +450,142 @@ command = ["bin/gw"]
                 "health.status_url",
             ),
             (minimal().replace("root = \"root\"\n", ""), "install.root"),
+        ];
+        for (text, want) in cases {
+            let e = parse(&text, Path::new("/")).unwrap_err();
+            assert!(e.contains(want), "expected {want:?} in {e:?}");
+        }
+    }
+
+    fn compose() -> String {
+        minimal()
+            .replace(
+                "method = \"tarball\"\nroot = \"root\"",
+                "method = \"compose\"\nproject_dir = \"/srv/gw\"\nvariable = \"GATEWAY_TAG\"\nimage = \"api7/gateway\"\nservices = [\"gateway\"]\ncompose = [\"docker-compose\"]",
+            )
+            .replace("manager = \"exec\"\ncommand = [\"bin/gw\"]", "manager = \"compose\"")
+    }
+
+    fn deb() -> String {
+        minimal()
+            .replace(
+                "method = \"tarball\"\nroot = \"root\"",
+                "method = \"deb\"\npackage = \"apisix\"",
+            )
+            .replace(
+                "command = [\"bin/gw\"]",
+                "command = [\"/usr/bin/apisix\", \"start\"]",
+            )
+    }
+
+    #[test]
+    fn compose_and_deb_methods_are_read_with_their_defaults() {
+        let c = parse(&compose(), Path::new("/srv/h1")).unwrap();
+        let InstallMethod::Compose(k) = &c.install.method else {
+            panic!("compose expected");
+        };
+        assert_eq!(k.project, "gw", "the project is the directory's name");
+        assert_eq!(k.env_file, Path::new("/srv/gw/.env"));
+        assert_eq!(k.files, vec![PathBuf::from("/srv/gw/docker-compose.yml")]);
+        assert_eq!(k.keep_images, 2);
+        assert_eq!(
+            k.base_argv(),
+            [
+                "docker-compose",
+                "--project-directory",
+                "/srv/gw",
+                "-p",
+                "gw",
+                "-f",
+                "/srv/gw/docker-compose.yml",
+                "--env-file",
+                "/srv/gw/.env"
+            ]
+        );
+        assert_eq!(c.service.kind(), ManagerKind::Compose);
+
+        let c = parse(
+            &(deb() + "[health]\nstatus_url = \"http://127.0.0.1:7085/status\"\nversion = { from = \"header\" }\n"),
+            Path::new("/srv/h1"),
+        )
+        .unwrap();
+        let InstallMethod::Deb(d) = &c.install.method else {
+            panic!("deb expected");
+        };
+        assert_eq!(d.dpkg, ["dpkg"]);
+        assert_eq!(d.admin_dir, Path::new("/var/lib/dpkg"));
+        assert_eq!(d.cache_dir, Path::new("/srv/h1/state/packages"));
+        let VersionSource::Header { name, pattern } = &c.health.version else {
+            panic!("header expected");
+        };
+        assert_eq!(name, "Server");
+        assert_eq!(&pattern.captures("APISIX/3.9.1").unwrap()[1], "3.9.1");
+    }
+
+    #[test]
+    fn compose_and_deb_mistakes_name_the_key() {
+        let cases = [
+            (
+                compose().replace("variable = \"GATEWAY_TAG\"\n", ""),
+                "install.variable",
+            ),
+            (
+                compose().replace("GATEWAY_TAG", "GATEWAY-TAG"),
+                "install.variable",
+            ),
+            (
+                compose().replace("api7/gateway", "gw:3.3.0"),
+                "install.image",
+            ),
+            (
+                compose().replace("services = [\"gateway\"]", "services = []"),
+                "install.services",
+            ),
+            (
+                compose().replace("[\"docker-compose\"]", "[]"),
+                "install.compose",
+            ),
+            (
+                compose().replace(
+                    "image = \"api7/gateway\"",
+                    "image = \"gw\"\nkeep_images = 1",
+                ),
+                "install.keep_images",
+            ),
+            (
+                compose().replace(
+                    "manager = \"compose\"",
+                    "manager = \"exec\"\ncommand = [\"x\"]",
+                ),
+                "service.manager",
+            ),
+            (
+                minimal().replace(
+                    "manager = \"exec\"\ncommand = [\"bin/gw\"]",
+                    "manager = \"compose\"",
+                ),
+                "service.manager",
+            ),
+            (
+                deb().replace("/usr/bin/apisix", "bin/apisix"),
+                "service.command",
+            ),
+            (
+                deb().replace("apisix\"\n", "Apisix!\"\n"),
+                "install.package",
+            ),
+            (
+                deb() + "[health]\nversion = { from = \"image\" }\n",
+                "health.version",
+            ),
+            (
+                deb() + "[health]\nversion = { from = \"header\", pattern = \"APISIX\" }\n",
+                "health.version.pattern",
+            ),
+            (
+                deb() + "[health]\nversion = { from = \"command\" }\n",
+                "health.version.command",
+            ),
         ];
         for (text, want) in cases {
             let e = parse(&text, Path::new("/")).unwrap_err();

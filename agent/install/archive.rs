@@ -49,7 +49,7 @@ fn stream_limit(max_bytes: u64) -> u64 {
 }
 
 /// Counts decompressed bytes and fails the read once they pass `limit`.
-struct Bounded<R> {
+pub(super) struct Bounded<R> {
     inner: R,
     read: u64,
     limit: u64,
@@ -67,6 +67,16 @@ impl<R: Read> Read for Bounded<R> {
 }
 
 const BOMB_STREAM: &str = "decompressed stream too large";
+
+impl<R> Bounded<R> {
+    pub(super) fn new(inner: R, limit: u64) -> Self {
+        Bounded {
+            inner,
+            read: 0,
+            limit,
+        }
+    }
+}
 
 /// Unpacks `archive` into the (new, empty) directory `dest` within `limits`.
 /// Returns the bytes written.

@@ -2,14 +2,18 @@
 //! kept for rollback, pruned, and cleaned up after a crash. The steps
 //! (`crate::steps`) drive a release through it without knowing the layout.
 //!
-//! Today's method is `tarball` (`releases/<version>/` and an atomic
-//! `current` link). A container image (the artifact loaded into the Docker
-//! Engine, the tag pinned by one variable of a compose env file) or an OS
-//! package (dpkg, the previous .deb cached) is another variant of `Installer`
-//! with the same operations: `put_in_place` for what `tarball` unpacks,
-//! `switch` for its rename of the link, `kept` for its release directories.
+//! Three methods, one set of operations (`put_in_place`, `switch`, `kept`,
+//! `prune`):
+//! - `tarball`: `releases/<version>/` and an atomic `current` link;
+//! - `compose`: an image loaded into the Docker Engine, its tag pinned by one
+//!   variable of the compose env file;
+//! - `deb`: a package installed with dpkg, the previous .deb cached.
 
 pub mod archive;
+pub mod compose;
+pub mod deb;
+pub mod env_file;
+pub mod image_archive;
 pub mod tarball;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +22,7 @@ use rollgate::version::Version;
 
 use crate::config::{Config, InstallMethod};
 use crate::op::StepError;
+use crate::service::ProcessStatus;
 
 /// Marker written with every release a method puts in place: where it came
 /// from, so a repeated stage of the same artifact is a no-op and another
@@ -26,6 +31,9 @@ use crate::op::StepError;
 pub struct Marker {
     pub version: String,
     pub sha256: String,
+    /// The image ID the catalog gives (compose).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_id: String,
 }
 
 /// What `put_in_place` did.
@@ -41,19 +49,33 @@ pub struct Placed {
 #[derive(Debug)]
 pub enum Installer {
     Tarball(tarball::Tarball),
+    Compose(compose::Compose),
+    Deb(deb::Deb),
 }
+
+/// What a compose or deb artifact may take on disk when the catalog does
+/// not say: the loaded image or installed files, against the archive.
+const PACKAGE_RATIO: u64 = 5;
 
 impl Installer {
     pub fn from_config(config: &Config) -> Self {
+        let state_dir = &config.agent.state_dir;
         match &config.install.method {
             InstallMethod::Tarball(t) => Installer::Tarball(tarball::Tarball::new(t.clone())),
+            InstallMethod::Compose(c) => {
+                Installer::Compose(compose::Compose::new(c.clone(), state_dir))
+            }
+            InstallMethod::Deb(d) => Installer::Deb(deb::Deb::new(d.clone(), state_dir)),
         }
     }
 
-    /// The release the host runs (points at); None before the first install.
+    /// The release the host runs (points at, pins, has installed); None
+    /// before the first install.
     pub fn current(&self) -> Option<Version> {
         match self {
             Installer::Tarball(t) => t.current(),
+            Installer::Compose(c) => c.current(),
+            Installer::Deb(d) => d.current(),
         }
     }
 
@@ -61,14 +83,18 @@ impl Installer {
     pub fn kept(&self) -> Vec<Version> {
         match self {
             Installer::Tarball(t) => t.releases(),
+            Installer::Compose(c) => c.releases(),
+            Installer::Deb(d) => d.releases(),
         }
     }
 
     /// The marker of a release put in place, if there is one; Err when
     /// something is there that rollgate did not put.
-    pub fn marker(&self, v: &Version) -> Result<Option<Marker>, String> {
+    pub async fn marker(&self, v: &Version) -> Result<Option<Marker>, String> {
         match self {
             Installer::Tarball(t) => t.marker(v),
+            Installer::Compose(c) => c.marker(v).await,
+            Installer::Deb(d) => d.marker(v),
         }
     }
 
@@ -77,6 +103,7 @@ impl Installer {
     pub fn release_dir(&self, v: &Version) -> Option<PathBuf> {
         match self {
             Installer::Tarball(t) => Some(t.release_dir(v)),
+            Installer::Compose(_) | Installer::Deb(_) => None,
         }
     }
 
@@ -88,6 +115,7 @@ impl Installer {
         }
         match self {
             Installer::Tarball(t) => size.saturating_mul(t.config().max_unpack_ratio),
+            Installer::Compose(_) | Installer::Deb(_) => size.saturating_mul(PACKAGE_RATIO),
         }
     }
 
@@ -107,14 +135,35 @@ impl Installer {
                 t.put_in_place(v, marker, artifact, limits, must_contain)
                     .await
             }
+            Installer::Compose(c) => c.put_in_place(v, marker, artifact, limits.max_bytes).await,
+            Installer::Deb(d) => d.put_in_place(v, marker, artifact).await,
         }
     }
 
-    /// Makes `v` the release the host runs, atomically (a crash leaves the
-    /// old or the new one, never a mix), durable when it returns.
-    pub fn switch(&self, v: &Version) -> std::io::Result<()> {
+    /// Makes `v` the release the host runs, durable when it returns:
+    /// tarball and compose atomically (a crash leaves the old or the new
+    /// one); deb through dpkg, whose cut-off runs `repair` finishes.
+    pub async fn switch(&self, v: &Version) -> Result<(), String> {
         match self {
-            Installer::Tarball(t) => t.switch(v),
+            Installer::Tarball(t) => t.switch(v).map_err(|e| e.to_string()),
+            Installer::Compose(c) => c.switch(v).map_err(|e| e.to_string()),
+            Installer::Deb(d) => d.switch(v).await,
+        }
+    }
+
+    /// After a crash, before recovery: puts the method's own state back in
+    /// order (deb: `dpkg --configure -a` for a cut-off dpkg run).
+    pub async fn repair(&self) {
+        if let Installer::Deb(d) = self {
+            d.repair().await;
+        }
+    }
+
+    /// The pid file of a command the method runs that changes the host.
+    pub fn child_record(&self) -> Option<&Path> {
+        match self {
+            Installer::Deb(d) => Some(d.child_record()),
+            _ => None,
         }
     }
 
@@ -124,6 +173,8 @@ impl Installer {
     pub async fn prune(&self, current: &Version, previous: Option<&Version>) {
         match self {
             Installer::Tarball(t) => t.prune(current, previous).await,
+            Installer::Compose(c) => c.prune(current, previous).await,
+            Installer::Deb(d) => d.prune(current, previous).await,
         }
     }
 
@@ -131,20 +182,23 @@ impl Installer {
     pub fn clean_leftovers(&self) {
         match self {
             Installer::Tarball(t) => t.clean_leftovers(),
+            Installer::Compose(_) => {}
+            Installer::Deb(d) => d.clean_leftovers(),
         }
     }
 
     /// Free bytes where releases go.
     pub fn free_bytes(&self) -> Option<u64> {
-        match self {
-            Installer::Tarball(t) => free_bytes(&t.config().root),
-        }
+        free_bytes(self.place())
     }
 
-    /// Where releases go, for disk checks.
+    /// Where releases go, for disk checks (compose: the markers; the
+    /// engine keeps images in its own root).
     pub fn place(&self) -> &Path {
         match self {
             Installer::Tarball(t) => &t.config().root,
+            Installer::Compose(c) => &c.config().project_dir,
+            Installer::Deb(d) => &d.config().cache_dir,
         }
     }
 
@@ -152,6 +206,28 @@ impl Installer {
     pub fn current_dir(&self) -> Option<PathBuf> {
         match self {
             Installer::Tarball(t) => Some(t.current_link()),
+            Installer::Compose(_) | Installer::Deb(_) => None,
+        }
+    }
+
+    /// The version installed, as the install method (not the gateway) says:
+    /// the running container's image tag, dpkg's version, the `current`
+    /// link. `rollgate status` shows it beside the gateway's own.
+    pub fn artifact_version(&self, process: &ProcessStatus) -> Option<String> {
+        match self {
+            Installer::Compose(c) => match process {
+                ProcessStatus::Running {
+                    image: Some(image), ..
+                } => Some(
+                    image
+                        .strip_prefix(&format!("{}:", c.config().image))
+                        .unwrap_or(image)
+                        .to_string(),
+                ),
+                _ => None,
+            },
+            Installer::Deb(d) => d.state().version.map(|v| v.to_string()),
+            Installer::Tarball(t) => t.current().map(|v| v.to_string()),
         }
     }
 }

@@ -171,6 +171,7 @@ impl pb::agent_server::Agent for AgentService {
             &header.sha256,
             header.size,
             header.unpacked_size,
+            &header.image_id,
             source,
         ) {
             Ok(r) => r,

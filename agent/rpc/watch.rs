@@ -44,6 +44,7 @@ pub fn hello(s: &AgentState) -> pb::HelloResponse {
         service_manager: match cfg.service.kind() {
             ManagerKind::Exec => pb::ServiceManager::Exec,
             ManagerKind::Systemd => pb::ServiceManager::Systemd,
+            ManagerKind::Compose => pb::ServiceManager::Compose,
         } as i32,
         features: Some(pb::Features {
             agent_check_port: cfg
@@ -75,6 +76,7 @@ pub fn hello(s: &AgentState) -> pb::HelloResponse {
                 sha256: f.sha256,
             })
             .collect(),
+        install_method: cfg.install.method.name().to_string(),
     }
 }
 
@@ -132,7 +134,7 @@ pub fn watch(
 }
 
 async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {
-    let obs = s.prober.observe(&s.service).await;
+    let obs = s.prober.observe(&s.service, &s.installer).await;
     let facts = s.facts.read();
     health_report(
         sequence,

@@ -96,6 +96,7 @@ pub fn observation(obs: &Observation, r: &mut pb::HealthReport) {
     r.pid = obs.process.pid().unwrap_or(0);
     r.probes = obs.probes.iter().map(probe).collect();
     r.running_version = obs.running_version.clone().unwrap_or_default();
+    r.artifact_version = obs.artifact_version.clone().unwrap_or_default();
     r.config_revision = obs.config_revision;
     r.healthy = obs.healthy();
     r.gateway_rss_bytes = obs.rss_bytes;

@@ -13,39 +13,15 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 use super::ProcessStatus;
-use crate::procfs;
+use crate::procfs::{self, PidRecord};
 
 #[derive(Debug)]
 pub struct ExecService {
     pid_file: PathBuf,
     log_file: PathBuf,
+    work_dir: PathBuf,
     command: Vec<String>,
     env: BTreeMap<String, String>,
-}
-
-/// The content of the pid file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PidRecord {
-    pub pid: u32,
-    pub start_ticks: u64,
-}
-
-impl PidRecord {
-    pub fn parse(text: &str) -> Option<PidRecord> {
-        let mut it = text.split_whitespace();
-        let pid = it.next()?.parse().ok()?;
-        let start_ticks = it.next()?.parse().ok()?;
-        Some(PidRecord { pid, start_ticks })
-    }
-
-    pub fn render(&self) -> String {
-        format!("{} {}\n", self.pid, self.start_ticks)
-    }
-
-    /// True while this very process (not a later one with the same pid) runs.
-    pub fn is_running(&self) -> bool {
-        procfs::stat(self.pid).is_some_and(|s| s.is_alive() && s.start_ticks == self.start_ticks)
-    }
 }
 
 impl ExecService {
@@ -53,6 +29,7 @@ impl ExecService {
         ExecService {
             pid_file: super::pid_file(state_dir),
             log_file: state_dir.join("gateway.log"),
+            work_dir: state_dir.to_path_buf(),
             command,
             env,
         }
@@ -71,7 +48,10 @@ impl ExecService {
 
     pub fn status(&self) -> ProcessStatus {
         match self.record() {
-            Ok(Some(r)) if r.is_running() => ProcessStatus::Running { pid: r.pid },
+            Ok(Some(r)) if r.is_running() => ProcessStatus::Running {
+                pid: r.pid,
+                image: None,
+            },
             Ok(_) => ProcessStatus::Stopped,
             Err(e) => ProcessStatus::Unknown(e),
         }
@@ -79,8 +59,11 @@ impl ExecService {
 
     /// The program to run for a release: a relative first element of the
     /// command is a path inside the release directory.
-    pub fn program(&self, release_dir: &Path) -> PathBuf {
-        release_dir.join(&self.command[0])
+    pub fn program(&self, release_dir: Option<&Path>) -> PathBuf {
+        match release_dir {
+            Some(d) => d.join(&self.command[0]),
+            None => PathBuf::from(&self.command[0]),
+        }
     }
 
     /// The program's path inside a release, when the command names one
@@ -89,9 +72,10 @@ impl ExecService {
         Some(Path::new(&self.command[0])).filter(|p| p.is_relative())
     }
 
-    /// Starts the gateway from `release_dir` in its own process group and
-    /// records it. Output goes to `<state_dir>/gateway.log`.
-    pub async fn start(&self, release_dir: &Path) -> Result<u32, String> {
+    /// Starts the gateway from `release_dir` (a method without one, deb:
+    /// the configured absolute program, run in the state dir) in its own
+    /// process group and records it. Output goes to `<state_dir>/gateway.log`.
+    pub async fn start(&self, release_dir: Option<&Path>) -> Result<u32, String> {
         if let Ok(Some(r)) = self.record()
             && r.is_running()
         {
@@ -108,7 +92,7 @@ impl ExecService {
             .map_err(|e| format!("cannot open {}: {e}", self.log_file.display()))?;
         let mut child = tokio::process::Command::new(&program)
             .args(&self.command[1..])
-            .current_dir(release_dir)
+            .current_dir(release_dir.unwrap_or(self.work_dir.as_path()))
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log)
@@ -185,29 +169,4 @@ async fn wait_gone(rec: &PidRecord, timeout: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pid_record_round_trip_and_liveness() {
-        let me = procfs::stat(std::process::id()).unwrap();
-        let r = PidRecord {
-            pid: std::process::id(),
-            start_ticks: me.start_ticks,
-        };
-        assert_eq!(PidRecord::parse(&r.render()), Some(r));
-        assert!(r.is_running());
-        let reused = PidRecord {
-            start_ticks: me.start_ticks + 1,
-            ..r
-        };
-        assert!(
-            !reused.is_running(),
-            "a different start time is another process"
-        );
-        assert_eq!(PidRecord::parse("garbage"), None);
-    }
 }

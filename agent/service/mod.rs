@@ -1,6 +1,8 @@
-//! Controlling the gateway process: through systemd, or by the agent itself
-//! (`exec`) on hosts without systemd, in the demo and in the tests.
+//! Controlling the gateway process: through systemd, as compose services, or
+//! by the agent itself (`exec`) on hosts without systemd, in the demo and in
+//! the tests.
 
+pub mod compose;
 pub mod exec;
 pub mod systemd;
 
@@ -9,13 +11,15 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::config::{Config, Manager};
+use crate::config::{Config, InstallMethod, Manager};
 
 /// What the service manager says about the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProcessStatus {
     Running {
         pid: u32,
+        /// The image the gateway's container runs (compose).
+        image: Option<String>,
     },
     Stopped,
     /// The manager could not tell, and why.
@@ -25,7 +29,7 @@ pub enum ProcessStatus {
 impl ProcessStatus {
     pub fn pid(&self) -> Option<u32> {
         match self {
-            ProcessStatus::Running { pid } => Some(*pid),
+            ProcessStatus::Running { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -36,6 +40,8 @@ impl ProcessStatus {
 pub enum Service {
     Exec(exec::ExecService),
     Systemd(systemd::SystemdService),
+    // Boxed: the compose manager carries the whole compose config.
+    Compose(Box<compose::ComposeService>),
 }
 
 impl Service {
@@ -50,6 +56,13 @@ impl Service {
                 systemctl.clone(),
                 unit.clone(),
             )),
+            Manager::Compose => match &config.install.method {
+                InstallMethod::Compose(c) => Service::Compose(Box::new(
+                    compose::ComposeService::new(c.clone(), &config.agent.state_dir),
+                )),
+                // The config refuses compose without the compose method.
+                other => unreachable!("manager compose with install method {}", other.name()),
+            },
         }
     }
 
@@ -57,6 +70,7 @@ impl Service {
         match self {
             Service::Exec(e) => e.status(),
             Service::Systemd(s) => s.status().await,
+            Service::Compose(c) => c.status().await,
         }
     }
 
@@ -70,20 +84,32 @@ impl Service {
                 }
             }),
             Service::Systemd(s) => s.stop(timeout).await,
+            Service::Compose(c) => c.stop(timeout).await,
         }
     }
 
-    /// Starts the gateway of the release in `release_dir` (systemd: the unit,
-    /// which runs `<install_root>/current`). Returns its pid.
+    /// Starts the gateway of the current release: exec runs it from the
+    /// release's directory when the method has one; systemd starts the unit
+    /// (which runs `<install_root>/current` or the package's program);
+    /// compose recreates the services. Returns its pid.
     pub async fn start(
         &self,
-        release_dir: &Path,
+        release_dir: Option<&Path>,
         previous_pid: Option<u32>,
         timeout: Duration,
     ) -> Result<u32, String> {
         match self {
             Service::Exec(e) => e.start(release_dir).await,
             Service::Systemd(s) => s.start(previous_pid, timeout).await,
+            Service::Compose(c) => c.start(timeout).await,
+        }
+    }
+
+    /// The pid file of a command the manager runs that changes the host.
+    pub fn child_record(&self) -> Option<&Path> {
+        match self {
+            Service::Compose(c) => Some(c.child_record()),
+            _ => None,
         }
     }
 }

@@ -50,13 +50,19 @@ impl UnitState {
     pub fn to_status(&self) -> ProcessStatus {
         match self.active_state.as_str() {
             "active" | "reloading" | "deactivating" if self.main_pid > 0 => {
-                ProcessStatus::Running { pid: self.main_pid }
+                ProcessStatus::Running {
+                    pid: self.main_pid,
+                    image: None,
+                }
             }
             "inactive" | "failed" => ProcessStatus::Stopped,
             other if self.main_pid == 0 => {
                 ProcessStatus::Unknown(format!("unit is {other} without a main pid"))
             }
-            _ => ProcessStatus::Running { pid: self.main_pid },
+            _ => ProcessStatus::Running {
+                pid: self.main_pid,
+                image: None,
+            },
         }
     }
 }
@@ -153,8 +159,8 @@ impl SystemdService {
 /// After `systemctl start`: active, with a main pid that is not the old one.
 pub fn check_started(st: &UnitState, previous_pid: Option<u32>) -> Result<u32, String> {
     match st.to_status() {
-        ProcessStatus::Running { pid } if Some(pid) != previous_pid => Ok(pid),
-        ProcessStatus::Running { pid } => Err(format!(
+        ProcessStatus::Running { pid, .. } if Some(pid) != previous_pid => Ok(pid),
+        ProcessStatus::Running { pid, .. } => Err(format!(
             "main pid {pid} did not change: the gateway was not restarted"
         )),
         other => Err(format!(
@@ -173,7 +179,13 @@ mod tests {
         let s = UnitState::parse("ActiveState=active\nMainPID=1234\nNRestarts=2\n").unwrap();
         assert_eq!(s.main_pid, 1234);
         assert_eq!(s.n_restarts, 2);
-        assert_eq!(s.to_status(), ProcessStatus::Running { pid: 1234 });
+        assert_eq!(
+            s.to_status(),
+            ProcessStatus::Running {
+                pid: 1234,
+                image: None
+            }
+        );
         let s = UnitState::parse("MainPID=0\nActiveState=failed\nNRestarts=0").unwrap();
         assert_eq!(s.to_status(), ProcessStatus::Stopped);
         assert!(UnitState::parse("MainPID=0\n").is_err());

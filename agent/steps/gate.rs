@@ -48,12 +48,12 @@ pub async fn gate(
     health_timeout: Duration,
     min_healthy: Duration,
 ) -> Result<GatePassed, GateFailed> {
-    let check_version = state.config.health.status_url.is_some();
+    let check_version = state.prober.reads_version();
     let start = Instant::now();
     let mut healthy_since: Option<(Instant, u32)> = None;
     let mut last_report = Instant::now();
     loop {
-        let obs = state.prober.observe(&state.service).await;
+        let obs = state.prober.observe(&state.service, &state.installer).await;
         let pid = obs.process.pid();
         match (verdict(&obs, target, check_version), healthy_since) {
             (None, None) => {

@@ -44,20 +44,26 @@ pub async fn start_current(
     let Some(v) = state.installer.current() else {
         return Err(StepError::precondition("no release is installed"));
     };
-    let dir = state.installer.release_dir(&v).unwrap_or_default();
+    let dir = state.installer.release_dir(&v);
     state
         .service
-        .start(&dir, previous_pid, state.config.health.start_timeout)
+        .start(
+            dir.as_deref(),
+            previous_pid,
+            state.config.health.start_timeout,
+        )
         .await
         .map_err(|e| StepError::new(FailureCode::ServiceFailed, format!("cannot start {v}: {e}")))
 }
 
 /// Switches to `v` through the install method.
-pub fn switch(state: &AgentState, v: &Version) -> Result<(), StepError> {
-    state
-        .installer
-        .switch(v)
-        .map_err(|e| StepError::internal(format!("cannot switch to {v}: {e}")))
+pub async fn switch(state: &AgentState, v: &Version) -> Result<(), StepError> {
+    state.installer.switch(v).await.map_err(|e| {
+        StepError::new(
+            FailureCode::CommandFailed,
+            format!("cannot switch to {v}: {e}"),
+        )
+    })
 }
 
 /// Runs an Install or Rollback plan from the start.
@@ -65,6 +71,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     if state
         .installer
         .marker(&plan.target)
+        .await
         .ok()
         .flatten()
         .is_none()
@@ -98,7 +105,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
             .await?;
     }
     if plan.previous.as_ref() != Some(&plan.target) {
-        switch(state, &plan.target)?;
+        switch(state, &plan.target).await?;
     }
     ctx.phase(
         Phase::Switched,
@@ -244,7 +251,7 @@ pub async fn revert(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> Reverte
     if let Err(e) = stop(state).await {
         return Reverted::Nothing(format!("cannot stop the failed release: {}", e.message));
     }
-    if let Err(e) = switch(state, &prev) {
+    if let Err(e) = switch(state, &prev).await {
         return Reverted::Nothing(format!("cannot switch back to {prev}: {}", e.message));
     }
     let _ = ctx

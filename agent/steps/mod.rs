@@ -25,7 +25,7 @@ pub async fn conclude(state: &AgentState, r: StepRun) -> StepResult {
     match r {
         Ok(out) => Ok(out),
         Err(e) => {
-            let obs = state.prober.observe(&state.service).await;
+            let obs = state.prober.observe(&state.service, &state.installer).await;
             Err(Failure {
                 code: e.code,
                 message: e.message,

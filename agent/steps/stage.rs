@@ -45,6 +45,8 @@ pub struct Request {
     pub size: u64,
     /// The catalog's unpacked size; 0 when it does not say.
     pub unpacked_size: u64,
+    /// The catalog's image ID (`sha256:<hex>`, compose); empty otherwise.
+    pub image_id: String,
     pub source: Source,
 }
 
@@ -55,6 +57,7 @@ impl Request {
         sha256: &str,
         size: u64,
         unpacked_size: u64,
+        image_id: &str,
         source: Option<Result<Source, String>>,
     ) -> Result<Request, StepError> {
         let version: Version = version
@@ -76,6 +79,17 @@ impl Request {
                 "the header gives no artifact size; every artifact needs its size from the catalog",
             ));
         }
+        if !image_id.is_empty()
+            && !image_id.strip_prefix("sha256:").is_some_and(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+        {
+            return Err(StepError::invalid(format!(
+                "image_id {image_id:?} is not sha256: and 64 lower-case hex digits"
+            )));
+        }
         let source = match source {
             None => return Err(StepError::invalid("the header names no source")),
             Some(s) => s.map_err(StepError::invalid)?,
@@ -85,6 +99,7 @@ impl Request {
             sha256: sha256.to_string(),
             size,
             unpacked_size,
+            image_id: image_id.to_string(),
             source,
         })
     }
@@ -120,7 +135,7 @@ pub fn clean_staging(state: &AgentState) {
 }
 
 pub async fn stage(state: &AgentState, ctx: &OpCtx, r: Request, chunks: Option<Chunks>) -> StepRun {
-    match state.installer.marker(&r.version) {
+    match state.installer.marker(&r.version).await {
         Ok(Some(m)) if m.sha256 == r.sha256 => {
             return Ok(StepOutput::Stage(Staged {
                 version: r.version.clone(),
@@ -164,10 +179,13 @@ pub async fn stage(state: &AgentState, ctx: &OpCtx, r: Request, chunks: Option<C
     let marker = Marker {
         version: r.version.to_string(),
         sha256: r.sha256.clone(),
+        image_id: r.image_id.clone(),
     };
     let must_contain = match &state.service {
-        Service::Exec(e) => e.program_in_release(),
-        Service::Systemd(_) => None,
+        Service::Exec(e) if state.installer.release_dir(&r.version).is_some() => {
+            e.program_in_release()
+        }
+        _ => None,
     };
     let limits = archive::Limits {
         max_bytes,

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use rollgate::version::Version;
 use rollgate_testbed::fleet::{Bins, DemoFleet, FleetSpec, missing_prerequisites};
+use rollgate_testbed::install::{Install, docker_missing};
 use rollgate_testbed::load::Load;
 
 use super::upgrade::{Overrides, UpgradeArgs, upgrade};
@@ -23,6 +24,7 @@ pub struct DemoArgs {
     pub keep: bool,
     pub no_upgrade: bool,
     pub rate: u32,
+    pub install: Install,
     pub dir: Option<PathBuf>,
     pub output: Output,
 }
@@ -31,7 +33,12 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     let exe = std::env::current_exe()
         .map_err(|e| Failure::Failed(format!("cannot find this executable: {e}")))?;
     let bins = Bins::next_to(&exe);
-    let missing = missing_prerequisites(&bins);
+    let mut missing = missing_prerequisites(&bins);
+    if a.install == Install::Compose
+        && let Some(why) = docker_missing()
+    {
+        missing.push(why);
+    }
     if !missing.is_empty() {
         return Err(Failure::Usage(format!(
             "rollgate demo needs: {}. deploy/demo.sh installs them and builds everything.",
@@ -62,14 +69,16 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
         bins,
         policy: "batch = 1\ncanary = 1\nmin_healthy = \"3s\"\nhealth_timeout = \"30s\"\ndrain_timeout = \"10s\"".into(),
         detached: a.keep,
+        install: a.install,
     };
     let text = a.output == Output::Text;
     if text {
         println!(
-            "Starting the demo fleet in {} (PostgreSQL, CP {}, {} DPs behind HAProxy)...",
+            "Starting the demo fleet in {} (PostgreSQL, CP {}, {} DPs behind HAProxy, installed as {})...",
             spec.dir.display(),
             a.from,
-            a.dps
+            a.dps,
+            a.install.as_str()
         );
     }
     let fleet = tokio::task::spawn_blocking(move || DemoFleet::start(spec))

@@ -7,6 +7,7 @@ use std::io::Read;
 use futures::StreamExt;
 use rollgate::catalog::{Artifact, Catalog, Release};
 use rollgate::lb::LbState;
+use rollgate::method::Method;
 use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::Serialize;
@@ -30,6 +31,12 @@ pub struct HostCheck {
     pub load_balancer: Option<LbState>,
     /// The release the host can go back to (its current one, kept on disk).
     pub rollback_to: Option<String>,
+    /// How the host installs releases (tarball, compose, deb).
+    pub method: Method,
+    /// Its own release must be staged first: it does not keep it as an
+    /// artifact it can switch back to.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stage_from: bool,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -58,6 +65,22 @@ pub struct PlanReport {
     /// (a TLS handshake per host saved).
     #[serde(skip)]
     pub agents: Vec<Agent>,
+}
+
+impl PlanReport {
+    /// Every release whose artifacts the rollout sends: the hops, and the
+    /// own release of hosts that must stage it first.
+    pub fn artifact_versions(&self) -> Vec<Version> {
+        let mut v = self.hop_versions.clone();
+        for h in self.hosts.iter().filter(|h| h.stage_from) {
+            if let Some(from) = self.from_versions.get(&h.name)
+                && !v.contains(from)
+            {
+                v.push(from.clone());
+            }
+        }
+        v
+    }
 }
 
 struct Seen {
@@ -96,7 +119,7 @@ pub async fn run(a: PlanArgs) -> Result<(), Failure> {
     super::upgrade::in_catalog(&catalog, &a.to)?;
     super::upgrade::verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
     let r = plan(&inv, &catalog, &a.to).await;
-    super::upgrade::verify_artifacts(&catalog, &r.hop_versions)?;
+    super::upgrade::verify_artifacts(&catalog, &r.artifact_versions())?;
     match a.inv.output {
         Output::Json => print_json(&r),
         Output::Text => print_text(&r),
@@ -131,12 +154,15 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
             reachable: s.hello.is_ok(),
             load_balancer: None,
             rollback_to: None,
+            method: Default::default(),
+            stage_from: false,
             problems: Vec::new(),
             warnings: Vec::new(),
         };
         match &s.hello {
             Err(e) => c.problems.push(format!("agent not reachable: {e}")),
             Ok((hello, healthy, lb)) => {
+                c.method = hello.method;
                 c.healthy = *healthy;
                 c.load_balancer = Some(*lb);
                 if !healthy {
@@ -149,8 +175,14 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
                 match &hello.installed {
                     Some(v) => {
                         c.version = Some(v.to_string());
-                        c.rollback_to = Some(v.to_string());
                         from_versions.insert(s.host.name.clone(), v.clone());
+                        match rollback_source(hello, v, catalog) {
+                            Ok(stage) => {
+                                c.rollback_to = Some(v.to_string());
+                                c.stage_from = stage;
+                            }
+                            Err(p) => c.problems.push(p),
+                        }
                     }
                     None => c.problems.push("no release is installed".into()),
                 }
@@ -213,12 +245,16 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
         for (c, s) in checks.iter_mut().zip(&seen) {
             let Ok((hello, ..)) = &s.hello else { continue };
             let Some(v) = &hello.installed else { continue };
-            let need: u64 = hops
-                .iter()
-                .filter(|h| *h > v)
-                .filter_map(|h| catalog.get(h))
-                .map(|r| r.size)
-                .sum();
+            let method = hello.method;
+            let mut need = 0u64;
+            for h in hops.iter().filter(|h| *h > v) {
+                match catalog.get(h).and_then(|r| r.package(method)) {
+                    Some(p) => need += p.size,
+                    None => c.problems.push(format!(
+                        "the catalog has no {method} artifact for {h}, and this host installs with {method}"
+                    )),
+                }
+            }
             if hello.disk_free_bytes < need * 2 {
                 c.problems.push(format!(
                     "{} bytes free at the install root; the artifacts need twice their {need} bytes",
@@ -246,6 +282,22 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
         from_versions,
         hop_versions: hops,
         agents: seen.into_iter().filter_map(|s| s.agent).collect(),
+    }
+}
+
+/// Whether a host on `v` can go back to it without a transfer: Ok(false)
+/// when it keeps it (tarball hosts keep their release directory), Ok(true)
+/// when it must be staged first from the catalog, Err when neither.
+fn rollback_source(hello: &Hello, v: &Version, catalog: &Catalog) -> Result<bool, String> {
+    if hello.method == Method::Tarball || hello.kept.contains(v) {
+        return Ok(false);
+    }
+    match catalog.get(v).and_then(|r| r.package(hello.method)) {
+        Some(_) => Ok(true),
+        None => Err(format!(
+            "no rollback artifact: {v} is neither kept on the host nor in the catalog as a {} artifact; add it to the catalog",
+            hello.method
+        )),
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use rollgate::compat::{self, Compat};
 use rollgate::lb::LbState;
+use rollgate::method::Method;
 use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::Serialize;
@@ -31,6 +32,14 @@ pub struct HostStatus {
     pub version: Option<String>,
     /// The version the running gateway reports.
     pub running_version: Option<String>,
+    /// How the host installs releases.
+    pub method: Option<Method>,
+    /// The version the install method says runs: the running container's
+    /// image tag (compose), dpkg's version (deb), the `current` release.
+    pub artifact_version: Option<String>,
+    /// The pinned, artifact and reported versions disagree.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<String>,
     pub healthy: Option<bool>,
     /// Where the host stands towards its load balancer (as its agent says).
     pub load_balancer: Option<LbState>,
@@ -97,6 +106,9 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
         agent_version: None,
         version: None,
         running_version: None,
+        method: None,
+        artifact_version: None,
+        mismatch: None,
         healthy: None,
         load_balancer: None,
         compatible: None,
@@ -115,12 +127,44 @@ fn row(p: Probe, cp_versions: &[Version]) -> HostStatus {
     s.agent_version = Some(hello.agent_version.clone());
     s.version = hello.installed.as_ref().map(ToString::to_string);
     s.running_version = Some(health.running_version).filter(|v| !v.is_empty());
+    s.method = Some(hello.method);
+    s.artifact_version = Some(health.artifact_version).filter(|v| !v.is_empty());
+    s.mismatch = mismatch(
+        s.version.as_deref(),
+        s.artifact_version.as_deref(),
+        s.running_version.as_deref(),
+    );
     s.healthy = Some(health.healthy);
     s.load_balancer = Some(rollgate::convert::lb_from_wire(health.drain_state));
     let (compatible, reason) = judge(p.host.role, hello.installed.as_ref(), cp_versions);
     s.compatible = compatible;
     s.reason = reason;
     s
+}
+
+/// What disagrees among the version the host pins (installed), the one its
+/// artifact is (container image, package) and the one the gateway reports.
+pub fn mismatch(
+    installed: Option<&str>,
+    artifact: Option<&str>,
+    running: Option<&str>,
+) -> Option<String> {
+    let same = |a: &str, b: &str| match (a.parse::<Version>(), b.parse::<Version>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    };
+    let mut out = Vec::new();
+    if let (Some(i), Some(a)) = (installed, artifact)
+        && !same(i, a)
+    {
+        out.push(format!("pins {i} but its artifact is {a}"));
+    }
+    if let (Some(a), Some(r)) = (artifact, running)
+        && !same(a, r)
+    {
+        out.push(format!("the artifact is {a} but the gateway reports {r}"));
+    }
+    (!out.is_empty()).then(|| format!("VERSION MISMATCH: {}", out.join("; ")))
 }
 
 /// The compatibility column. A DP must suit every CP, since during a CP
@@ -158,7 +202,10 @@ pub async fn run(a: StatusArgs) -> Result<(), Failure> {
             &[
                 "HOST",
                 "ROLE",
+                "METHOD",
                 "VERSION",
+                "ARTIFACT",
+                "GATEWAY",
                 "HEALTHY",
                 "LOAD BALANCER",
                 "COMPATIBLE",
@@ -171,7 +218,10 @@ pub async fn run(a: StatusArgs) -> Result<(), Failure> {
                     vec![
                         r.name.clone(),
                         r.role.to_string(),
+                        r.method.map_or_else(|| "-".into(), |m| m.to_string()),
                         r.version.clone().unwrap_or_else(|| "-".into()),
+                        r.artifact_version.clone().unwrap_or_else(|| "-".into()),
+                        r.running_version.clone().unwrap_or_else(|| "-".into()),
                         yes_no(r.healthy),
                         r.load_balancer
                             .map_or_else(|| "-".into(), |l| l.to_string()),
@@ -179,6 +229,7 @@ pub async fn run(a: StatusArgs) -> Result<(), Failure> {
                         yes_no(Some(r.reachable)),
                         r.error
                             .clone()
+                            .or_else(|| r.mismatch.clone())
                             .or_else(|| r.reason.clone())
                             .unwrap_or_default(),
                     ]
@@ -204,6 +255,16 @@ mod tests {
 
     fn v(s: &str) -> Version {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn flags_a_version_mismatch() {
+        assert_eq!(mismatch(Some("3.4.0"), Some("3.4.0"), Some("3.4.0")), None);
+        assert_eq!(mismatch(Some("3.4.0"), None, None), None);
+        let m = mismatch(Some("3.4.0"), Some("3.3.0"), Some("3.3.0")).unwrap();
+        assert!(m.contains("pins 3.4.0 but its artifact is 3.3.0"), "{m}");
+        let m = mismatch(Some("3.4.0"), Some("3.4.0"), Some("3.3.0")).unwrap();
+        assert!(m.contains("gateway reports 3.3.0"), "{m}");
     }
 
     #[test]

@@ -130,7 +130,7 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
         )));
     }
     let report = plan::plan(&inv, &catalog, &a.to).await;
-    verify_artifacts(&catalog, &report.hop_versions)?;
+    verify_artifacts(&catalog, &report.artifact_versions())?;
     match a.output {
         // One event per line, like every other event of the rollout.
         Output::Json => println!("{}", serde_json::json!({ "event": "plan", "plan": report })),
@@ -205,6 +205,8 @@ fn host_plans(inv: &Inventory, policy: &Policy, report: &PlanReport) -> Vec<Host
                 drained: seen
                     .and_then(|c| c.load_balancer)
                     .is_some_and(|l| l.out_of_rotation()),
+                method: seen.map(|c| c.method).unwrap_or_default(),
+                stage_from: seen.is_some_and(|c| c.stage_from),
             })
         })
         .collect()
@@ -219,6 +221,19 @@ fn print_steps(spec: &RolloutSpec) {
         n += 1;
         println!("  {n:>3}. {text}");
     };
+    for h in spec
+        .hosts
+        .iter()
+        .filter(|h| h.stage_from && spec.hops.iter().any(|hop| h.from < *hop))
+    {
+        step(format!(
+            "stage {} ({} artifact, for a revert without a transfer) on {} [{}]",
+            h.from,
+            h.method,
+            h.name,
+            op_id(&spec.id, &h.name, "stage", Some(&h.from))
+        ));
+    }
     for hop in &spec.hops {
         for h in spec.hosts.iter().filter(|h| h.from < *hop) {
             step(format!(
@@ -311,6 +326,12 @@ fn total_steps(spec: &RolloutSpec) -> u64 {
         n += spec.needing(Role::Cp, hop).len() as u64;
         n += 3 * spec.needing(Role::Dp, hop).len() as u64;
     }
+    // A host's own release staged first (stage_from).
+    n += spec
+        .hosts
+        .iter()
+        .filter(|h| h.stage_from && spec.hops.iter().any(|hop| h.from < *hop))
+        .count() as u64;
     n + u64::from(!spec.cps().is_empty())
 }
 
@@ -372,6 +393,8 @@ pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
             from: v,
             group: None,
             drained: false,
+            method: Default::default(),
+            stage_from: false,
         }],
         policy: PolicySnap::from_policy(&inv.policy),
         backup_id: Some(rid.clone()),

@@ -6,22 +6,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rollgate::catalog::{Artifact, Release};
+use rollgate::catalog::{Artifact, Package};
+use rollgate::method::Method;
 use rollgate::pb;
+use rollgate::version::Version;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-/// Artifacts read so far, by version.
+/// An artifact's slices, shared by every Stage stream that sends it.
+type Slices = Arc<Vec<Bytes>>;
+
+/// Artifacts read so far, by version and install method.
 #[derive(Default)]
 pub struct Artifacts {
-    cache: Mutex<HashMap<String, Arc<Vec<Bytes>>>>,
+    cache: Mutex<HashMap<(String, Method), Slices>>,
 }
 
 impl Artifacts {
     /// A file artifact's slices, read from disk the first time only; URL
     /// artifacts are fetched by the agents (no slices).
-    pub async fn slices(&self, r: &Release) -> Result<Arc<Vec<Bytes>>, String> {
-        let key = r.version.to_string();
+    pub async fn slices(&self, v: &Version, r: &Package) -> Result<Arc<Vec<Bytes>>, String> {
+        let key = (v.to_string(), r.method);
         let mut cache = self.cache.lock().await;
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
@@ -55,18 +60,24 @@ impl Artifacts {
 
 /// The messages of a Stage call: streamed from here for files (the shared
 /// slices, not copies), fetched by the agent for URLs.
-pub fn stage_messages(op: &str, r: &Release, chunks: &[Bytes]) -> Vec<pb::StageRequest> {
+pub fn stage_messages(
+    op: &str,
+    version: &Version,
+    r: &Package,
+    chunks: &[Bytes],
+) -> Vec<pb::StageRequest> {
     let source = match &r.artifact {
         Artifact::Url(u) => pb::stage_header::Source::Location(u.clone()),
         Artifact::File(_) => pb::stage_header::Source::Coordinator(pb::CoordinatorSource {}),
     };
     let header = pb::StageHeader {
         operation_id: op.into(),
-        version: r.version.to_string(),
+        version: version.to_string(),
         sha256: r.sha256.clone(),
         size: r.size,
         source: Some(source),
         unpacked_size: r.unpacked_size.unwrap_or(0),
+        image_id: r.image_id.clone().unwrap_or_default(),
     };
     let mut msgs = vec![pb::StageRequest {
         msg: Some(pb::stage_request::Msg::Header(header)),

@@ -13,6 +13,7 @@ use rollgate::catalog::Release;
 use rollgate::convert::result_from_wire;
 use rollgate::fingerprint::Reading;
 use rollgate::lb::LbState;
+use rollgate::method::Method;
 use rollgate::outcome::{BackupFile, Failure, FailureCode};
 use rollgate::pb;
 use rollgate::pb::operation_event::Event;
@@ -188,13 +189,22 @@ fn refused(code: tonic::Code) -> bool {
 }
 
 impl FleetApi for GrpcFleet {
-    async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
+    async fn stage(&self, host: &str, op: &str, release: &Release, method: Method) -> StepOutcome {
+        let Some(package) = release.package(method) else {
+            return Err(Failure::new(
+                FailureCode::InvalidArgument,
+                format!(
+                    "the catalog has no {method} artifact for {} ({host} installs with {method})",
+                    release.version
+                ),
+            ));
+        };
         let chunks = self
             .artifacts
-            .slices(release)
+            .slices(&release.version, &package)
             .await
             .map_err(|e| Failure::new(FailureCode::FetchFailed, e))?;
-        let msgs = Arc::new(stage_messages(op, release, &chunks));
+        let msgs = Arc::new(stage_messages(op, &release.version, &package, &chunks));
         self.step(host, op, |a| {
             let msgs = msgs.clone();
             async move {

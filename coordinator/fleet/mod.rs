@@ -16,6 +16,7 @@ use std::time::Duration;
 use rollgate::catalog::Release;
 use rollgate::fingerprint::Reading;
 use rollgate::lb::LbState;
+use rollgate::method::Method;
 use rollgate::outcome::{BackupFile, Failure, FailureCode, StepResult};
 use rollgate::version::Version;
 use tokio::sync::mpsc;
@@ -64,11 +65,13 @@ pub enum HealthUpdate {
 /// What the driver asks of the fleet. Every step carries an operation id, so
 /// calling again with the same id re-attaches to the agent's operation.
 pub trait FleetApi: Send + Sync + 'static {
+    /// Stages `release` on `host` as the artifact of its install `method`.
     fn stage(
         &self,
         host: &str,
         op: &str,
         release: &Release,
+        method: Method,
     ) -> impl Future<Output = StepOutcome> + Send;
     fn backup(
         &self,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use rollgate::catalog::Release;
 use rollgate::fingerprint::{Fingerprint, Reading};
 use rollgate::lb::LbState;
+use rollgate::method::Method;
 use rollgate::outcome::{
     BackupFile, BackupTaken, Drained, Failure, FailureCode, Installed, Staged, StepOutput,
 };
@@ -469,6 +470,8 @@ impl ScriptedFleet {
             disk_free_bytes: 1 << 40,
             custom_plugin_files: Vec::new(),
             database_backup: h.role == Role::Cp,
+            method: Method::Tarball,
+            kept: vec![h.version.clone()],
         };
         drop(s);
         self.returned(idx, false);
@@ -477,7 +480,7 @@ impl ScriptedFleet {
 }
 
 impl FleetApi for ScriptedFleet {
-    async fn stage(&self, host: &str, op: &str, release: &Release) -> StepOutcome {
+    async fn stage(&self, host: &str, op: &str, release: &Release, _method: Method) -> StepOutcome {
         let takes = self.lock().stage_time.unwrap_or(STEP_TIME);
         self.step(host, Step::Stage, op, Some(&release.version), "", takes)
             .await

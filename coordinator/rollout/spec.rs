@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rollgate::method::Method;
 use rollgate::role::Role;
 use rollgate::version::Version;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,19 @@ pub struct HostPlan {
     /// an earlier rollout that halted): the rollout puts it back first.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drained: bool,
+    /// How the host installs releases: which artifact it is sent.
+    #[serde(default, skip_serializing_if = "is_tarball")]
+    pub method: Method,
+    /// The host does not keep its own release (`from`) as an artifact it
+    /// can switch back to (an image loaded by hand, a package installed
+    /// without rollgate): it is staged first, so a revert and a rollback
+    /// need no transfer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stage_from: bool,
+}
+
+fn is_tarball(m: &Method) -> bool {
+    *m == Method::Tarball
 }
 
 /// The policy in force, with durations in milliseconds.

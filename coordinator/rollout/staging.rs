@@ -3,6 +3,7 @@
 //! Nothing changes on a host yet; once the rollout halts no new stage starts.
 
 use futures::StreamExt;
+use rollgate::method::Method;
 use rollgate::outcome::FailureCode;
 use rollgate::version::Version;
 
@@ -18,28 +19,31 @@ impl<F: FleetApi> Driver<F> {
             return Err(Halt::Other("no release catalog to stage from".into()));
         };
         // One list per host: an agent runs one step at a time, so a host's
-        // hops are staged in turn while hosts go in parallel.
-        let mut jobs: Vec<(String, Vec<rollgate::catalog::Release>)> = spec
-            .hosts
-            .iter()
-            .map(|h| (h.name.clone(), Vec::new()))
-            .collect();
-        for hop in hops {
-            let Some(rel) = catalog.get(hop).cloned() else {
-                return Err(Halt::Other(format!(
-                    "{hop} is not in the catalog {}",
+        // hops are staged in turn while hosts go in parallel. A host that
+        // does not keep its own release as an artifact (stage_from) gets it
+        // first: a failed gate's revert and a rollback switch back to it.
+        let release = |v: &Version| {
+            catalog.get(v).cloned().ok_or_else(|| {
+                Halt::Other(format!(
+                    "{v} is not in the catalog {}",
                     catalog.path.display()
-                )));
-            };
-            for (h, list) in spec.hosts.iter().zip(jobs.iter_mut()) {
-                if h.from < *hop {
-                    list.1.push(rel.clone());
-                }
+                ))
+            })
+        };
+        let mut jobs: Vec<(String, Method, Vec<rollgate::catalog::Release>)> = Vec::new();
+        for h in &spec.hosts {
+            let mut list = Vec::new();
+            if h.stage_from && hops.iter().any(|hop| h.from < *hop) {
+                list.push(release(&h.from)?);
             }
+            for hop in hops.iter().filter(|hop| h.from < **hop) {
+                list.push(release(hop)?);
+            }
+            jobs.push((h.name.clone(), h.method, list));
         }
         let ctx = self.ctx.clone();
         let work = futures::stream::iter(jobs)
-            .map(|(host, releases)| {
+            .map(|(host, method, releases)| {
                 let ctx = ctx.clone();
                 async move {
                     for rel in releases {
@@ -48,7 +52,7 @@ impl<F: FleetApi> Driver<F> {
                         // Halting: no new call starts.
                         let Some(mut r) = ctx
                             .run_unless_halting(&host, "stage", Some(&v), &op, || {
-                                ctx.fleet.stage(&host, &op, &rel)
+                                ctx.fleet.stage(&host, &op, &rel, method)
                             })
                             .await
                         else {
@@ -59,7 +63,7 @@ impl<F: FleetApi> Driver<F> {
                             let op2 = format!("{op}.2");
                             match ctx
                                 .run_unless_halting(&host, "stage", Some(&v), &op2, || {
-                                    ctx.fleet.stage(&host, &op2, &rel)
+                                    ctx.fleet.stage(&host, &op2, &rel, method)
                                 })
                                 .await
                             {

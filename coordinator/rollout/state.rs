@@ -107,6 +107,8 @@ mod tests {
             from: "3.3.0".parse().unwrap(),
             group: None,
             drained: false,
+            method: Default::default(),
+            stage_from: false,
         };
         RolloutSpec {
             id: "r-20261130T105553Z-1a2b".into(),

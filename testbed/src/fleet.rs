@@ -1,9 +1,13 @@
 //! A whole fleet on one machine, as `rollgate demo` and the end-to-end tests
 //! use it: a throwaway PostgreSQL, the reference gateway's CP and DPs (each
 //! host its own directory and loopback address, each run by its own
-//! `rollgate-agent` with the exec service manager), an upstream, HAProxy in
-//! front of the DPs with agent-check pointed at each agent, certificates, the
-//! inventory and the release catalog.
+//! `rollgate-agent`), an upstream, HAProxy in front of the DPs with
+//! agent-check pointed at each agent, certificates, the inventory and the
+//! release catalog. The gateways are installed as `install::Install` says:
+//! release tarballs run by the agent, Docker Compose services, or Debian
+//! packages in a root of their own per host. DPs serve the APISIX-shaped
+//! status API on a port of their own; their agents read the version from its
+//! `Server` header.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::haproxy::{self, Haproxy, Server};
+use crate::install::{self, DebRoot, Install, Project, ServiceDef};
 use crate::{artifacts, catalog, http, pg::PgCluster};
 
 /// What a simulated host runs.
@@ -69,6 +74,8 @@ pub struct FleetSpec {
     /// Processes outlive this handle's creator (`demo --keep`): their own
     /// process groups, so a terminal's Ctrl-C does not reach them.
     pub detached: bool,
+    /// How every host's gateway is installed.
+    pub install: Install,
 }
 
 /// One host of the fleet.
@@ -80,6 +87,16 @@ pub struct HostInfo {
     pub gateway: SocketAddr,
     pub agent: SocketAddr,
     pub agent_check: Option<SocketAddr>,
+    /// DPs: the APISIX-shaped status API (`/status`, `/status/ready`,
+    /// `Server: APISIX/<version>`).
+    pub status: Option<SocketAddr>,
+    /// Compose hosts: the host's project.
+    pub project: Option<Project>,
+    /// Package hosts: the host's own root and dpkg database.
+    pub deb: Option<DebRoot>,
+    /// Compose CP: the address of the project's service rollgate must not
+    /// touch.
+    pub unrelated: Option<SocketAddr>,
 }
 
 pub struct DemoFleet {
@@ -96,10 +113,41 @@ pub struct DemoFleet {
     upstream_proc: Option<Child>,
     haproxy: Option<Haproxy>,
     detached: bool,
+    pub install: Install,
+    /// The compose command (compose fleets).
+    pub compose: Vec<String>,
 }
 
 /// The path the load and the demo request through the load balancer.
 pub const ROUTE: &str = "/api/hello";
+
+/// A TOML array of strings.
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::Value::String(s.clone()).to_string())
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn ip_of(a: &SocketAddr) -> Ipv4Addr {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(_) => Ipv4Addr::LOCALHOST,
+    }
+}
+
+/// The reference gateway's `upstream` subcommand (a small HTTP server), as
+/// the argv of a compose service.
+fn upstream_args(listen: SocketAddr, name: &str) -> Vec<String> {
+    vec![
+        "upstream".into(),
+        "--listen".into(),
+        listen.to_string(),
+        "--name".into(),
+        name.into(),
+    ]
+}
 
 fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
     crate::net::free_port(ip)
@@ -113,9 +161,33 @@ impl DemoFleet {
     /// Builds and starts the fleet; everything is stopped again on error.
     pub fn start(spec: FleetSpec) -> Result<DemoFleet, String> {
         std::fs::create_dir_all(&spec.dir).map_err(|e| format!("{}: {e}", spec.dir.display()))?;
+        let compose = match spec.install {
+            Install::Compose => {
+                if let Some(why) = install::docker_missing() {
+                    return Err(format!("the compose install method needs {why}"));
+                }
+                install::compose_argv().unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         let pkg = artifacts::packaged(&spec.bins.demo_gateway, &spec.artifacts_cache)?;
         let catalog_path = pkg.join("releases.toml");
         let release = catalog::release(&catalog_path, &spec.version)?;
+        if spec.install == Install::Compose {
+            let images: Vec<(String, String)> = catalog::releases(&catalog_path)?
+                .into_iter()
+                .filter_map(|r| Some((format!("{}:{}", install::IMAGE, r.version), r.image?.1)))
+                .collect();
+            let (first, _) = release
+                .image
+                .clone()
+                .ok_or_else(|| format!("the catalog has no image of {}", spec.version))?;
+            install::prepare_engine(
+                &images,
+                &first,
+                &format!("{}:{}", install::IMAGE, spec.version),
+            )?;
+        }
         let pg = PgCluster::start().map_err(|e| format!("PostgreSQL: {e}"))?;
         pg.createdb("gateway")
             .map_err(|e| format!("PostgreSQL: {e}"))?;
@@ -135,6 +207,8 @@ impl DemoFleet {
             haproxy: None,
             detached: spec.detached,
             pg: Some(pg),
+            install: spec.install,
+            compose,
         };
         // Certificates for every host and the coordinator.
         let mut names = vec![("cp-1".to_string(), 1u8, Role::Cp)];
@@ -155,7 +229,6 @@ impl DemoFleet {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let artifact = &release.artifact;
         let cp_addr = SocketAddr::new(ip(1).into(), free_port(ip(1))?);
         for (name, i, role) in &names {
             let gateway = if *role == Role::Cp {
@@ -174,8 +247,20 @@ impl DemoFleet {
                 } else {
                     None
                 },
+                status: if *role == Role::Dp {
+                    Some(SocketAddr::new(ip(*i).into(), free_port(ip(*i))?))
+                } else {
+                    None
+                },
+                unrelated: if *role == Role::Cp && spec.install == Install::Compose {
+                    Some(SocketAddr::new(ip(*i).into(), free_port(ip(*i))?))
+                } else {
+                    None
+                },
+                project: None,
+                deb: None,
             };
-            fleet.lay_out(&host, cp_addr, artifact, &release.version, &release.sha256)?;
+            let host = fleet.lay_out(host, cp_addr, &release)?;
             fleet.hosts.push(host);
         }
         // The upstream, then the agents (each starts its installed gateway).
@@ -190,6 +275,10 @@ impl DemoFleet {
             &spec.dir.join("upstream.log"),
         )?;
         fleet.upstream_proc = Some(upstream);
+        // What an operator did before rollgate: the services are up.
+        for p in fleet.hosts.iter().filter_map(|h| h.project.as_ref()) {
+            p.up(&fleet.compose)?;
+        }
         for h in fleet.hosts.clone() {
             let child = fleet.spawn_agent(&h)?;
             fleet.agents.insert(h.name.clone(), child);
@@ -251,35 +340,116 @@ impl DemoFleet {
             .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
     }
 
-    /// A host's directory: agent.toml, gateway.toml, and an install root
-    /// with `version` unpacked and current.
+    /// A host's directory: agent.toml, gateway.toml, and the first release
+    /// installed the host's way.
     fn lay_out(
         &self,
-        h: &HostInfo,
+        mut h: HostInfo,
         cp: SocketAddr,
-        artifact: &Path,
-        version: &str,
-        sha256: &str,
-    ) -> Result<(), String> {
+        release: &catalog::Release,
+    ) -> Result<HostInfo, String> {
         let io = |e: std::io::Error| format!("{}: {e}", h.dir.display());
-        let rel = h.dir.join("root/releases").join(version);
-        std::fs::create_dir_all(&rel).map_err(io)?;
-        let f = std::fs::File::open(artifact).map_err(io)?;
-        tar::Archive::new(flate2::read::GzDecoder::new(f))
-            .unpack(&rel)
-            .map_err(io)?;
-        std::fs::write(
-            rel.join(".rollgate-release"),
-            serde_json::json!({ "version": version, "sha256": sha256 }).to_string(),
-        )
-        .map_err(io)?;
-        std::os::unix::fs::symlink(format!("releases/{version}"), h.dir.join("root/current"))
-            .map_err(io)?;
+        std::fs::create_dir_all(&h.dir).map_err(io)?;
+        let role = match h.role {
+            Role::Cp => "cp",
+            Role::Dp => "dp",
+        };
+        let gateway_config = h.dir.join("gateway.toml");
+        let gateway_args = |program: String| {
+            vec![
+                program,
+                role.to_string(),
+                "--config".to_string(),
+                gateway_config.display().to_string(),
+            ]
+        };
+        let (install_toml, service_toml) = match self.install {
+            Install::Tarball => {
+                self.unpack_release(&h, release)?;
+                (
+                    "method = \"tarball\"\nroot = \"root\"\n".to_string(),
+                    format!(
+                        "manager = \"exec\"\ncommand = {}\n",
+                        toml_list(&gateway_args("bin/demo-gateway".into()))
+                    ),
+                )
+            }
+            Install::Deb => {
+                let root = DebRoot::create(h.dir.join("deb-root"))?;
+                let deb = release
+                    .deb
+                    .as_ref()
+                    .ok_or_else(|| format!("the catalog has no package of {}", release.version))?;
+                root.install(deb)?;
+                let t = (
+                    format!(
+                        "method = \"deb\"\npackage = \"{}\"\ndpkg = {}\ndpkg_query = {}\nadmin_dir = \"{}\"\n",
+                        install::PACKAGE,
+                        toml_list(&root.dpkg()),
+                        toml_list(&root.dpkg_query()),
+                        root.admin_dir().display()
+                    ),
+                    format!(
+                        "manager = \"exec\"\ncommand = {}\n",
+                        toml_list(&gateway_args(root.program().display().to_string()))
+                    ),
+                );
+                h.deb = Some(root);
+                t
+            }
+            Install::Compose => {
+                let image = format!("{}:${{{}}}", install::IMAGE, install::TAG_VARIABLE);
+                let mut services = vec![ServiceDef {
+                    name: role,
+                    image: image.clone(),
+                    command: gateway_args(String::new()).split_off(1),
+                }];
+                let mut upgraded = vec![role];
+                if let Some(unrelated) = h.unrelated {
+                    // An API7 CP is two services pinned by one variable
+                    // (dashboard and dp-manager): the CP and a sidecar of
+                    // the same release stand for them. And one service the
+                    // rollout must leave alone.
+                    let sidecar = SocketAddr::new(h.gateway.ip(), free_port(ip_of(&h.gateway))?);
+                    services.push(ServiceDef {
+                        name: "cp-sidecar",
+                        image,
+                        command: upstream_args(sidecar, "cp-sidecar"),
+                    });
+                    upgraded.push("cp-sidecar");
+                    services.push(ServiceDef {
+                        name: "unrelated",
+                        image: install::UNRELATED_IMAGE.into(),
+                        command: upstream_args(unrelated, "unrelated"),
+                    });
+                }
+                let project = Project::write(
+                    h.dir.join("compose"),
+                    install::project_name(&self.dir, &h.name),
+                    &h.dir,
+                    &release.version,
+                    &services,
+                    &upgraded,
+                )?;
+                let t = (
+                    format!(
+                        "method = \"compose\"\nproject_dir = \"compose\"\nproject = \"{}\"\nvariable = \"{}\"\nimage = \"{}\"\nservices = {}\ncompose = {}\n",
+                        project.name,
+                        install::TAG_VARIABLE,
+                        install::IMAGE,
+                        toml_list(&project.services),
+                        toml_list(&self.compose)
+                    ),
+                    "manager = \"compose\"\n".to_string(),
+                );
+                h.project = Some(project);
+                t
+            }
+        };
         let certs = self.dir.join("certs");
         let pg = self.pg.as_ref().ok_or("no database")?;
-        let (role, gateway_toml, extra) = match h.role {
+        let (gateway_toml, extra, health) = match h.role {
             Role::Cp => (
-                "cp",
                 format!(
                     "listen = \"{}\"\ndatabase_url = \"{}\"\n",
                     h.gateway,
@@ -292,34 +462,63 @@ impl DemoFleet {
                     h.dir.display(),
                     h.gateway
                 ),
-            ),
-            Role::Dp => (
-                "dp",
                 format!(
-                    "listen = \"{}\"\ncp_url = \"http://{cp}\"\ninstance_id = \"{}\"\npoll_interval = \"300ms\"\ngraceful_timeout = \"10s\"\n",
-                    h.gateway, h.name
-                ),
-                format!(
-                    "[drain]\nagent_check_listen = \"{}\"\ngateway_ports = [{}]\ntimeout = \"10s\"\n",
-                    h.agent_check.map(|a| a.to_string()).unwrap_or_default(),
-                    h.gateway.port()
+                    "status_url = \"http://{g}/status\"\nready_url = \"http://{g}/status/ready\"\n",
+                    g = h.gateway
                 ),
             ),
+            Role::Dp => {
+                let status = h.status.ok_or("a DP without a status address")?;
+                (
+                    format!(
+                        "listen = \"{}\"\nstatus_listen = \"{status}\"\ncp_url = \"http://{cp}\"\ninstance_id = \"{}\"\npoll_interval = \"300ms\"\ngraceful_timeout = \"10s\"\n",
+                        h.gateway, h.name
+                    ),
+                    format!(
+                        "[drain]\nagent_check_listen = \"{}\"\ngateway_ports = [{}]\ntimeout = \"10s\"\n",
+                        h.agent_check.map(|a| a.to_string()).unwrap_or_default(),
+                        h.gateway.port()
+                    ),
+                    // APISIX's shape: the version is in the Server header.
+                    format!(
+                        "status_url = \"http://{status}/status\"\nready_url = \"http://{status}/status/ready\"\nversion = {{ from = \"header\", name = \"Server\", pattern = '^APISIX/(\\S+)$' }}\n"
+                    ),
+                )
+            }
         };
-        std::fs::write(h.dir.join("gateway.toml"), gateway_toml).map_err(io)?;
+        std::fs::write(&gateway_config, gateway_toml).map_err(io)?;
         let agent = format!(
             "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\nstate_dir = \"state\"\n\n\
              [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
-             [install]\nmethod = \"tarball\"\nroot = \"root\"\n\n\
-             [service]\nmanager = \"exec\"\ncommand = [\"bin/demo-gateway\", \"{role}\", \"--config\", \"{d}/gateway.toml\"]\nstop_timeout = \"15s\"\n\n\
-             [health]\nstatus_url = \"http://{g}/status\"\nready_url = \"http://{g}/status/ready\"\nstart_timeout = \"30s\"\nmin_healthy = \"2s\"\nprobe_timeout = \"2s\"\n\n{extra}",
+             [install]\n{install_toml}\n\
+             [service]\n{service_toml}stop_timeout = \"15s\"\n\n\
+             [health]\n{health}start_timeout = \"30s\"\nmin_healthy = \"2s\"\nprobe_timeout = \"2s\"\n\n{extra}",
             name = h.name,
             listen = h.agent,
             c = certs.display(),
-            d = h.dir.display(),
-            g = h.gateway,
         );
-        std::fs::write(h.dir.join("agent.toml"), agent).map_err(io)
+        std::fs::write(h.dir.join("agent.toml"), agent).map_err(io)?;
+        Ok(h)
+    }
+
+    /// The tarball way: the release unpacked under `root/releases/<v>`, its
+    /// marker written, `root/current` pointing at it.
+    fn unpack_release(&self, h: &HostInfo, release: &catalog::Release) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", h.dir.display());
+        let version = &release.version;
+        let rel = h.dir.join("root/releases").join(version);
+        std::fs::create_dir_all(&rel).map_err(io)?;
+        let f = std::fs::File::open(&release.artifact).map_err(io)?;
+        tar::Archive::new(flate2::read::GzDecoder::new(f))
+            .unpack(&rel)
+            .map_err(io)?;
+        std::fs::write(
+            rel.join(".rollgate-release"),
+            serde_json::json!({ "version": version, "sha256": release.sha256 }).to_string(),
+        )
+        .map_err(io)?;
+        std::os::unix::fs::symlink(format!("releases/{version}"), h.dir.join("root/current"))
+            .map_err(io)
     }
 
     fn write_inventory(&self, policy: &str) -> Result<(), String> {
@@ -385,22 +584,43 @@ impl DemoFleet {
     }
 
     /// Starts a host's agent again with the same command line (as systemd
-    /// would after a crash) and waits until it accepts connections.
+    /// would after a crash) and waits until it accepts connections. A dead
+    /// agent (killed at a failpoint) is reaped first.
     pub fn start_agent(&mut self, name: &str) -> Result<(), String> {
+        self.start_agent_env(name, &[])
+    }
+
+    /// `start_agent` with extra environment (`ROLLGATE_FAILPOINT`).
+    pub fn start_agent_env(&mut self, name: &str, env: &[(&str, &str)]) -> Result<(), String> {
         let h = self
             .host(name)
             .cloned()
             .ok_or_else(|| format!("no host {name}"))?;
+        if self.agent_exited(name) {
+            self.agents.remove(name);
+        }
         if self.agents.contains_key(name) {
             return Err(format!("{name}'s agent is running"));
         }
-        let child = self.spawn_agent(&h)?;
+        let mut cmd = Command::new(&self.bins.agent);
+        cmd.arg("--config")
+            .arg(h.dir.join("agent.toml"))
+            .current_dir(&h.dir)
+            .envs(env.iter().copied());
+        let child = self.spawn(&mut cmd, &h.dir.join("agent.log"))?;
         self.agents.insert(name.to_string(), child);
         wait(
             Duration::from_secs(20),
             &format!("{name}'s agent to listen"),
             || std::net::TcpStream::connect_timeout(&h.agent, Duration::from_millis(200)).is_ok(),
         )
+    }
+
+    /// Whether a host's agent has exited (reaped here if so).
+    pub fn agent_exited(&mut self, name: &str) -> bool {
+        self.agents
+            .get_mut(name)
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_some()))
     }
 
     /// Kills every gateway an agent started (they outlive their agents).
@@ -448,11 +668,22 @@ impl DemoFleet {
         // Agents first, so none starts a gateway again; then the gateways,
         // whichever pids they have by now (upgrades restart them), from the
         // agents' pid files.
+        let downs: String = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.project.as_ref())
+            .map(|p| {
+                let c = p.command(&self.compose, &["down", "--timeout", "5"]);
+                let mut line: Vec<String> = vec![c.get_program().to_string_lossy().into_owned()];
+                line.extend(c.get_args().map(|a| format!("'{}'", a.to_string_lossy())));
+                format!("{} >/dev/null 2>&1\n", line.join(" "))
+            })
+            .collect();
         let text = format!(
             "#!/bin/sh\n# Stops the rollgate demo fleet in {dir} and removes it.\n\
              kill -9 {agents} 2>/dev/null\n\
              for f in '{dir}'/*/state/gateway.pid; do [ -f \"$f\" ] && kill -9 $(cut -d' ' -f1 \"$f\") 2>/dev/null; done\n\
-             kill -9 {others} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
+             {downs}kill -9 {others} 2>/dev/null\n{pg_stop}\nrm -rf '{dir}'\necho 'demo fleet stopped and removed'\n",
             dir = self.dir.display(),
             agents = list(&agents),
             others = list(&others),
@@ -482,6 +713,11 @@ impl Drop for DemoFleet {
         }
         self.detached = false;
         self.kill_gateways();
+        for p in self.hosts.iter().filter_map(|h| h.project.as_ref()) {
+            if let Err(e) = p.down(&self.compose) {
+                tracing::warn!(project = %p.name, error = %e, "cannot take the compose project down");
+            }
+        }
         self.haproxy.take();
         self.pg.take();
     }

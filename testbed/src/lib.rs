@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod fleet;
 pub mod haproxy;
 pub mod http;
+pub mod install;
 pub mod load;
 pub mod net;
 pub mod pg;

@@ -145,6 +145,7 @@ async fn bad_artifacts_are_refused_and_nothing_is_left_behind() {
                 pb::CoordinatorSource {},
             )),
             unpacked_size: 0,
+            image_id: String::new(),
         })),
     }];
     msgs.push(pb::StageRequest {
@@ -234,6 +235,7 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
                 "http://{at}/demo-gateway-3.4.1.tar.gz"
             ))),
             unpacked_size: 0,
+            image_id: String::new(),
         })),
     };
     let bad = crate::support::client::drive(
@@ -367,6 +369,7 @@ async fn stage_needs_a_size_and_reads_only_regular_files() {
                 size,
                 source: Some(pb::stage_header::Source::Location(location.clone())),
                 unpacked_size: 0,
+                image_id: String::new(),
             })),
         };
         let r = tokio::time::timeout(

@@ -22,6 +22,29 @@ fn demo_without_its_prerequisites_exits_64_saying_how_to_install_them() {
 }
 
 #[test]
+fn demo_with_compose_and_no_docker_engine_exits_64_saying_how_to_get_one() {
+    let sb = Sandbox::new();
+    // An engine that is not there: the CLI's DOCKER_HOST at a dead socket.
+    let out = std::process::Command::new(ROLLGATE)
+        .args(["demo", "--install", "compose", "--no-upgrade", "--dir"])
+        .arg(sb.path().join("fleet"))
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}", sb.path().join("no-docker.sock").display()),
+        )
+        .current_dir(sb.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("Docker Engine") && stderr.contains("service docker start"),
+        "{stderr}"
+    );
+    assert!(!sb.path().join("fleet").exists(), "nothing was built");
+}
+
+#[test]
 fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
     let sb = Sandbox::new();
     let dir = sb.path().join("kept");

@@ -41,3 +41,47 @@ fn systemd_unit_verifies() {
         .collect();
     assert!(problems.is_empty(), "systemd-analyze verify:\n{stderr}");
 }
+
+/// Every example agent config in deploy/ loads: `rollgate-agent --check`,
+/// with its certificate paths pointed at real ones.
+#[test]
+fn every_example_agent_config_loads() {
+    let sb = crate::support::Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut checked = Vec::new();
+    for e in std::fs::read_dir(&deploy).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("agent") && name.ends_with(".toml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())
+            .unwrap()
+            .replace("/etc/rollgate/", &format!("{}/", sb.certs_dir().display()));
+        let copy = sb.path().join(&name);
+        std::fs::write(&copy, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rollgate-agent"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(name);
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "agent-api7-cp-compose.toml",
+            "agent-api7-dp-compose.toml",
+            "agent-apisix-deb.toml",
+            "agent-cp.toml",
+            "agent.toml"
+        ]
+    );
+}

@@ -9,6 +9,8 @@ mod agent_ops;
 mod agent_stage;
 mod bad_config;
 mod bad_input;
+mod compose;
+mod deb;
 mod demo_cmd;
 mod deploy;
 mod mtls;

@@ -13,9 +13,9 @@ use crate::support::Sandbox;
 use crate::upgrade::events;
 
 /// Requests per second through HAProxy in every scenario.
-const RATE: u32 = 250;
+pub(crate) const RATE: u32 = 250;
 
-fn policy(extra: &str) -> String {
+pub(crate) fn policy(extra: &str) -> String {
     let mut keys: std::collections::BTreeMap<&str, &str> = [
         ("batch", "1"),
         ("canary", "1"),
@@ -32,7 +32,7 @@ fn policy(extra: &str) -> String {
     keys.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
 }
 
-fn args<'a>(fleet: &'a DemoFleet, cmd: &'a str, to: &'a str) -> Vec<String> {
+pub(crate) fn args<'a>(fleet: &'a DemoFleet, cmd: &'a str, to: &'a str) -> Vec<String> {
     vec![
         cmd.into(),
         "-i".into(),
@@ -47,8 +47,55 @@ fn args<'a>(fleet: &'a DemoFleet, cmd: &'a str, to: &'a str) -> Vec<String> {
     ]
 }
 
+/// `rollgate <cmd> -i <fleet> --output json`.
+pub(crate) fn inventory_args(cmd: &str, fleet: &DemoFleet) -> Vec<String> {
+    [
+        cmd,
+        "-i",
+        &fleet.inventory.display().to_string(),
+        "--output",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `rollgate rollback -i <fleet> --restore-db --yes --output json`.
+pub(crate) fn rollback_args(fleet: &DemoFleet) -> Vec<String> {
+    [
+        "rollback",
+        "-i",
+        &fleet.inventory.display().to_string(),
+        "--restore-db",
+        "--yes",
+        "--output",
+        "json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The CLI exited with `code`; otherwise fails showing what it printed.
+pub(crate) fn expect_exit(out: &crate::support::RunOutput, code: i32) {
+    assert_eq!(
+        out.code,
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// The `step` events that failed.
+pub(crate) fn failed_steps(stdout: &str) -> Vec<serde_json::Value> {
+    events(stdout)
+        .into_iter()
+        .filter(|e| e["event"] == "step" && e["status"] == "failed")
+        .collect()
+}
+
 /// Runs the CLI without blocking the runtime the load runs on.
-async fn rollgate(sb: &Sandbox, args: Vec<String>) -> crate::support::RunOutput {
+pub(crate) async fn rollgate(sb: &Sandbox, args: Vec<String>) -> crate::support::RunOutput {
     let dir = sb.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
         crate::support::proc::run(
@@ -62,7 +109,7 @@ async fn rollgate(sb: &Sandbox, args: Vec<String>) -> crate::support::RunOutput 
     .unwrap()
 }
 
-fn assert_rate(r: &LoadReport) {
+pub(crate) fn assert_rate(r: &LoadReport) {
     let rate = r.sent as f64 / r.seconds;
     assert!(
         rate >= f64::from(RATE) * 0.8,
@@ -153,17 +200,7 @@ async fn a_killed_coordinator_resumes_with_zero_failed_requests() {
     })
     .await
     .unwrap();
-    let out = rollgate(
-        &sb,
-        vec![
-            "resume".into(),
-            "-i".into(),
-            fleet.inventory.display().to_string(),
-            "--output".into(),
-            "json".into(),
-        ],
-    )
-    .await;
+    let out = rollgate(&sb, inventory_args("resume", &fleet)).await;
     let report = load.stop().await;
     assert_eq!(
         out.code,
@@ -318,19 +355,7 @@ async fn rollback_with_restore_db_returns_every_host_and_the_data() {
         .unwrap();
 
     let load = Load::start(fleet.url(), RATE, 8);
-    let out = rollgate(
-        &sb,
-        vec![
-            "rollback".into(),
-            "-i".into(),
-            fleet.inventory.display().to_string(),
-            "--restore-db".into(),
-            "--yes".into(),
-            "--output".into(),
-            "json".into(),
-        ],
-    )
-    .await;
+    let out = rollgate(&sb, rollback_args(&fleet)).await;
     let report = load.stop().await;
     assert_eq!(
         out.code,

@@ -43,6 +43,8 @@ pub(super) fn setup(cps: usize, dps: usize) -> Setup {
         from: v("3.3.0"),
         group: None,
         drained: false,
+        method: Default::default(),
+        stage_from: false,
     };
     let hosts = (1..=cps)
         .map(|i| host(format!("cp-{i}"), Role::Cp))

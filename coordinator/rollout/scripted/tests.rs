@@ -21,7 +21,9 @@ async fn a_scripted_agent_answers_a_repeated_operation_from_its_record() {
     let rel = &s.catalog.releases[1];
     let hello = fleet.hello("dp-1").await.expect("facts");
     assert_eq!((hello.role, hello.installed), (Role::Dp, Some(v("3.3.0"))));
-    let staged = fleet.stage("dp-1", "op-stage", rel).await;
+    let staged = fleet
+        .stage("dp-1", "op-stage", rel, Default::default())
+        .await;
     assert!(matches!(staged, Ok(StepOutput::Stage(_))), "{staged:?}");
     let min = Duration::from_millis(1);
     let first = fleet

@@ -22,6 +22,25 @@ pub struct CatalogEntry {
     /// Bytes of the `.tar.gz`.
     pub size: u64,
     pub breaking_changes: Vec<String>,
+    /// The container image (`docker save` archive, gzipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<PackageEntry>,
+    /// The Debian package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deb: Option<PackageEntry>,
+}
+
+/// Another artifact of the same release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageEntry {
+    /// Relative to the catalog file's directory.
+    pub artifact: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Images: the ID `docker load` gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 impl Catalog {
@@ -36,4 +55,9 @@ impl Catalog {
 /// The artifact file name of a version.
 pub fn artifact_name(version: &str) -> String {
     format!("demo-gateway-{version}.tar.gz")
+}
+
+/// The image archive file name of a version.
+pub fn image_name(version: &str) -> String {
+    format!("demo-gateway-{version}.image.tar.gz")
 }

@@ -3,6 +3,8 @@
 
 pub mod archive;
 pub mod catalog;
+pub mod deb;
+pub mod image;
 pub mod releases;
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Instant;
 use tracing::info;
 
 use archive::{Entry, Source};
-use catalog::{Catalog, CatalogEntry};
+use catalog::{Catalog, CatalogEntry, PackageEntry};
 use releases::ReleaseSpec;
 
 /// Example host configs shipped in every release's `conf/`. The gateway reads its
@@ -77,6 +79,10 @@ pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
         source,
     })?;
 
+    let libs = image::libraries(&binary).map_err(|source| PackageError::Write {
+        path: binary.clone(),
+        source,
+    })?;
     let specs = releases::all();
     // The work is gzip of a large binary: one release per core.
     let workers = std::thread::available_parallelism()
@@ -85,13 +91,13 @@ pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
     let results: Vec<Result<CatalogEntry, PackageError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
-                let (specs, binary) = (&specs, &binary);
+                let (specs, binary, libs) = (&specs, &binary, &libs);
                 scope.spawn(move || {
                     specs
                         .iter()
                         .enumerate()
                         .filter(|(index, _)| index % workers == worker)
-                        .map(|(index, spec)| (index, build(out, binary, spec)))
+                        .map(|(index, spec)| (index, build(out, binary, libs, spec)))
                         .collect::<Vec<_>>()
                 })
             })
@@ -125,7 +131,12 @@ pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
     Ok(catalog)
 }
 
-fn build(out: &Path, binary: &Path, spec: &ReleaseSpec) -> Result<CatalogEntry, PackageError> {
+fn build(
+    out: &Path,
+    binary: &Path,
+    libs: &[PathBuf],
+    spec: &ReleaseSpec,
+) -> Result<CatalogEntry, PackageError> {
     let started = Instant::now();
     let version = &spec.manifest.version;
     let manifest = toml::to_string(&spec.manifest).map_err(|source| PackageError::Serialise {
@@ -157,18 +168,35 @@ fn build(out: &Path, binary: &Path, spec: &ReleaseSpec) -> Result<CatalogEntry, 
         file("conf/dp.toml", EXAMPLE_DP_TOML),
         file(crate::manifest::FILE_NAME, &manifest),
     ];
+    let write_err = |path: PathBuf| move |source| PackageError::Write { path, source };
+    let image_file = catalog::image_name(version);
+    let image_path = out.join(&image_file);
+    let img = image::write(&image_path, version, &entries, libs)
+        .map_err(write_err(image_path.clone()))?;
+    let deb_file = deb::file_name(version);
+    let deb_path = out.join(&deb_file);
+    let pkg = deb::write(&deb_path, version, &entries).map_err(write_err(deb_path.clone()))?;
     let artifact = catalog::artifact_name(version);
     let path = out.join(&artifact);
-    let written = archive::write(&path, entries).map_err(|source| PackageError::Write {
-        path: path.clone(),
-        source,
-    })?;
-    info!(%version, %artifact, size = written.size, elapsed = ?started.elapsed(), "release packaged");
+    let written = archive::write(&path, entries).map_err(write_err(path.clone()))?;
+    info!(%version, %artifact, size = written.size, image = %img.id, elapsed = ?started.elapsed(), "release packaged");
     Ok(CatalogEntry {
         version: version.clone(),
         artifact,
         sha256: written.sha256,
         size: written.size,
+        image: Some(PackageEntry {
+            artifact: image_file,
+            sha256: img.sha256,
+            size: img.size,
+            id: Some(img.id),
+        }),
+        deb: Some(PackageEntry {
+            artifact: deb_file,
+            sha256: pkg.sha256,
+            size: pkg.size,
+            id: None,
+        }),
         breaking_changes: spec
             .breaking_changes
             .iter()

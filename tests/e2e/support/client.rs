@@ -9,8 +9,17 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use super::{Host, Sandbox};
 
 pub async fn connect(sb: &Sandbox, host: &Host) -> AgentClient<Channel> {
+    connect_at(&sb.certs_dir(), &host.name, host.agent_addr).await
+}
+
+/// Connects as the coordinator (certificates in `certs`) to agent `name`.
+pub async fn connect_at(
+    certs: &std::path::Path,
+    name: &str,
+    addr: std::net::SocketAddr,
+) -> AgentClient<Channel> {
     rollgate::tls::install_crypto_provider();
-    let c = sb.certs_dir();
+    let c = certs;
     let read = |p: &str| std::fs::read(c.join(p)).unwrap();
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("ca.pem")))
@@ -18,8 +27,8 @@ pub async fn connect(sb: &Sandbox, host: &Host) -> AgentClient<Channel> {
             read("rollgate-coordinator.pem"),
             read("rollgate-coordinator.key"),
         ))
-        .domain_name(host.name.clone());
-    let channel = Endpoint::from_shared(format!("https://{}", host.agent_addr))
+        .domain_name(name.to_string());
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
         .unwrap()
@@ -86,20 +95,44 @@ pub async fn stage_file(
     op: &str,
     r: &rollgate::catalog::Release,
 ) -> Option<pb::OperationResult> {
+    let path = super::gateway::artifact_path(r);
+    stage_location(c, op, &r.version.to_string(), &path, &r.sha256, "").await
+}
+
+/// Stages the artifact at `path` on the host (its size read here), with the
+/// catalog's `sha256` and, for images, `image_id`.
+pub async fn stage_location(
+    c: &mut AgentClient<Channel>,
+    op: &str,
+    version: &str,
+    path: &std::path::Path,
+    sha256: &str,
+    image_id: &str,
+) -> Option<pb::OperationResult> {
     let header = pb::StageHeader {
         operation_id: op.into(),
-        version: r.version.to_string(),
-        sha256: r.sha256.clone(),
-        size: r.size,
+        version: version.into(),
+        sha256: sha256.into(),
+        size: std::fs::metadata(path).unwrap().len(),
         source: Some(pb::stage_header::Source::Location(
-            super::gateway::artifact_path(r).display().to_string(),
+            path.display().to_string(),
         )),
         unpacked_size: 0,
+        image_id: image_id.into(),
     };
     let req = pb::StageRequest {
         msg: Some(pb::stage_request::Msg::Header(header)),
     };
     drive(c.stage(futures::stream::iter([req])).await).await.1
+}
+
+/// A client to a demo fleet's host, as its coordinator.
+pub async fn to_fleet_host(
+    fleet: &rollgate_testbed::fleet::DemoFleet,
+    host: &str,
+) -> AgentClient<Channel> {
+    let h = fleet.host(host).expect("a host of the fleet");
+    connect_at(&fleet.dir.join("certs"), host, h.agent).await
 }
 
 /// Stages bytes streamed from here, as the coordinator does.
@@ -120,6 +153,7 @@ pub async fn stage_stream(
                 pb::CoordinatorSource {},
             )),
             unpacked_size: 0,
+            image_id: String::new(),
         })),
     }];
     for chunk in bytes.chunks(64 * 1024) {

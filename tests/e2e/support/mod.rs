@@ -7,6 +7,7 @@ pub mod files;
 pub mod fixtures;
 pub mod gateway;
 
+pub use rollgate_testbed::install::Install;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -63,6 +64,17 @@ impl Sandbox {
         version: &str,
         policy: &str,
     ) -> rollgate_testbed::fleet::DemoFleet {
+        self.fleet_installed(Install::Tarball, dps, version, policy)
+    }
+
+    /// `demo_fleet` with every gateway installed by `install`.
+    pub fn fleet_installed(
+        &self,
+        install: Install,
+        dps: usize,
+        version: &str,
+        policy: &str,
+    ) -> rollgate_testbed::fleet::DemoFleet {
         use rollgate_testbed::fleet::{Bins, DemoFleet, FleetSpec};
         DemoFleet::start(FleetSpec {
             dir: self.path().join("fleet"),
@@ -73,6 +85,7 @@ impl Sandbox {
             artifacts_cache: env!("CARGO_TARGET_TMPDIR").into(),
             policy: policy.into(),
             detached: false,
+            install,
         })
         .unwrap_or_else(|e| panic!("demo fleet: {e}"))
     }
