@@ -89,6 +89,9 @@ pub async fn run(state: Arc<AgentState>) {
         let op = st.op.clone();
         let started = state.ops.resume(&op, st.kind, move |ctx| async move {
             let r = recover_one(&s, &ctx, &st).await;
+            if matches!(st.kind, StepKind::Install | StepKind::Rollback) {
+                s.service.tidy().await;
+            }
             steps::conclude(&s, r).await
         });
         if let Started::Events(mut events) = started {

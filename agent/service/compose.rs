@@ -132,7 +132,7 @@ impl ComposeService {
     /// container before it creates the new one). Every container of these
     /// services is recreated on each start, so a stopped one is never
     /// needed again.
-    async fn remove_leftovers(&self) {
+    pub async fn remove_leftovers(&self) {
         for service in &self.cfg.services {
             let Ok(containers) = self
                 .docker

@@ -105,6 +105,16 @@ impl Service {
         }
     }
 
+    /// After recovering a cut-off swap: removes what the manager's own
+    /// interrupted commands left (compose: the old container of a recreate
+    /// killed midway, which stays beside the new one when the new one was
+    /// already running).
+    pub async fn tidy(&self) {
+        if let Service::Compose(c) = self {
+            c.remove_leftovers().await;
+        }
+    }
+
     /// The pid file of a command the manager runs that changes the host.
     pub fn child_record(&self) -> Option<&Path> {
         match self {

@@ -366,6 +366,7 @@ impl Host {
     }
 }
 
+#[allow(unused_imports)] // not every bench waits
 pub use rollgate_testbed::wait::must as wait_until;
 
 pub fn listening(addr: SocketAddr) -> bool {
