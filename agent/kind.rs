@@ -18,11 +18,12 @@ pub enum StepKind {
     Undrain,
     Install,
     Rollback,
+    Rehearse,
 }
 
 impl StepKind {
     #[cfg(test)]
-    pub const ALL: [StepKind; 7] = [
+    pub const ALL: [StepKind; 8] = [
         StepKind::Stage,
         StepKind::Backup,
         StepKind::Restore,
@@ -30,6 +31,7 @@ impl StepKind {
         StepKind::Undrain,
         StepKind::Install,
         StepKind::Rollback,
+        StepKind::Rehearse,
     ];
 
     /// The phases this kind journals, in the order it passes them.
@@ -46,6 +48,7 @@ impl StepKind {
             StepKind::Rollback => &[
                 Stopped, Restored, Switched, Started, Gated, Reverting, Reverted,
             ],
+            StepKind::Rehearse => &[ScratchCreated, Restored, Started, Checked],
         }
     }
 
@@ -58,6 +61,7 @@ impl StepKind {
             StepKind::Undrain => "undrain",
             StepKind::Install => "install",
             StepKind::Rollback => "rollback",
+            StepKind::Rehearse => "rehearse",
         }
     }
 }
@@ -102,6 +106,10 @@ pub enum Phase {
     Reverting,
     /// The host points at the previous release again.
     Reverted,
+    /// Rehearse: the scratch database exists (it may be half restored).
+    ScratchCreated,
+    /// Rehearse: one hop's CP passed its checks.
+    Checked,
 }
 
 /// What a step is about to do: journalled with its begin, so a restarted
@@ -126,6 +134,10 @@ pub enum Intent {
     Undrain,
     Install(SwapPlan),
     Rollback(SwapPlan),
+    Rehearse {
+        backup_id: String,
+        hops: Vec<(Version, i64)>,
+    },
 }
 
 impl Intent {
@@ -138,6 +150,7 @@ impl Intent {
             Intent::Undrain => StepKind::Undrain,
             Intent::Install(_) => StepKind::Install,
             Intent::Rollback(_) => StepKind::Rollback,
+            Intent::Rehearse { .. } => StepKind::Rehearse,
         }
     }
 }

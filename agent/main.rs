@@ -5,6 +5,7 @@
 // Leaves: they know nothing above them.
 mod command;
 mod config;
+mod conninfo;
 mod docker;
 mod drain_state;
 mod facts;

@@ -60,6 +60,18 @@ impl PidRecord {
         }
     }
 
+    /// Waits (at most `timeout`) until this process is gone; whether it is.
+    pub async fn wait_gone(&self, timeout: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while self.is_running() {
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        true
+    }
+
     /// Reads a record file; None when it is missing or does not parse.
     pub fn read(path: &Path) -> Option<PidRecord> {
         PidRecord::parse(&std::fs::read_to_string(path).ok()?)

@@ -45,6 +45,9 @@ pub enum Recovery {
     /// Install/Rollback had not switched (or its switch is not journalled):
     /// back to the previous release and start it; interrupted, undone.
     SwapBack,
+    /// Rehearse: stop the rehearsal CP, drop the scratch database, remove
+    /// its files; interrupted, undone. (Production was never touched.)
+    RehearseUndo,
 }
 
 /// What to do with a step of `kind` whose journal shows `passed`.
@@ -58,6 +61,7 @@ pub fn plan(kind: StepKind, passed: &[Phase]) -> Recovery {
         StepKind::Restore => Recovery::RestoreUndo,
         StepKind::Drain => Recovery::DrainUndo,
         StepKind::Undrain => Recovery::UndrainDone,
+        StepKind::Rehearse => Recovery::RehearseUndo,
         StepKind::Install | StepKind::Rollback => {
             if has(Phase::Reverting) {
                 Recovery::SwapFinishRevert
@@ -145,6 +149,10 @@ async fn recover_one(state: &AgentState, ctx: &OpCtx, st: &OpState) -> StepRun {
         Recovery::BackupUndo => {
             backup::clean_partials(state);
             Err(interrupted("backup", true))
+        }
+        Recovery::RehearseUndo => {
+            steps::rehearse::clean_up(state, &st.op).await;
+            Err(interrupted("rehearsal (production was not touched)", true))
         }
         Recovery::DrainUndo => match drain::back_in_rotation(state).await {
             Ok(()) => Err(interrupted("drain (the host is back in rotation)", true)),
@@ -313,6 +321,23 @@ mod tests {
                 StepKind::Install,
                 &[Stopped, Switched, Started, Reverting, Reverted],
                 SwapFinishRevert,
+            ),
+            (StepKind::Rehearse, &[], RehearseUndo),
+            (StepKind::Rehearse, &[ScratchCreated], RehearseUndo),
+            (
+                StepKind::Rehearse,
+                &[ScratchCreated, Restored],
+                RehearseUndo,
+            ),
+            (
+                StepKind::Rehearse,
+                &[ScratchCreated, Restored, Started],
+                RehearseUndo,
+            ),
+            (
+                StepKind::Rehearse,
+                &[ScratchCreated, Restored, Started, Checked],
+                RehearseUndo,
             ),
             (StepKind::Rollback, &[], SwapBack),
             (StepKind::Rollback, &[Stopped], SwapBack),

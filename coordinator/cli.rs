@@ -36,6 +36,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Show the upgrade path, its breaking changes and a preflight of every host.
     Plan(PlanArgs),
+    /// Rehearse the CP upgrade on a scratch copy of the production database
+    /// (on the CP host), hop by hop; production is not touched.
+    Rehearse(RehearseArgs),
     /// Upgrade the fleet: stage, back up, CP in place, DPs in batches.
     Upgrade(UpgradeArgs),
     /// Continue a rollout cut off by a crash or Ctrl-C.
@@ -111,6 +114,15 @@ pub struct PlanArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RehearseArgs {
+    #[command(flatten)]
+    pub plan: PlanArgs,
+    /// Rehearse on this verified backup on the CP (default: take one now).
+    #[arg(long)]
+    pub backup: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct UpgradeArgs {
     #[command(flatten)]
     pub plan: PlanArgs,
@@ -129,6 +141,10 @@ pub struct UpgradeArgs {
     /// DPs that must stay in rotation while a batch is out (a count or a share); 0 accepts an outage.
     #[arg(long, value_parser = parse_in_service)]
     pub min_in_service: Option<InService>,
+    /// Do not rehearse the CP upgrade on a scratch copy of the database first
+    /// (whatever `[policy] rehearse` says); the journal records it.
+    #[arg(long)]
+    pub no_rehearse: bool,
     /// Acknowledge the breaking changes without asking.
     #[arg(long)]
     pub yes: bool,

@@ -110,6 +110,8 @@ pub struct Hello {
     /// (path relative to the release, sha256) of each custom plugin file.
     pub custom_plugin_files: Vec<(String, String)>,
     pub database_backup: bool,
+    /// A `[rehearsal]` is configured on the host.
+    pub rehearsal: bool,
     /// How the host installs releases (an older agent says nothing: tarball).
     pub method: Method,
     /// Releases kept on the host, ready to switch to without a transfer.
@@ -135,7 +137,8 @@ impl TryFrom<pb::HelloResponse> for Hello {
                 .into_iter()
                 .map(|f| (f.path, f.sha256))
                 .collect(),
-            database_backup: h.features.is_some_and(|f| f.database_backup),
+            database_backup: h.features.as_ref().is_some_and(|f| f.database_backup),
+            rehearsal: h.features.as_ref().is_some_and(|f| f.rehearsal),
             method: if h.install_method.is_empty() {
                 Method::Tarball
             } else {

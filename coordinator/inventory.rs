@@ -108,6 +108,49 @@ pub struct Policy {
     /// The host label that names a DP's gateway group.
     #[serde(default = "default_group_label")]
     pub group_label: String,
+    /// When a CP upgrade is rehearsed on a scratch copy of the database
+    /// first: "always", "when-migrating" (a hop's release migrates the
+    /// database, as its catalog entry says) or "never".
+    #[serde(default)]
+    pub rehearse: Rehearse,
+}
+
+/// `[policy] rehearse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rehearse {
+    Always,
+    #[default]
+    WhenMigrating,
+    Never,
+    /// `upgrade --no-rehearse`: never, and the journal says why.
+    #[serde(skip_deserializing)]
+    SkippedByFlag,
+}
+
+impl Rehearse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rehearse::Always => "always",
+            Rehearse::WhenMigrating => "when-migrating",
+            Rehearse::Never => "never",
+            Rehearse::SkippedByFlag => "skipped (--no-rehearse)",
+        }
+    }
+
+    /// As journalled; an unknown text (a newer coordinator's) reads as the
+    /// default.
+    pub fn parse_snap(s: &str) -> Rehearse {
+        [
+            Rehearse::Always,
+            Rehearse::WhenMigrating,
+            Rehearse::Never,
+            Rehearse::SkippedByFlag,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+        .unwrap_or_default()
+    }
 }
 
 impl Default for Policy {
@@ -122,6 +165,7 @@ impl Default for Policy {
             agent_silence: default_agent_silence(),
             min_in_service: InService::default(),
             group_label: default_group_label(),
+            rehearse: Rehearse::default(),
         }
     }
 }

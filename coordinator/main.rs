@@ -86,12 +86,22 @@ async fn run(command: Command) -> Result<(), Failure> {
                     min_healthy: a.min_healthy,
                     max_failures: a.max_failures,
                     min_in_service: a.min_in_service,
+                    no_rehearse: a.no_rehearse,
                 },
                 yes: a.yes,
                 dry_run: a.dry_run,
                 output: a.plan.inv.output,
             };
             cmd::upgrade::upgrade(inv, &a.plan.catalog, args).await
+        }
+        Command::Rehearse(a) => {
+            let inv = load_inventory(&a.plan.inv.inventory)?;
+            let args = cmd::rehearse::RehearseArgs {
+                to: a.plan.to.clone(),
+                backup: a.backup,
+                output: a.plan.inv.output,
+            };
+            cmd::rehearse::rehearse(inv, &a.plan.catalog, args).await
         }
         Command::Resume(a) => {
             cmd::upgrade::resume(load_inventory(&a.inv.inventory)?, a.rollout, a.inv.output).await

@@ -138,6 +138,8 @@ mod tests {
                 size: 1,
                 breaking_changes: vec![format!("change in {s}")],
                 dp_min: None,
+                migrates: false,
+                schema_version: None,
                 image: None,
                 deb: None,
                 unpacked_size: None,

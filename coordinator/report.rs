@@ -115,6 +115,8 @@ impl Event {
 }
 
 enum Sink {
+    /// Events go to the log only (a command printing one document at the end).
+    Quiet,
     Json,
     Plain {
         start: Instant,
@@ -161,6 +163,13 @@ impl Reporter {
         }
     }
 
+    /// A reporter that prints nothing (events are still logged).
+    pub fn quiet() -> Self {
+        Reporter {
+            sink: Mutex::new(Sink::Quiet),
+        }
+    }
+
     /// The total number of steps, for the overall bar.
     pub fn set_total(&self, n: u64) {
         if let Sink::Bars { overall, .. } = &*self.lock() {
@@ -175,6 +184,7 @@ impl Reporter {
     pub fn emit(&self, ev: Event) {
         tracing::info!(event = ev.event, host = ?ev.host, step = ?ev.step, status = %ev.status, error = ?ev.error, "rollout event");
         match &*self.lock() {
+            Sink::Quiet => {}
             Sink::Json => {
                 if let Ok(s) = serde_json::to_string(&ev) {
                     println!("{s}");

@@ -11,6 +11,8 @@
 //! breaking_changes = ["One sentence each."]
 //! dp_min = "3.2.0"   # optional: oldest DP this CP release accepts (compatibility override)
 //! unpacked_size = 23456  # optional: bytes of file content once unpacked; the agent stops beyond it
+//! migrates = true        # optional: the CP migrates the database on its first start
+//! schema_version = 2     # optional: the schema version the CP reaches (checked by a rehearsal)
 //!
 //! [releases.image]        # for hosts installed with `method = "compose"`
 //! artifact = "demo-gateway-3.4.0.image.tar.gz"   # a `docker save` archive (may be gzipped)
@@ -80,6 +82,10 @@ pub struct Release {
     pub deb: Option<Package>,
     pub breaking_changes: Vec<String>,
     pub dp_min: Option<Version>,
+    /// The CP migrates the database on its first start.
+    pub migrates: bool,
+    /// The database schema version this release's CP reaches.
+    pub schema_version: Option<i64>,
 }
 
 /// One artifact of a release, in the form one install method takes.
@@ -143,6 +149,9 @@ struct RawRelease {
     breaking_changes: Vec<String>,
     dp_min: Option<Version>,
     unpacked_size: Option<u64>,
+    #[serde(default)]
+    migrates: bool,
+    schema_version: Option<i64>,
     image: Option<RawPackage>,
     deb: Option<RawPackage>,
 }
@@ -301,6 +310,9 @@ impl Catalog {
             if r.breaking_changes.iter().any(|c| c.trim().is_empty()) {
                 return Err(format!("{}: an entry is empty", key("breaking_changes")));
             }
+            if r.schema_version.is_some_and(|v| v < 1) {
+                return Err(format!("{}: must be 1 or more", key("schema_version")));
+            }
             if r.dp_min.as_ref().is_some_and(|m| *m > r.version) {
                 return Err(format!(
                     "{}: is newer than the release itself",
@@ -326,6 +338,8 @@ impl Catalog {
                 deb,
                 breaking_changes: r.breaking_changes,
                 dp_min: r.dp_min,
+                migrates: r.migrates,
+                schema_version: r.schema_version,
             });
         }
         out.sort_by(|a, b| a.version.cmp(&b.version));

@@ -4,8 +4,8 @@
 use crate::fingerprint::{Difference, Fingerprint, Reading};
 use crate::lb::LbState;
 use crate::outcome::{
-    BackupFile, BackupTaken, Drained, Failure, FailureCode, Installed, Restored, Staged,
-    StepOutput, StepResult,
+    BackupFile, BackupTaken, Drained, Failure, FailureCode, Installed, Rehearsed, RehearsedHop,
+    Restored, Staged, StepOutput, StepResult,
 };
 use crate::pb;
 use crate::role::Role;
@@ -313,6 +313,25 @@ impl From<StepOutput> for pb::success::Detail {
             StepOutput::Undrain => Detail::Undrain(pb::UndrainResult {}),
             StepOutput::Install(i) => Detail::Install(installed_to_wire(i)),
             StepOutput::Rollback(i) => Detail::Rollback(installed_to_wire(i)),
+            StepOutput::Rehearse(r) => Detail::Rehearse(pb::RehearseResult {
+                backup_id: r.backup_id,
+                restore_ms: r.restore_ms,
+                hops: r
+                    .hops
+                    .into_iter()
+                    .map(|h| pb::RehearsedHop {
+                        version: h.version.to_string(),
+                        schema_before: h.schema_before,
+                        schema_after: h.schema_after,
+                        migration_ms: h.migration_ms,
+                        ready_ms: h.ready_ms,
+                        stop_ms: h.stop_ms,
+                        export_ok: h.export_ok,
+                        export_bytes: h.export_bytes,
+                        reported_version: h.reported_version,
+                    })
+                    .collect(),
+            }),
         }
     }
 }
@@ -344,6 +363,27 @@ impl TryFrom<pb::success::Detail> for StepOutput {
             Detail::Undrain(_) => StepOutput::Undrain,
             Detail::Install(i) => StepOutput::Install(installed_from_wire(i)?),
             Detail::Rollback(i) => StepOutput::Rollback(installed_from_wire(i)?),
+            Detail::Rehearse(r) => StepOutput::Rehearse(Rehearsed {
+                backup_id: r.backup_id,
+                restore_ms: r.restore_ms,
+                hops: r
+                    .hops
+                    .into_iter()
+                    .map(|h| {
+                        Ok(RehearsedHop {
+                            version: required_version(&h.version, "RehearsedHop", "version")?,
+                            schema_before: h.schema_before,
+                            schema_after: h.schema_after,
+                            migration_ms: h.migration_ms,
+                            ready_ms: h.ready_ms,
+                            stop_ms: h.stop_ms,
+                            export_ok: h.export_ok,
+                            export_bytes: h.export_bytes,
+                            reported_version: h.reported_version,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?,
+            }),
         })
     }
 }

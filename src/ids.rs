@@ -65,7 +65,7 @@ pub fn check_host_name(name: &str) -> Result<(), String> {
 }
 
 /// Kinds of rollout, as the first part of a rollout id.
-pub const ROLLOUT_PREFIXES: [&str; 3] = ["r", "rb", "b"];
+pub const ROLLOUT_PREFIXES: [&str; 4] = ["r", "rb", "b", "rh"];
 
 /// Checks a rollout id the way the coordinator makes them:
 /// `<kind>-<UTC time as YYYYMMDDTHHMMSSZ>-<4 hex digits>`, the kind one of
@@ -82,7 +82,7 @@ pub fn check_rollout_id(id: &str) -> Result<(), String> {
         return bad("is not <kind>-<time>-<suffix>");
     };
     if !ROLLOUT_PREFIXES.contains(&kind) {
-        return bad("does not start with r-, rb- or b-");
+        return bad("does not start with r-, rb-, rh- or b-");
     }
     let b = stamp.as_bytes();
     let stamp_ok = b.len() == 16

@@ -133,6 +133,32 @@ pub enum StepOutput {
     Undrain,
     Install(Installed),
     Rollback(Installed),
+    Rehearse(Rehearsed),
+}
+
+/// A CP upgrade rehearsed on a scratch copy of production.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rehearsed {
+    pub backup_id: String,
+    pub restore_ms: u64,
+    pub hops: Vec<RehearsedHop>,
+}
+
+/// One hop of a rehearsal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RehearsedHop {
+    pub version: Version,
+    pub schema_before: i64,
+    pub schema_after: i64,
+    /// Start of the rehearsal CP → its schema reached `schema_after`.
+    pub migration_ms: u64,
+    /// Start of the rehearsal CP → it answered ready.
+    pub ready_ms: u64,
+    /// Its graceful stop.
+    pub stop_ms: u64,
+    pub export_ok: bool,
+    pub export_bytes: u64,
+    pub reported_version: String,
 }
 
 /// A release put on the host.

@@ -22,6 +22,28 @@ pub struct File {
     pub health: Option<HealthFile>,
     pub drain: Option<DrainFile>,
     pub backup: Option<BackupFile>,
+    pub rehearsal: Option<RehearsalFile>,
+}
+
+/// `[rehearsal]`: how a CP release is started against a scratch database.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RehearsalFile {
+    pub command: Option<Vec<String>>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub config_template: Option<PathBuf>,
+    pub listen_ip: Option<std::net::Ipv4Addr>,
+    pub ready_url: Option<String>,
+    pub status_url: Option<String>,
+    pub version_pointer: Option<String>,
+    pub export_url: Option<String>,
+    pub schema_query: Option<String>,
+    pub cleanup_command: Option<Vec<String>>,
+    pub stop_signal: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub start_timeout: Option<std::time::Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Deserialize)]

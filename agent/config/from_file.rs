@@ -88,7 +88,21 @@ impl Config {
                 install.method.name()
             ));
         }
+        let rehearsal = match f.rehearsal {
+            Some(r) => Some(super::rehearsal::rehearsal(r, base, backup.is_some())?),
+            None => None,
+        };
+        if let Some(b) = &backup
+            && crate::conninfo::dbname(&b.database_url)
+                .is_some_and(|d| d.starts_with(crate::conninfo::SCRATCH_PREFIX))
+        {
+            return Err(format!(
+                "key `backup.database_url`: a database named {}* is reserved for rehearsals",
+                crate::conninfo::SCRATCH_PREFIX
+            ));
+        }
         Ok(Config {
+            rehearsal,
             install,
             service,
             health,
@@ -517,7 +531,7 @@ fn backup(b: file::BackupFile, base: &Path, role: Role) -> Result<BackupSection,
     })
 }
 
-fn check_http_url(url: &str) -> Result<(), String> {
+pub(super) fn check_http_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "http" | "https" => Ok(()),

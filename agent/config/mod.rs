@@ -9,6 +9,9 @@
 
 mod file;
 mod from_file;
+mod rehearsal;
+
+pub use rehearsal::RehearsalSection;
 
 #[cfg(test)]
 use from_file::parse_signal;
@@ -41,6 +44,8 @@ pub struct Config {
     pub health: HealthSection,
     pub drain: DrainSection,
     pub backup: Option<BackupSection>,
+    /// CP hosts: how a release is rehearsed on a scratch database.
+    pub rehearsal: Option<RehearsalSection>,
 }
 
 /// `[agent]`: who this host is and where the agent keeps its state.

@@ -280,6 +280,22 @@ impl Deb {
         }
     }
 
+    /// The cached package of `v` unpacked (not installed) into `dir`.
+    pub async fn unpack_into(&self, v: &Version, dir: &Path) -> Result<PathBuf, String> {
+        let pkg = self.package_path(v);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut argv = self.cfg.dpkg_deb.clone();
+        argv.extend([
+            "-x".into(),
+            pkg.display().to_string(),
+            dir.display().to_string(),
+        ]);
+        command::run_argv(&argv, Duration::from_secs(300))
+            .await
+            .map_err(|e| format!("{}: {}", e.message, e.detail))?;
+        Ok(dir.to_path_buf())
+    }
+
     /// After a crash: finishes what a cut-off dpkg run left unconfigured.
     pub async fn repair(&self) {
         let st = self.state();

@@ -202,6 +202,22 @@ impl Installer {
         }
     }
 
+    /// Where a staged release's files are for a rehearsal, and its image:
+    /// tarball, its release directory; deb, the package unpacked into
+    /// `scratch` (dpkg-deb -x, nothing installed); compose, the image
+    /// reference (the rehearsal command runs a container of it).
+    pub async fn for_rehearsal(
+        &self,
+        v: &Version,
+        scratch: &Path,
+    ) -> Result<(Option<PathBuf>, Option<String>), String> {
+        match self {
+            Installer::Tarball(t) => Ok((Some(t.release_dir(v)), None)),
+            Installer::Compose(c) => Ok((None, Some(c.reference(v)))),
+            Installer::Deb(d) => d.unpack_into(v, scratch).await.map(|p| (Some(p), None)),
+        }
+    }
+
     /// Where the running release's custom plugin dirs are.
     pub fn current_dir(&self) -> Option<PathBuf> {
         match self {

@@ -255,6 +255,36 @@ impl pb::agent_server::Agent for AgentService {
         )))
     }
 
+    type RehearseStream = WireEvents;
+    async fn rehearse(
+        &self,
+        req: Request<pb::RehearseRequest>,
+    ) -> Result<Response<Self::RehearseStream>, Status> {
+        let r = req.into_inner();
+        check_op(&r.operation_id)?;
+        let mut hops = Vec::new();
+        for h in &r.hops {
+            match h.version.parse() {
+                Ok(v) => hops.push((v, h.expect_schema)),
+                Err(e) => {
+                    return Ok(Response::new(Self::refuse(
+                        &r.operation_id,
+                        StepError::invalid(format!("hop {:?}: {e}", h.version)),
+                    )));
+                }
+            }
+        }
+        let intent = Intent::Rehearse {
+            backup_id: r.backup_id.clone(),
+            hops: hops.clone(),
+        };
+        Ok(Response::new(
+            self.step(&r.operation_id, intent, move |s, ctx| async move {
+                steps::rehearse::rehearse(&s, &ctx, &r.backup_id, &hops).await
+            }),
+        ))
+    }
+
     type DrainStream = WireEvents;
     async fn drain(
         &self,

@@ -55,6 +55,7 @@ pub fn hello(s: &AgentState) -> pb::HelloResponse {
             drain_hooks: cfg.drain.drain_command.is_some() || cfg.drain.undrain_command.is_some(),
             database_backup: cfg.backup.is_some(),
             declarative_export: cfg.backup.as_ref().is_some_and(|b| b.export.is_some()),
+            rehearsal: cfg.rehearsal.is_some(),
         }),
         custom_plugin_dirs: s
             .installer

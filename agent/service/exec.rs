@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -130,7 +130,7 @@ impl ExecService {
         if rec.is_running() {
             tracing::info!(pid = rec.pid, signal = %sig, "stopping the gateway");
             send(rec.pid, sig)?;
-            if !wait_gone(&rec, timeout).await {
+            if !rec.wait_gone(timeout).await {
                 graceful = false;
                 tracing::warn!(
                     pid = rec.pid,
@@ -138,7 +138,7 @@ impl ExecService {
                     "the gateway did not stop in time: SIGKILL"
                 );
                 send(rec.pid, Signal::SIGKILL)?;
-                if !wait_gone(&rec, Duration::from_secs(10)).await {
+                if !rec.wait_gone(Duration::from_secs(10)).await {
                     return Err(format!("pid {} survived SIGKILL", rec.pid));
                 }
             }
@@ -158,15 +158,4 @@ fn send(pid: u32, sig: Signal) -> Result<(), String> {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(format!("cannot signal pid {pid}: {e}")),
     }
-}
-
-async fn wait_gone(rec: &PidRecord, timeout: Duration) -> bool {
-    let end = Instant::now() + timeout;
-    while rec.is_running() {
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    true
 }

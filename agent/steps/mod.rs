@@ -8,7 +8,9 @@ pub mod drain;
 pub mod gate;
 pub mod install;
 pub mod pg;
+pub mod rehearse;
 pub mod restore;
+pub mod scratch;
 pub mod stage;
 
 use rollgate::outcome::{Failure, StepOutput, StepResult};

@@ -25,7 +25,7 @@ const STATS_SETTLE: Duration = Duration::from_secs(11);
 /// Readings before the database counts as "being written".
 const SETTLE_ROUNDS: usize = 4;
 /// How long pg_dump / pg_restore may take.
-const DB_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DB_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
 pub const DUMP_FILE: &str = "db.dump";
 pub const EXPORT_FILE: &str = "export.yaml";
@@ -44,7 +44,7 @@ pub fn backup_dir(cfg: &BackupSection, id: &str) -> PathBuf {
     cfg.dir.join(id)
 }
 
-fn tool(cfg: &BackupSection, name: &str) -> PathBuf {
+pub fn tool(cfg: &BackupSection, name: &str) -> PathBuf {
     cfg.pg_bin_dir.join(name)
 }
 

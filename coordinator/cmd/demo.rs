@@ -172,6 +172,8 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
         fleet.lb,
         fleet.bins.rollgate.clone(),
     );
+    // The demo's PostgreSQL server, to look at what a rehearsal leaves.
+    let postgres = fleet.pg.as_ref().map(|p| p.url("postgres"));
     let teardown = fleet.keep().map_err(Failure::Failed)?;
     if output == Output::Json {
         println!(
@@ -179,6 +181,7 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
             serde_json::json!({
                 "inventory": inventory, "catalog": catalog, "state_dir": state_dir,
                 "lb": lb.to_string(), "teardown": teardown.display().to_string(),
+                "postgres": postgres,
             })
         );
     } else {
@@ -191,6 +194,10 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
         );
         println!("  status:    {r} status -i {i}");
         println!("  plan:      {r} plan -i {i} -c {c} --to 3.5.0");
+        println!("  rehearse:  {r} rehearse -i {i} -c {c} --to 3.5.0");
+        if let Some(p) = &postgres {
+            println!("  postgres:  psql {p}");
+        }
         println!("  upgrade:   {r} upgrade -i {i} -c {c} --to 3.5.0");
         println!("  rollback:  {r} rollback -i {i} --restore-db");
         println!("  stop it:   {}", teardown.display());

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod demo;
 pub mod history;
 pub mod plan;
+pub mod rehearse;
 pub mod rollback;
 pub mod status;
 pub mod upgrade;

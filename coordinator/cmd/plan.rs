@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::Failure;
 use crate::cli::PlanArgs;
 use crate::client::{Agent, CallPolicy, Hello};
-use crate::inventory::{Host, Inventory};
+use crate::inventory::{Host, Inventory, Rehearse};
 use crate::output::{Output, print_json};
 use crate::planner;
 
@@ -41,6 +41,14 @@ pub struct HostCheck {
     pub warnings: Vec<String>,
 }
 
+/// A CP hop's predicted window: the rehearsal's stop, migration and ready
+/// times; `rehearsed: null` when no rehearsal of it has run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpWindow {
+    pub to: String,
+    pub rehearsed: Option<crate::rollout::rehearse::Window>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
     pub version: String,
@@ -54,6 +62,9 @@ pub struct PlanReport {
     pub hops: Vec<String>,
     pub breaking_changes: Vec<Change>,
     pub hosts: Vec<HostCheck>,
+    /// The CP window each CP hop is predicted to take, from the last
+    /// rehearsal of that release (`rollgate rehearse` or an upgrade's).
+    pub cp_windows: Vec<CpWindow>,
     /// Why the plan cannot run; empty when it can.
     pub blocked: Vec<String>,
     pub runnable: bool,
@@ -118,7 +129,7 @@ pub async fn run(a: PlanArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
     super::upgrade::in_catalog(&catalog, &a.to)?;
     super::upgrade::verify_artifacts(&catalog, std::slice::from_ref(&a.to))?;
-    let r = plan(&inv, &catalog, &a.to).await;
+    let r = plan(&inv, &catalog, &a.to, inv.policy.rehearse).await;
     super::upgrade::verify_artifacts(&catalog, &r.artifact_versions())?;
     match a.inv.output {
         Output::Json => print_json(&r),
@@ -134,8 +145,14 @@ pub async fn run(a: PlanArgs) -> Result<(), Failure> {
     }
 }
 
-/// Plans an upgrade of the fleet to `to`.
-pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanReport {
+/// Plans an upgrade of the fleet to `to`, rehearsing CP hops as `rehearse`
+/// says.
+pub async fn plan(
+    inv: &Inventory,
+    catalog: &Catalog,
+    to: &Version,
+    rehearse: Rehearse,
+) -> PlanReport {
     let policy = CallPolicy::from_inventory(inv);
     let seen: Vec<Seen> = futures::stream::iter(&inv.hosts)
         .map(|h| look(h, inv, &policy))
@@ -231,6 +248,27 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
         })
         .unwrap_or_default();
 
+    let migrates = hops
+        .iter()
+        .any(|h| catalog.get(h).is_some_and(|r| r.migrates));
+    let rehearsing = match rehearse {
+        Rehearse::Always => !hops.is_empty(),
+        Rehearse::WhenMigrating => migrates,
+        Rehearse::Never | Rehearse::SkippedByFlag => false,
+    };
+    for (c, s) in checks.iter_mut().zip(&seen) {
+        if let Ok((hello, ..)) = &s.hello
+            && s.host.role == Role::Cp
+            && rehearsing
+            && !hello.rehearsal
+        {
+            c.problems.push(format!(
+                "the agent has no [rehearsal] configured, and this upgrade's CP hops are rehearsed (policy rehearse = {}{}): configure [rehearsal] on the CP, or upgrade with --no-rehearse",
+                rehearse.as_str(),
+                if migrates { ", a hop migrates the database" } else { "" }
+            ));
+        }
+    }
     if !hops.is_empty() {
         let dps: Vec<Version> = seen
             .iter()
@@ -271,7 +309,21 @@ pub async fn plan(inv: &Inventory, catalog: &Catalog, to: &Version) -> PlanRepor
             blocked.push(format!("{}: {p}", c.name));
         }
     }
+    let windows = crate::rollout::rehearse::windows(&inv.coordinator.state_dir);
+    let cp_windows = hops
+        .iter()
+        .filter(|h| {
+            seen.iter().any(|s| {
+                s.host.role == Role::Cp && from_versions.get(&s.host.name).is_some_and(|v| v < *h)
+            })
+        })
+        .map(|h| CpWindow {
+            to: h.to_string(),
+            rehearsed: windows.get(&h.to_string()).cloned(),
+        })
+        .collect();
     PlanReport {
+        cp_windows,
         from: from.as_ref().map(ToString::to_string),
         to: to.to_string(),
         hops: hops.iter().map(ToString::to_string).collect(),
@@ -408,6 +460,28 @@ pub fn print_text(r: &PlanReport) {
     for h in &r.hosts {
         for w in &h.warnings {
             println!("  warning: {}: {w}", h.name);
+        }
+    }
+    if !r.cp_windows.is_empty() {
+        println!("\nPredicted CP window per hop (measured by the last rehearsal):");
+        let s = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+        for w in &r.cp_windows {
+            match &w.rehearsed {
+                Some(m) => println!(
+                    "  {}: stop {} + migrate {} + ready {} (schema {} → {}; rehearsal {})",
+                    w.to,
+                    s(m.stop_ms),
+                    s(m.migration_ms),
+                    s(m.ready_ms),
+                    m.schema_before,
+                    m.schema_after,
+                    m.rollout
+                ),
+                None => println!(
+                    "  {}: not rehearsed yet (`rollgate rehearse` measures it)",
+                    w.to
+                ),
+            }
         }
     }
     if r.blocked.is_empty() {

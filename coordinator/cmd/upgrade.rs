@@ -30,6 +30,8 @@ pub struct Overrides {
     pub min_healthy: Option<Duration>,
     pub max_failures: Option<usize>,
     pub min_in_service: Option<InService>,
+    /// `--no-rehearse`.
+    pub no_rehearse: bool,
 }
 
 impl Overrides {
@@ -50,6 +52,9 @@ impl Overrides {
         if let Some(m) = self.min_in_service {
             p.min_in_service = m;
         }
+        if self.no_rehearse {
+            p.rehearse = crate::inventory::Rehearse::SkippedByFlag;
+        }
         p
     }
 }
@@ -64,7 +69,7 @@ pub struct UpgradeArgs {
 
 /// The step deadline: long enough for the slowest step (a backup, a start
 /// with its health gate), short enough that a stuck agent is noticed.
-fn step_deadline(p: &Policy) -> Duration {
+pub(super) fn step_deadline(p: &Policy) -> Duration {
     (p.health_timeout + p.min_healthy + p.drain_timeout) * 2 + Duration::from_secs(600)
 }
 
@@ -129,7 +134,8 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
             l.spec.id, l.spec.id
         )));
     }
-    let report = plan::plan(&inv, &catalog, &a.to).await;
+    let effective = a.overrides.apply(&inv.policy);
+    let report = plan::plan(&inv, &catalog, &a.to, effective.rehearse).await;
     verify_artifacts(&catalog, &report.artifact_versions())?;
     match a.output {
         // One event per line, like every other event of the rollout.
@@ -192,7 +198,7 @@ fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-fn host_plans(inv: &Inventory, policy: &Policy, report: &PlanReport) -> Vec<HostPlan> {
+pub(super) fn host_plans(inv: &Inventory, policy: &Policy, report: &PlanReport) -> Vec<HostPlan> {
     inv.hosts
         .iter()
         .filter_map(|h| {
@@ -248,6 +254,12 @@ fn print_steps(spec: &RolloutSpec) {
             "back up the database on {} and copy the backup here [{}]",
             cp.name,
             op_id(&spec.id, &cp.name, "backup", None)
+        ));
+        step(format!(
+            "rehearse the CP hops on {} on a scratch copy of the database (policy rehearse = {}) [{}]",
+            cp.name,
+            spec.policy.rehearse,
+            op_id(&spec.id, &cp.name, "rehearse", None)
         ));
     }
     for hop in &spec.hops {
@@ -314,6 +326,11 @@ pub async fn drive(
             driver.rollback(&current).await
         }
         Kind::Backup => driver.backup_only().await,
+        Kind::Rehearse => {
+            let (ended, report) = driver.rehearse_only().await;
+            super::rehearse::print(output, &spec.id, &report);
+            ended
+        }
     };
     let open = fleet.channels().await;
     finish(&inv, &open, &reporter, output, &spec.id, outcome, reason).await

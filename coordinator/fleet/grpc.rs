@@ -254,6 +254,27 @@ impl FleetApi for GrpcFleet {
         Ok(Reading::try_from(resp)?)
     }
 
+    async fn rehearse(
+        &self,
+        host: &str,
+        op: &str,
+        backup_id: &str,
+        hops: &[(Version, i64)],
+    ) -> StepOutcome {
+        let req = pb::RehearseRequest {
+            operation_id: op.into(),
+            backup_id: backup_id.into(),
+            hops: hops
+                .iter()
+                .map(|(v, s)| pb::RehearseHop {
+                    version: v.to_string(),
+                    expect_schema: *s,
+                })
+                .collect(),
+        };
+        step_rpc!(self, host, op, rehearse, req)
+    }
+
     async fn install(
         &self,
         host: &str,

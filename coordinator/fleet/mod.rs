@@ -92,6 +92,15 @@ pub trait FleetApi: Send + Sync + 'static {
         host: &str,
         baseline_backup: &str,
     ) -> impl Future<Output = Result<Reading, CallError>> + Send;
+    /// Rehearses the CP `hops` (version, expected schema; 0: unknown) on a
+    /// scratch copy of backup `backup_id`, in order on the same copy.
+    fn rehearse(
+        &self,
+        host: &str,
+        op: &str,
+        backup_id: &str,
+        hops: &[(Version, i64)],
+    ) -> impl Future<Output = StepOutcome> + Send;
     fn install(
         &self,
         host: &str,

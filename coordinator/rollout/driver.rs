@@ -372,6 +372,7 @@ impl<F: FleetApi> Driver<F> {
         let cps: Vec<String> = spec.cps().iter().map(|h| h.name.clone()).collect();
         if let Some(cp) = cps.first() {
             self.backup(cp).await?;
+            self.rehearse_phase(cp).await?;
         }
         for (i, hop) in spec.hops.iter().enumerate() {
             self.emit(Event::new("hop", &self.rid(), "started").hop(hop));

@@ -11,6 +11,7 @@ pub mod driver;
 pub mod lock;
 pub mod log;
 pub mod monitor;
+pub mod rehearse;
 #[cfg(test)]
 mod scripted;
 pub mod sequence;

@@ -48,6 +48,7 @@ pub enum Step {
     Rollback,
     Drain,
     Undrain,
+    Rehearse,
 }
 
 /// One call, as the fleet saw it.
@@ -439,6 +440,22 @@ impl State {
                 h.drained = false;
                 StepOutput::Undrain
             }
+            // A scripted rehearsal passes at once; the version is the last hop.
+            Step::Rehearse => StepOutput::Rehearse(rollgate::outcome::Rehearsed {
+                backup_id: arg.into(),
+                restore_ms: 1,
+                hops: vec![rollgate::outcome::RehearsedHop {
+                    version: v(),
+                    schema_before: 1,
+                    schema_after: 2,
+                    migration_ms: 1,
+                    ready_ms: 2,
+                    stop_ms: 1,
+                    export_ok: true,
+                    export_bytes: 10,
+                    reported_version: v().to_string(),
+                }],
+            }),
             Step::Hello | Step::FetchBackup | Step::Fingerprint => {
                 return Err(precondition(format!("{step:?} is not an operation")));
             }
@@ -470,6 +487,7 @@ impl ScriptedFleet {
             disk_free_bytes: 1 << 40,
             custom_plugin_files: Vec::new(),
             database_backup: h.role == Role::Cp,
+            rehearsal: h.role == Role::Cp,
             method: Method::Tarball,
             kept: vec![h.version.clone()],
         };
@@ -489,6 +507,25 @@ impl FleetApi for ScriptedFleet {
     async fn backup(&self, host: &str, op: &str, backup_id: &str) -> StepOutcome {
         self.step(host, Step::Backup, op, None, backup_id, STEP_TIME)
             .await
+    }
+
+    async fn rehearse(
+        &self,
+        host: &str,
+        op: &str,
+        backup_id: &str,
+        hops: &[(Version, i64)],
+    ) -> StepOutcome {
+        let last = hops.last().map(|(v, _)| v.clone());
+        self.step(
+            host,
+            Step::Rehearse,
+            op,
+            last.as_ref(),
+            backup_id,
+            STEP_TIME,
+        )
+        .await
     }
 
     async fn fetch_backup(

@@ -10,7 +10,7 @@ use rollgate::version::Version;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{self, BatchSize, InService};
-use crate::inventory::Policy;
+use crate::inventory::{Policy, Rehearse};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -21,6 +21,9 @@ pub enum Kind {
     Rollback { of: String, restore_db: bool },
     /// A verified CP backup, nothing else (`rollgate backup`).
     Backup,
+    /// The CP hops to `target` rehearsed on a scratch copy of the database
+    /// (`rollgate rehearse`); production is not changed.
+    Rehearse,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +68,14 @@ pub struct PolicySnap {
     /// it read as "1", the default.
     #[serde(default = "one")]
     pub min_in_service: String,
+    /// `policy.rehearse` as it applies to this rollout (journals older than
+    /// it read as the default, "when-migrating").
+    #[serde(default = "when_migrating")]
+    pub rehearse: String,
+}
+
+fn when_migrating() -> String {
+    Rehearse::WhenMigrating.as_str().into()
 }
 
 fn one() -> String {
@@ -82,7 +93,12 @@ impl PolicySnap {
             health_timeout_ms: p.health_timeout.as_millis() as u64,
             agent_silence_ms: p.agent_silence.as_millis() as u64,
             min_in_service: p.min_in_service.to_string(),
+            rehearse: p.rehearse.as_str().into(),
         }
+    }
+
+    pub fn rehearse(&self) -> Rehearse {
+        Rehearse::parse_snap(&self.rehearse)
     }
 
     pub fn min_healthy(&self) -> Duration {

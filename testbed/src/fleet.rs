@@ -456,11 +456,12 @@ impl DemoFleet {
                     pg.conninfo("gateway")
                 ),
                 format!(
-                    "[backup]\ndir = \"backups\"\nkeep = 5\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{}/api/export\"\n",
+                    "[backup]\ndir = \"backups\"\nkeep = 5\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{}/api/export\"\n\n{}",
                     pg.bin_dir().display(),
                     pg.conninfo("gateway"),
                     h.dir.display(),
-                    h.gateway
+                    h.gateway,
+                    self.rehearsal_toml(&h)?
                 ),
                 format!(
                     "status_url = \"http://{g}/status\"\nready_url = \"http://{g}/status/ready\"\n",
@@ -499,6 +500,63 @@ impl DemoFleet {
         );
         std::fs::write(h.dir.join("agent.toml"), agent).map_err(io)?;
         Ok(h)
+    }
+
+    /// The CP's `[rehearsal]`: the reference CP started from the staged
+    /// release against the scratch database, the way each install method
+    /// has it (a release directory, an unpacked .deb, a container).
+    fn rehearsal_toml(&self, h: &HostInfo) -> Result<String, String> {
+        let template = h.dir.join("rehearsal-cp.toml.in");
+        std::fs::write(
+            &template,
+            "# The reference CP of a rehearsal: rollgate fills in the placeholders.\nlisten = \"{listen}\"\ndatabase_url = \"{database_url}\"\n",
+        )
+        .map_err(|e| format!("{}: {e}", template.display()))?;
+        let args = ["cp", "--config", "{config}"].map(String::from);
+        let (command, cleanup) = match self.install {
+            Install::Tarball => (
+                [vec!["bin/demo-gateway".to_string()], args.to_vec()].concat(),
+                None,
+            ),
+            Install::Deb => (
+                [
+                    vec!["opt/demo-gateway/bin/demo-gateway".to_string()],
+                    args.to_vec(),
+                ]
+                .concat(),
+                None,
+            ),
+            Install::Compose => {
+                let d = h.dir.display().to_string();
+                let mut c: Vec<String> = [
+                    "docker",
+                    "run",
+                    "--rm",
+                    "--name",
+                    "{name}",
+                    "--network",
+                    "host",
+                    "-v",
+                ]
+                .map(String::from)
+                .to_vec();
+                c.push(format!("{d}:{d}:ro"));
+                c.push("{image}".into());
+                c.extend(args);
+                (
+                    c,
+                    Some(["docker", "rm", "-f", "{name}"].map(String::from).to_vec()),
+                )
+            }
+        };
+        let mut t = format!(
+            "[rehearsal]\ncommand = {}\nconfig_template = \"rehearsal-cp.toml.in\"\nready_url = \"http://{{listen}}/status/ready\"\nstatus_url = \"http://{{listen}}/status\"\nexport_url = \"http://{{listen}}/api/export\"\nstart_timeout = \"30s\"\nstop_timeout = \"10s\"\n",
+            toml_list(&command)
+        );
+        if let Some(c) = cleanup {
+            t.push_str(&format!("cleanup_command = {}\n", toml_list(&c)));
+        }
+        Ok(t)
     }
 
     /// The tarball way: the release unpacked under `root/releases/<v>`, its

@@ -119,6 +119,11 @@ impl PgCluster {
         )
     }
 
+    /// The same as a `postgresql://` URL (for psql and operators).
+    pub fn url(&self, dbname: &str) -> String {
+        format!("postgresql://{SUPERUSER}@{HOST}:{}/{dbname}", self.port)
+    }
+
     pub fn createdb(&self, name: &str) -> Result<(), PgError> {
         let quoted = name.replace('"', "\"\"");
         self.psql("postgres", &format!("CREATE DATABASE \"{quoted}\""))

@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use crate::support::{Sandbox, client, wait_until};
 use crate::upgrade::events;
 use crate::zero_downtime::{
-    RATE, args, assert_rate, expect_exit, failed_steps, inventory_args, policy, rollback_args,
-    rollgate,
+    RATE, args, assert_rate, assert_rehearsed, expect_exit, failed_steps, inventory_args, policy,
+    rollback_args, rollgate,
 };
 
 /// Fails (never skips) when the Docker Engine is not there.
@@ -91,6 +91,9 @@ async fn a_compose_fleet_upgrades_and_rolls_back_with_zero_failed_requests() {
     let report = load.stop().await;
     expect_exit(&out, 0);
     assert_eq!(events(&out.stdout).last().unwrap()["status"], "succeeded");
+    // 3.4.0 migrates: the CP hop was rehearsed first, as a throwaway
+    // container of the staged image.
+    assert_rehearsed(&out.stdout);
     assert_rate(&report);
     assert_eq!(report.failed, 0, "failed requests: {report:?}");
     for (h, v) in fleet.versions() {

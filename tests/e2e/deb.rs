@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use crate::support::{Sandbox, client, wait_until};
 use crate::upgrade::events;
 use crate::zero_downtime::{
-    RATE, args, assert_rate, expect_exit, failed_steps, policy, rollback_args, rollgate,
+    RATE, args, assert_rate, assert_rehearsed, expect_exit, failed_steps, policy, rollback_args,
+    rollgate,
 };
 
 /// What dpkg-query says about the package on a host: "<status> <version>".
@@ -197,6 +198,8 @@ async fn a_deb_fleet_reverts_survives_a_kill_mid_dpkg_and_rolls_back_from_its_ca
     let out = rollgate(&sb, args(&fleet, "upgrade", "3.4.0")).await;
     let report = load.stop().await;
     expect_exit(&out, 0);
+    // Rehearsed from the cached package, unpacked beside the installed one.
+    assert_rehearsed(&out.stdout);
     assert_rate(&report);
     assert_eq!(report.failed, 0, "{report:?}");
     for h in ["cp-1", "dp-1", "dp-2"] {

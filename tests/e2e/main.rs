@@ -14,6 +14,7 @@ mod deb;
 mod demo_cmd;
 mod deploy;
 mod mtls;
+mod rehearse;
 mod status;
 mod upgrade;
 mod zero_downtime;

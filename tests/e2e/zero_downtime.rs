@@ -86,6 +86,16 @@ pub(crate) fn expect_exit(out: &crate::support::RunOutput, code: i32) {
     );
 }
 
+/// The rollout rehearsed its CP hops (a `rehearsed` event).
+pub(crate) fn assert_rehearsed(stdout: &str) {
+    assert!(
+        events(stdout)
+            .iter()
+            .any(|e| e["step"] == "rehearse" && e["status"] == "rehearsed"),
+        "no rehearsal in:\n{stdout}"
+    );
+}
+
 /// The `step` events that failed.
 pub(crate) fn failed_steps(stdout: &str) -> Vec<serde_json::Value> {
     events(stdout)
@@ -284,7 +294,11 @@ async fn a_failed_cp_migration_leaves_the_cp_and_its_data_as_before() {
         .unwrap()
         .psql("gateway", "SELECT max(version) FROM schema_version")
         .unwrap();
-    let out = rollgate(&sb, args(&fleet, "upgrade", "3.4.0-bad-migration")).await;
+    // Without the rehearsal (which would catch it first: tests/e2e/rehearse.rs),
+    // the install itself must fail and put the CP and its data back.
+    let mut upgrade = args(&fleet, "upgrade", "3.4.0-bad-migration");
+    upgrade.push("--no-rehearse".into());
+    let out = rollgate(&sb, upgrade).await;
     assert_eq!(
         out.code,
         Some(1),

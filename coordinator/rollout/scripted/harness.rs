@@ -68,6 +68,7 @@ pub(super) fn setup(cps: usize, dps: usize) -> Setup {
             health_timeout_ms: 1_000,
             agent_silence_ms: 2_000,
             min_in_service: "1".into(),
+            rehearse: "when-migrating".into(),
         },
         backup_id: (cps > 0).then(|| RID.to_string()),
     };
@@ -96,6 +97,8 @@ impl Setup {
                 size: 1,
                 breaking_changes: Vec::new(),
                 dp_min: None,
+                migrates: false,
+                schema_version: None,
                 image: None,
                 deb: None,
                 unpacked_size: None,

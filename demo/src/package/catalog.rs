@@ -22,6 +22,13 @@ pub struct CatalogEntry {
     /// Bytes of the `.tar.gz`.
     pub size: u64,
     pub breaking_changes: Vec<String>,
+    /// The CP migrates the database on its first start (its schema is newer
+    /// than every older release's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migrates: bool,
+    /// The schema version its CP reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
     /// The container image (`docker save` archive, gzipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<PackageEntry>,

@@ -109,9 +109,9 @@ pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
         indexed.sort_by_key(|(index, _)| *index);
         indexed.into_iter().map(|(_, result)| result).collect()
     });
-    let catalog = Catalog {
-        releases: results.into_iter().collect::<Result<_, _>>()?,
-    };
+    let mut releases: Vec<CatalogEntry> = results.into_iter().collect::<Result<_, _>>()?;
+    mark_migrations(&mut releases);
+    let catalog = Catalog { releases };
 
     let text = catalog
         .to_toml()
@@ -129,6 +129,27 @@ pub fn run(out: &Path, binary: Option<&Path>) -> Result<Catalog, PackageError> {
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| PackageError::Write { path, source })?;
     Ok(catalog)
+}
+
+/// A release migrates when its schema is newer than every older release's
+/// (pre-releases do not count as older: nobody upgrades through them).
+fn mark_migrations(releases: &mut [CatalogEntry]) {
+    let parsed: Vec<Option<crate::version::Version>> =
+        releases.iter().map(|r| r.version.parse().ok()).collect();
+    let levels: Vec<Option<i64>> = releases.iter().map(|r| r.schema_version).collect();
+    for (i, r) in releases.iter_mut().enumerate() {
+        let (Some(v), Some(level)) = (&parsed[i], levels[i]) else {
+            continue;
+        };
+        let older = parsed
+            .iter()
+            .zip(&levels)
+            .filter(|(o, _)| o.as_ref().is_some_and(|o| o < v && o.pre.is_none()))
+            .filter_map(|(_, l)| *l)
+            .max()
+            .unwrap_or(0);
+        r.migrates = level > older;
+    }
 }
 
 fn build(
@@ -202,6 +223,8 @@ fn build(
             .iter()
             .map(|s| (*s).to_owned())
             .collect(),
+        migrates: false,
+        schema_version: Some(i64::from(spec.manifest.migration_level)),
     })
 }
 

@@ -90,12 +90,21 @@ pub fn gateway_host(
         Gw::Cp { db } => (
             "cp",
             format!("listen = \"{listen}\"\ndatabase_url = \"{}\"\n", db.url()),
-            format!(
-                "[backup]\ndir = \"backups\"\nkeep = 3\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{listen}/api/export\"\n",
-                db.pg.bin_dir().display(),
-                db.url(),
-                dir.display()
-            ),
+            {
+                // The rehearsal CP's config: rollgate fills in the placeholders.
+                std::fs::write(
+                    dir.join("rehearsal.toml.in"),
+                    "listen = \"{listen}\"\ndatabase_url = \"{database_url}\"\n",
+                )
+                .unwrap();
+                format!(
+                    "[backup]\ndir = \"backups\"\nkeep = 3\npg_bin_dir = \"{}\"\ndatabase_url = \"{}\"\nexclude_tables = [\"public.instances\"]\nconfig_files = [\"{}/gateway.toml\"]\nexport_url = \"http://{listen}/api/export\"\n\n\
+                     [rehearsal]\ncommand = [\"bin/demo-gateway\", \"cp\", \"--config\", \"{{config}}\"]\nconfig_template = \"rehearsal.toml.in\"\nready_url = \"http://{{listen}}/status/ready\"\nstatus_url = \"http://{{listen}}/status\"\nexport_url = \"http://{{listen}}/api/export\"\nstart_timeout = \"20s\"\n",
+                    db.pg.bin_dir().display(),
+                    db.url(),
+                    dir.display()
+                )
+            },
         ),
         Gw::Dp { cp_url } => (
             "dp",
