@@ -214,3 +214,35 @@ async fn a_killed_agent_cleans_up_its_rehearsal_on_restart() {
     let st = rollgate(&sb, inventory_args("status", &fleet)).await;
     expect_exit(&st, 0);
 }
+
+/// kill -9 of the coordinator once the rehearsal step has begun: `resume`
+/// re-attaches to it by operation id on the agent (no second rehearsal),
+/// and ends with the rehearsal's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_coordinator_resumes_the_rehearsal_by_operation_id() {
+    let sb = Sandbox::new();
+    let fleet = sb.demo_fleet(2, "3.3.0", &policy(""));
+    let before = production(&fleet);
+    let mut text = rehearse_args(&fleet, "3.4.0");
+    text.truncate(text.len() - 2); // text output: one line per event
+    let mut run = sb.rollgate_bg(&text);
+    tokio::task::spawn_blocking(move || {
+        run.wait_line(Duration::from_secs(180), "the rehearsal to begin", |l| {
+            l.contains("rehearse") && l.contains("started")
+        });
+        run.kill9();
+    })
+    .await
+    .unwrap();
+    let out = rollgate(&sb, inventory_args("resume", &fleet)).await;
+    expect_exit(&out, 0);
+    assert!(out.stdout.contains("\"rehearsed\""), "{}", out.stdout);
+    assert_untouched_and_clean(&fleet, &before);
+    // The agent ran one rehearsal, whatever the coordinator did.
+    let log = std::fs::read_to_string(fleet.dir.join("cp-1/agent.log")).unwrap();
+    assert_eq!(
+        log.matches("rehearsal CP started").count(),
+        1,
+        "one rehearsal CP, not two"
+    );
+}
