@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 /// One reading of the CP database.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint {
-    /// Cumulative writes per watched table (`schema.table`), tables the
-    /// gateway writes by itself left out.
+    /// A content hash per watched table (`schema.table`): its row count and
+    /// the sum of its rows' hashes, folded to 64 bits (the agent's
+    /// `steps/snapshot.rs`); tables the gateway writes by itself left out.
     pub tables: BTreeMap<String, i64>,
     /// SHA-256 of the declarative export; None when no export is configured.
     #[serde(default)]

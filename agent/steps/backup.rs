@@ -19,6 +19,7 @@ use rollgate::outcome::{BackupFile, BackupTaken, StepOutput};
 
 use super::StepRun;
 use super::pg::{self, DUMP_FILE, EXPORT_FILE, FINGERPRINT_FILE, MANIFEST_FILE};
+use super::snapshot::Snapshot;
 use crate::kind::Phase;
 use crate::op::{OpCtx, StepError};
 use crate::state::AgentState;
@@ -57,16 +58,30 @@ async fn build(
     final_dir: &Path,
 ) -> StepRun {
     let cfg = pg::config(state)?;
-    ctx.progress("fingerprint", "reading the database's write counters", 0, 0);
-    let (fp, export) = pg::fingerprint(cfg).await?;
-    ctx.phase(
-        Phase::Fingerprinted,
-        serde_json::json!({ "tables": fp.tables.len() }),
-    )
-    .await?;
-
-    ctx.progress("pg_dump", "dumping the database", 0, 0);
-    pg::dump(cfg, &partial.join(DUMP_FILE)).await?;
+    // The fingerprint and the dump read the same snapshot: the guard later
+    // compares with exactly what the dump holds.
+    ctx.progress(
+        "fingerprint",
+        "hashing every watched table in one snapshot",
+        0,
+        0,
+    );
+    let snap = Snapshot::open(cfg).await?;
+    let dumped = async {
+        let tables = snap.table_hashes(cfg).await?;
+        let (fp, export) = pg::fingerprint_of(cfg, tables).await?;
+        ctx.phase(
+            Phase::Fingerprinted,
+            serde_json::json!({ "tables": fp.tables.len() }),
+        )
+        .await?;
+        ctx.progress("pg_dump", "dumping the database (the same snapshot)", 0, 0);
+        pg::dump(cfg, &partial.join(DUMP_FILE), &snap.id).await?;
+        Ok::<_, StepError>((fp, export))
+    }
+    .await;
+    snap.close().await;
+    let (fp, export) = dumped?;
     ctx.phase(Phase::Dumped, serde_json::Value::Null).await?;
 
     let write = |name: &str, data: &[u8]| {

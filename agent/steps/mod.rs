@@ -11,6 +11,7 @@ pub mod pg;
 pub mod rehearse;
 pub mod restore;
 pub mod scratch;
+pub mod snapshot;
 pub mod stage;
 
 use rollgate::outcome::{Failure, StepOutput, StepResult};

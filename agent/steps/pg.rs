@@ -9,21 +9,12 @@ use rollgate::fingerprint::Fingerprint;
 use rollgate::outcome::{BackupFile, FailureCode, Restored};
 use sha2::{Digest, Sha256};
 
+use super::snapshot::Snapshot;
 use crate::command::{self, CommandError};
 use crate::config::{BackupSection, Export};
 use crate::op::StepError;
 use crate::state::AgentState;
 
-/// How far apart two equal readings of the counters must be to trust them.
-/// A PostgreSQL 15 backend flushes its table counters at the end of a
-/// transaction only if its last flush is at least 1 s old
-/// (PGSTAT_MIN_INTERVAL); otherwise they stay pending until its next
-/// transaction or, if it goes idle, for up to PGSTAT_IDLE_INTERVAL = 10 s.
-/// Two equal readings 11 s apart therefore prove nothing was pending at the
-/// first one: every write committed before it is counted.
-const STATS_SETTLE: Duration = Duration::from_secs(11);
-/// Readings before the database counts as "being written".
-const SETTLE_ROUNDS: usize = 4;
 /// How long pg_dump / pg_restore may take.
 pub const DB_COMMAND_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -110,69 +101,20 @@ pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
     Ok(None)
 }
 
-/// Per-table cumulative writes, minus the excluded tables.
-async fn table_writes(cfg: &BackupSection) -> Result<BTreeMap<String, i64>, StepError> {
-    let (client, conn) = tokio_postgres::connect(&cfg.database_url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| {
-            StepError::new(
-                FailureCode::CommandFailed,
-                format!("cannot connect to the database: {e}"),
-            )
-        })?;
-    let conn_task = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "database connection ended");
-        }
-    });
-    let rows = client
-        .query(
-            "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::bigint \
-             FROM pg_stat_user_tables ORDER BY 1",
-            &[],
-        )
-        .await
-        .map_err(|e| {
-            StepError::new(
-                FailureCode::CommandFailed,
-                format!("cannot read pg_stat_user_tables: {e}"),
-            )
-        });
-    drop(client);
-    conn_task.abort();
-    Ok(rows?
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
-        .filter(|(table, _)| !cfg.exclude_tables.contains(table))
-        .collect())
+/// The write-freeze fingerprint now: every watched table's content hash in
+/// one snapshot (`snapshot.rs`), and the export it hashes.
+pub async fn fingerprint(cfg: &BackupSection) -> Result<(Fingerprint, Option<Vec<u8>>), StepError> {
+    let snap = Snapshot::open(cfg).await?;
+    let tables = snap.table_hashes(cfg).await;
+    snap.close().await;
+    fingerprint_of(cfg, tables?).await
 }
 
-/// The write-freeze fingerprint, read until two readings `STATS_SETTLE`
-/// apart agree, and the export it hashes.
-pub async fn fingerprint(cfg: &BackupSection) -> Result<(Fingerprint, Option<Vec<u8>>), StepError> {
-    let mut tables = table_writes(cfg).await?;
-    let mut settled = false;
-    for _ in 0..SETTLE_ROUNDS {
-        tokio::time::sleep(STATS_SETTLE).await;
-        let again = table_writes(cfg).await?;
-        if again == tables {
-            settled = true;
-            break;
-        }
-        let reading = |tables: &BTreeMap<String, i64>| Fingerprint {
-            tables: tables.clone(),
-            ..Default::default()
-        };
-        let moving = rollgate::fingerprint::changed_tables(&reading(&tables), &reading(&again));
-        tracing::info!(tables = ?moving, "the database is still being written; reading again");
-        tables = again;
-    }
-    if !settled {
-        return Err(StepError::new(
-            FailureCode::Precondition,
-            "the database keeps being written: stop writes (API, dashboard) during the upgrade, or exclude tables the gateway writes by itself (backup.exclude_tables)",
-        ));
-    }
+/// A fingerprint of `tables` (read in some snapshot) and the export now.
+pub async fn fingerprint_of(
+    cfg: &BackupSection,
+    tables: BTreeMap<String, i64>,
+) -> Result<(Fingerprint, Option<Vec<u8>>), StepError> {
     let export = export(cfg).await?;
     let fp = Fingerprint {
         tables,
@@ -198,12 +140,14 @@ pub fn recorded_fingerprint(cfg: &BackupSection, id: &str) -> Result<Fingerprint
 
 /// pg_dump -Fc into `file`, then verify it: `pg_restore --list` must list
 /// the archive's contents and `pg_restore -f /dev/null` must read all of it.
-pub async fn dump(cfg: &BackupSection, file: &Path) -> Result<(), StepError> {
+pub async fn dump(cfg: &BackupSection, file: &Path, snapshot: &str) -> Result<(), StepError> {
     let f = file.as_os_str().to_owned();
+    let snapshot = format!("--snapshot={snapshot}");
     command::run(
         &tool(cfg, "pg_dump"),
         &[
             "-Fc".as_ref(),
+            snapshot.as_ref(),
             "-f".as_ref(),
             f.as_os_str(),
             "-d".as_ref(),

@@ -312,11 +312,23 @@ impl Host {
     /// Writes `<sandbox>/<name>/agent.toml` (exec manager running `bin/gw`
     /// of the current release) plus `extra` sections.
     pub fn create(sb: &Sandbox, name: &str, certs: &Path, addr: SocketAddr, extra: &str) -> Host {
+        Host::create_as(sb, name, "dp", certs, addr, extra)
+    }
+
+    /// `create` with another role ("cp").
+    pub fn create_as(
+        sb: &Sandbox,
+        name: &str,
+        role: &str,
+        certs: &Path,
+        addr: SocketAddr,
+        extra: &str,
+    ) -> Host {
         let dir = sb.path().join(name);
         std::fs::create_dir_all(&dir).expect("host dir");
         let c = certs.display();
         let config = format!(
-            "[agent]\nname = \"{name}\"\nrole = \"dp\"\nlisten = \"{addr}\"\nstate_dir = \"state\"\n\n\
+            "[agent]\nname = \"{name}\"\nrole = \"{role}\"\nlisten = \"{addr}\"\nstate_dir = \"state\"\n\n\
              [tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/{name}.pem\"\nkey = \"{c}/{name}.key\"\nallowed_clients = [\"rollgate-coordinator\"]\n\n\
              [install]\nmethod = \"tarball\"\nroot = \"root\"\n\n\
              [service]\nmanager = \"exec\"\ncommand = [\"bin/gw\"]\nstop_timeout = \"5s\"\n\n{extra}"

@@ -117,7 +117,7 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
         println!("\nThe database goes back to backup {b} (taken {taken}). Lost with it:");
         if diff.changed_tables.is_empty() && !diff.export_changed {
             println!(
-                "  nothing the write counters or the declarative export show (only the schema migrations)"
+                "  nothing the table hashes or the declarative export show (only the schema migrations)"
             );
         } else {
             for t in &diff.changed_tables {

@@ -240,8 +240,8 @@ impl FleetApi for GrpcFleet {
 
     async fn fingerprint(&self, host: &str, baseline_backup: &str) -> Result<Reading, CallError> {
         let a = self.agent(host).await?;
-        // The agent reads the counters until they settle (11 s apart, a few
-        // rounds at most): allow for it.
+        // The agent hashes every watched table (one scan each): allow for a
+        // large database.
         let mut c = a.client.clone();
         let call = c.fingerprint(pb::FingerprintRequest {
             baseline_backup_id: baseline_backup.into(),

@@ -89,7 +89,7 @@ impl<F: FleetApi> Driver<F> {
                 .host(cp)
                 .step("write-freeze-guard")
                 .hop(hop)
-                .detail(serde_json::json!({ "message": "reading the database's write counters until they settle (11 s or more)" })),
+                .detail(serde_json::json!({ "message": "hashing every watched table of the database in one snapshot" })),
         );
         let ctx = self.ctx.clone();
         let (r, halt) = self
@@ -149,7 +149,7 @@ impl<F: FleetApi> Driver<F> {
             Event::new("step", &self.rid(), "started")
                 .host(cp)
                 .step("db-baseline")
-                .detail(serde_json::json!({ "message": "recording the database's write counters for the next hop's guard (11 s or more)" })),
+                .detail(serde_json::json!({ "message": "recording the database's table hashes for the next hop's guard" })),
         );
         let ctx = self.ctx.clone();
         let (r, halt) = self

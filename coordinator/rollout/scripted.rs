@@ -105,7 +105,7 @@ struct State {
     failures: HashMap<(String, Step), Failure>,
     /// One-shot: (host, step) → what happens when it acts.
     triggers: Vec<(String, Step, Effect)>,
-    /// Write counters of the CP database, per table.
+    /// Content hashes of the CP database's tables.
     db: BTreeMap<String, i64>,
     /// Fingerprints taken with each backup, by backup id.
     backups: HashMap<String, Fingerprint>,

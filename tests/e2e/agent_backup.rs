@@ -68,6 +68,53 @@ async fn backup_fingerprint_and_restore_on_a_real_database() {
         "{same:?}"
     );
 
+    // The verdict is exact and immediate (no settle wait): straight after a
+    // write, one reading tells. Heartbeats (excluded) and a no-op UPDATE
+    // change nothing; a single-row UPDATE or DELETE does.
+    let reading = |c: &mut rollgate::pb::agent_client::AgentClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let r = c
+                .fingerprint(pb::FingerprintRequest {
+                    baseline_backup_id: "b1".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            (r.changed_tables, started.elapsed())
+        }
+    };
+    db.psql("INSERT INTO instances VALUES ('dp-9', '3.3.0', 1, now())");
+    db.psql("UPDATE routes SET upstream = upstream WHERE id = 'orders'");
+    let (changed, took) = reading(&mut c).await;
+    assert!(changed.is_empty(), "{changed:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    let restore = |c: &mut rollgate::pb::agent_client::AgentClient<tonic::transport::Channel>,
+                   op: &'static str| {
+        let mut c = c.clone();
+        async move {
+            let (_, r) = drive(
+                c.restore(pb::RestoreRequest {
+                    operation_id: op.into(),
+                    backup_id: "b1".into(),
+                })
+                .await,
+            )
+            .await;
+            success(&r.unwrap());
+        }
+    };
+    db.psql("UPDATE routes SET upstream = 'http://127.0.0.1:1' WHERE id = 'orders'");
+    assert_eq!(reading(&mut c).await.0, ["public.routes"]);
+    // Back to exactly the backed-up rows: the same hash again.
+    restore(&mut c, "t/cp-1/restore-after-update").await;
+    assert!(reading(&mut c).await.0.is_empty());
+    db.psql("DELETE FROM routes WHERE id = 'users'");
+    assert_eq!(reading(&mut c).await.0, ["public.routes"]);
+    restore(&mut c, "t/cp-1/restore-after-delete").await;
+    assert!(reading(&mut c).await.0.is_empty());
+
     // A write after the backup shows.
     add_route(cp.addr, "payments");
     let changed = c
