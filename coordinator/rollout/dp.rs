@@ -10,7 +10,7 @@ use rollgate::outcome::Failure;
 use rollgate::role::Role;
 use rollgate::version::Version;
 
-use super::driver::{Driver, HEALTH_INTERVAL, Halt};
+use super::driver::{Driver, Halt};
 use super::log::{HostMark, Record, now_ms};
 use super::monitor::Alarm;
 use super::sequence::{HostEnd, rollback_dp, upgrade_dp};
@@ -113,6 +113,7 @@ impl<F: FleetApi> Driver<F> {
             })
             .await;
         let (ends, halt) = ends;
+        let undrained = Instant::now();
         let mut failed = Vec::new();
         for (host, end) in &ends {
             match end {
@@ -147,16 +148,28 @@ impl<F: FleetApi> Driver<F> {
         // The whole batch holds healthy before the next one starts.
         let p = self.ctx.policy.clone();
         let start = Instant::now();
-        // At least two health reports, so one bad report plus a second (the
-        // alarm threshold) can land inside the hold.
-        let hold = p.min_healthy().max(HEALTH_INTERVAL * 3);
-        self.emit(
-            Event::new("batch", &rid, "holding")
-                .hop(hop)
-                .batch(b)
-                .detail(serde_json::json!({ "message": format!("the batch must stay healthy for {hold:?}"), "hold_ms": hold.as_millis() as u64 })),
-        );
-        let halt = self.hold(hold).await;
+        // A hold of T lasts T. With T = 0 there is no hold, only one healthy
+        // report from every host after its undrain: what that gives up is
+        // catching a gateway that dies right after it turned ready (the
+        // agent's own gate holds `min_healthy` too, and it is 0 as well).
+        let hold = p.min_healthy();
+        let live: Vec<String> = ends
+            .iter()
+            .filter(|(_, e)| matches!(e, HostEnd::Done))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let halt = if hold.is_zero() {
+            self.confirm_healthy_after(&live, undrained, p.health_timeout())
+                .await
+        } else {
+            self.emit(
+                Event::new("batch", &rid, "holding")
+                    .hop(hop)
+                    .batch(b)
+                    .detail(serde_json::json!({ "message": format!("the batch must stay healthy for {hold:?}"), "hold_ms": hold.as_millis() as u64 })),
+            );
+            self.hold(hold).await
+        };
         if let Some(Halt::Alarm(Alarm::Unhealthy { host, why })) = &halt
             && hosts.contains(host)
         {

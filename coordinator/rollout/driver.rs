@@ -275,6 +275,58 @@ impl<F: FleetApi> Driver<F> {
         }
     }
 
+    /// Waits until every one of `hosts` has reported once (at most `max`):
+    /// health is judged on reports, not on a fixed wait.
+    pub async fn await_reports(&mut self, hosts: &[String], max: Duration) -> Option<Halt> {
+        let end = tokio::time::Instant::now() + max;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        while !hosts.iter().all(|h| self.monitor.reported(h)) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => return self.check(),
+                () = self.pulse(&mut tick) => {}
+            }
+            if let Some(h) = self.check() {
+                return Some(h);
+            }
+        }
+        self.check()
+    }
+
+    /// `min_healthy = 0`: no hold, but one healthy report from every host
+    /// of the batch after `since` (its undrain), within `max`.
+    pub async fn confirm_healthy_after(
+        &mut self,
+        hosts: &[String],
+        since: std::time::Instant,
+        max: Duration,
+    ) -> Option<Halt> {
+        let end = tokio::time::Instant::now() + max;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            if let Some(h) = self.check() {
+                return Some(h);
+            }
+            let waiting: Vec<&String> = hosts
+                .iter()
+                .filter(|h| !self.monitor.healthy_since(h, since))
+                .collect();
+            let first = waiting.first()?;
+            if tokio::time::Instant::now() >= end {
+                return Some(Halt::Alarm(Alarm::Unhealthy {
+                    host: (*first).clone(),
+                    why: format!(
+                        "no healthy report within {max:?} after its undrain: {}",
+                        self.monitor.summary(first)
+                    ),
+                }));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => {}
+                () = self.pulse(&mut tick) => {}
+            }
+        }
+    }
+
     /// Runs the whole upgrade; returns how it ended and why. It succeeds
     /// only with every DP back in rotation.
     pub async fn upgrade(&mut self) -> (Outcome, String) {
@@ -363,8 +415,9 @@ impl<F: FleetApi> Driver<F> {
 
     async fn upgrade_inner(&mut self) -> Result<(), Halt> {
         let spec = self.ctx.log().spec.clone();
-        // Give every watch its first report before judging anything.
-        if let Some(h) = self.hold(HEALTH_INTERVAL * 3).await {
+        // Every watch's first report before judging anything.
+        let all: Vec<String> = spec.hosts.iter().map(|h| h.name.clone()).collect();
+        if let Some(h) = self.await_reports(&all, HEALTH_INTERVAL * 3).await {
             return Err(h);
         }
         self.restore_rotation().await?;
@@ -411,7 +464,10 @@ impl<F: FleetApi> Driver<F> {
         let cp = self.ctx.log().spec.cps().first().map(|h| h.name.clone());
         let r = match cp {
             None => Err(Halt::Other("no CP host to back up".into())),
-            Some(cp) => match self.hold(HEALTH_INTERVAL * 3).await {
+            Some(cp) => match self
+                .await_reports(std::slice::from_ref(&cp), HEALTH_INTERVAL * 3)
+                .await
+            {
                 Some(h) => Err(h),
                 None => self.backup(&cp).await,
             },

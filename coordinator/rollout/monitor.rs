@@ -43,6 +43,10 @@ impl std::fmt::Display for Alarm {
 #[derive(Debug)]
 struct Seen {
     last_report: Instant,
+    /// When the last healthy report came; None before the first.
+    last_healthy: Option<Instant>,
+    /// A report has come at all.
+    reported: bool,
     bad_streak: u32,
     summary: String,
     broken: Option<String>,
@@ -75,6 +79,8 @@ impl Monitor {
                         h.clone(),
                         Seen {
                             last_report: now,
+                            last_healthy: None,
+                            reported: false,
                             bad_streak: 0,
                             summary: "no report yet".into(),
                             broken: None,
@@ -116,6 +122,10 @@ impl Monitor {
             HealthUpdate::Report { host, health } => {
                 if let Some(s) = self.seen.get_mut(&host) {
                     s.last_report = Instant::now();
+                    s.reported = true;
+                    if health.healthy {
+                        s.last_healthy = Some(s.last_report);
+                    }
                     s.broken = None;
                     self.dirty |= !health.healthy;
                     s.bad_streak = match (health.healthy, health.streak) {
@@ -142,6 +152,18 @@ impl Monitor {
         self.seen
             .get(host)
             .is_some_and(|s| s.bad_streak == 0 && s.summary != "no report yet")
+    }
+
+    /// True once the host has reported at all.
+    pub fn reported(&self, host: &str) -> bool {
+        self.seen.get(host).is_some_and(|s| s.reported)
+    }
+
+    /// True when a healthy report came after `t` and none bad since.
+    pub fn healthy_since(&self, host: &str, t: Instant) -> bool {
+        self.seen
+            .get(host)
+            .is_some_and(|s| s.bad_streak == 0 && s.last_healthy.is_some_and(|h| h > t))
     }
 
     pub fn summary(&self, host: &str) -> String {

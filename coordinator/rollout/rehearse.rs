@@ -216,7 +216,10 @@ impl<F: FleetApi> Driver<F> {
                 spec.target
             )));
         }
-        if let Some(h) = self.hold(HEALTH_INTERVAL * 3).await {
+        if let Some(h) = self
+            .await_reports(std::slice::from_ref(&cp), HEALTH_INTERVAL * 3)
+            .await
+        {
             return Err(h);
         }
         self.stage_all(&spec.hops).await?;

@@ -35,7 +35,11 @@ impl<F: FleetApi> Driver<F> {
                 ..
             }
         );
-        if let Some(h) = self.hold(super::driver::HEALTH_INTERVAL * 3).await {
+        let all: Vec<String> = spec.hosts.iter().map(|h| h.name.clone()).collect();
+        if let Some(h) = self
+            .await_reports(&all, super::driver::HEALTH_INTERVAL * 3)
+            .await
+        {
             return Err(h);
         }
         let moved = |role: Role| -> Vec<(String, Version)> {
