@@ -61,7 +61,63 @@ impl PidRecord {
     }
 
     /// Waits (at most `timeout`) until this process is gone; whether it is.
+    /// The exit is observed directly: a pidfd becomes readable the moment
+    /// the process ends (a zombie counts as ended). Where pidfds are not
+    /// available (kernels before 5.3) it falls back to reading /proc.
     pub async fn wait_gone(&self, timeout: std::time::Duration) -> bool {
+        let fd = match self.pidfd() {
+            Ok(None) => return true,
+            Ok(Some(fd)) => fd,
+            Err(e) => {
+                tracing::debug!(pid = self.pid, error = %e, "no pidfd: polling /proc for the exit");
+                return self.poll_gone(timeout).await;
+            }
+        };
+        // poll(2) on the pidfd in a blocking thread: registering a raw fd
+        // with tokio's reactor needs unsafe code, and a stop is rare.
+        let waited = tokio::task::spawn_blocking(move || {
+            use rustix::event::{PollFd, PollFlags, Timespec, poll};
+            let end = std::time::Instant::now() + timeout;
+            loop {
+                let left = end.saturating_duration_since(std::time::Instant::now());
+                let ts = Timespec::try_from(left).ok();
+                let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+                match poll(&mut fds, ts.as_ref()) {
+                    Ok(n) => return Ok(n > 0),
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(Ok(gone)) => gone,
+            other => {
+                tracing::debug!(pid = self.pid, outcome = ?other, "pidfd wait failed: polling /proc");
+                self.poll_gone(timeout).await
+            }
+        }
+    }
+
+    /// A pidfd of this very process, or None when it is already gone. The
+    /// record is checked after the pidfd is opened, so a pid reused in
+    /// between is never waited for.
+    fn pidfd(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return Ok(None);
+        };
+        let fd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(self.is_running().then_some(fd))
+    }
+
+    async fn poll_gone(&self, timeout: std::time::Duration) -> bool {
         let end = std::time::Instant::now() + timeout;
         while self.is_running() {
             if std::time::Instant::now() >= end {
@@ -154,5 +210,26 @@ mod tests {
             "a different start time is another process"
         );
         assert_eq!(PidRecord::parse("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn wait_gone_wakes_at_the_exit_and_counts_a_zombie_as_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let rec = PidRecord::of(child.id());
+        assert!(!rec.wait_gone(std::time::Duration::from_millis(50)).await);
+        let waiter =
+            tokio::spawn(async move { rec.wait_gone(std::time::Duration::from_secs(30)).await });
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // Not reaped yet: the process is a zombie, which counts as gone.
+        assert!(waiter.await.unwrap());
+        assert!(rec.wait_gone(std::time::Duration::ZERO).await);
+        child.wait().unwrap();
     }
 }

@@ -73,6 +73,10 @@ pub struct OpRecord {
 #[derive(Debug)]
 pub struct Ops {
     inner: Mutex<Inner>,
+    /// Counts operations ended. A health watch reports at once when it
+    /// moves, so the coordinator sees a host's state after a step (back in
+    /// rotation, on the new release) without waiting for the next interval.
+    ended: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug)]
@@ -145,7 +149,13 @@ impl Ops {
                 running: None,
                 seq,
             }),
+            ended: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// Moves each time an operation ends.
+    pub fn ended(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.ended.subscribe()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -322,6 +332,7 @@ impl Ops {
             let mut inner = self.lock();
             inner.running.take().map(|r| r.events)
         };
+        self.ended.send_modify(|n| *n += 1);
         if let Some(tx) = events {
             let _ = tx.send(OpEvent::Done {
                 result,

@@ -101,9 +101,13 @@ pub fn watch(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut seq, mut streak) = (0, 0u32);
             let mut last: Option<(ReportKey, std::time::Instant)> = None;
+            let mut ended = state.ops.ended();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
+                    // An operation ended: report now (a fresh probe), and
+                    // start the interval again from here.
+                    Ok(()) = ended.changed() => tick.reset(),
                     _ = tx.closed() => break,
                 }
                 let mut report = report(&state, seq + 1).await;
@@ -126,12 +130,27 @@ pub fn watch(
                 if tx.send(Ok(report)).await.is_err() {
                     break;
                 }
+                if seq == 1 {
+                    // The first report goes at once; later looks start at a
+                    // random phase of the interval, so agents whose watches
+                    // opened together do not all probe at the same instant.
+                    tick.reset_after(random_below(interval));
+                }
             }
             tracing::debug!("health watch ended: the client went away");
         }
         .instrument(span),
     );
     ReceiverStream::new(rx)
+}
+
+/// A random duration in [0, d): std's per-process random hash keys are
+/// random enough to spread probes.
+fn random_below(d: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(r % ms)
 }
 
 async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {

@@ -11,8 +11,21 @@ use crate::op::OpCtx;
 use crate::service::ProcessStatus;
 use crate::state::AgentState;
 
-/// How often the gate looks.
+/// How often the gate looks once the gateway is healthy (during the hold),
+/// and the longest pause before that.
 const POLL: Duration = Duration::from_millis(200);
+/// The first pause after a start. Until the gateway is healthy the pause
+/// doubles from here up to `FAST_POLL` for the first `FAST_WINDOW`, then up
+/// to `POLL`: a gateway ready within a couple of seconds (most restarts) is
+/// seen within 20 ms of it, and a slow one is not probed more than every
+/// `POLL` after that.
+const FIRST_POLL: Duration = Duration::from_millis(5);
+const FAST_POLL: Duration = Duration::from_millis(20);
+const FAST_WINDOW: Duration = Duration::from_secs(2);
+/// A stopped process counts as "exited" only after this long, so a service
+/// manager that shows the new process a moment after the start (a container
+/// being created) is not failed for it.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct GatePassed {
@@ -52,6 +65,7 @@ pub async fn gate(
     let start = Instant::now();
     let mut healthy_since: Option<(Instant, u32)> = None;
     let mut last_report = Instant::now();
+    let mut pause = FIRST_POLL;
     loop {
         let obs = state.prober.observe(&state.service, &state.installer).await;
         let pid = obs.process.pid();
@@ -89,7 +103,7 @@ pub async fn gate(
                 });
             }
             (Some(why), None) => {
-                if matches!(obs.process, ProcessStatus::Stopped) && start.elapsed() > POLL {
+                if matches!(obs.process, ProcessStatus::Stopped) && start.elapsed() > EXIT_GRACE {
                     return Err(GateFailed {
                         reason: format!("the gateway exited: {why}"),
                         last: obs,
@@ -105,6 +119,8 @@ pub async fn gate(
         }
         if let Some((since, pid)) = healthy_since {
             let held = since.elapsed();
+            // A hold of T lasts T: the last pause ends when the hold does.
+            pause = POLL.min(min_healthy.saturating_sub(held));
             if held >= min_healthy {
                 return Ok(GatePassed {
                     pid,
@@ -121,6 +137,14 @@ pub async fn gate(
                 );
             }
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        if healthy_since.is_none() {
+            let cap = if start.elapsed() < FAST_WINDOW {
+                FAST_POLL
+            } else {
+                POLL
+            };
+            pause = (pause * 2).min(cap);
+        }
     }
 }

@@ -20,6 +20,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 
+pub mod coordinator;
+pub mod fake_gateway;
+pub mod hollow_agent;
+
 /// The binaries under test, built by `cargo bench` with the bench profile
 /// (which inherits `[profile.release]`).
 pub const ROLLGATE: &str = env!("CARGO_BIN_EXE_rollgate");
@@ -182,8 +186,27 @@ pub struct Artifact {
     pub size: u64,
 }
 
+/// The bench binary itself, when releases run it as a fake gateway that
+/// times itself (`use_fake_gateway`).
+static FAKE_GATEWAY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// From now on, releases this bench packs run the bench binary as their
+/// gateway (`fake_gateway`), which needs GW_LISTEN and GW_EVENTS in the
+/// agent's `[service] env`. Call `fake_gateway::run_if_asked()` first in
+/// `main`.
+pub fn use_fake_gateway() {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let _ = FAKE_GATEWAY.set(exe);
+}
+
 fn gateway_script(version: &str) -> String {
-    GATEWAY_SCRIPT.replace("{VERSION}", version)
+    match FAKE_GATEWAY.get() {
+        Some(exe) => format!(
+            "#!/bin/sh\n# fake gateway {version}\nexec '{}' fake-gateway {version}\n",
+            exe.display()
+        ),
+        None => GATEWAY_SCRIPT.replace("{VERSION}", version),
+    }
 }
 
 /// Packs `bin/gw` (mode 0755) for `version` into `<dir>/gw-<version>.tar.gz`.

@@ -47,6 +47,10 @@ pub struct Health {
     /// agent does not count: every report is then one look).
     pub streak: u32,
     pub summary: String,
+    /// The load balancer's state as the agent serves it.
+    pub lb: LbState,
+    /// The release the host has installed (`current`).
+    pub installed_version: String,
 }
 
 #[derive(Debug, Clone)]

@@ -78,6 +78,8 @@ impl Watcher {
                 healthy: r.healthy,
                 streak: r.unhealthy_streak,
                 summary: summarize(&r),
+                lb: rollgate::convert::lb_from_wire(r.drain_state),
+                installed_version: r.installed_version.clone(),
             };
             let update = HealthUpdate::Report {
                 host: self.host.name.clone(),

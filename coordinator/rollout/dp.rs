@@ -88,6 +88,7 @@ impl<F: FleetApi> Driver<F> {
     ) -> Result<(), Halt> {
         let rid = self.rid();
         let canary = b == 0;
+        let began = Instant::now();
         self.emit(
             Event::new("batch", &rid, "started")
                 .hop(hop)
@@ -113,7 +114,6 @@ impl<F: FleetApi> Driver<F> {
             })
             .await;
         let (ends, halt) = ends;
-        let undrained = Instant::now();
         let mut failed = Vec::new();
         for (host, end) in &ends {
             match end {
@@ -159,7 +159,7 @@ impl<F: FleetApi> Driver<F> {
             .map(|(h, _)| h.clone())
             .collect();
         let halt = if hold.is_zero() {
-            self.confirm_healthy_after(&live, undrained, p.health_timeout())
+            self.confirm_serving(&live, hop, began, p.health_timeout())
                 .await
         } else {
             self.emit(

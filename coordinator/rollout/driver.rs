@@ -292,14 +292,18 @@ impl<F: FleetApi> Driver<F> {
         self.check()
     }
 
-    /// `min_healthy = 0`: no hold, but one healthy report from every host
-    /// of the batch after `since` (its undrain), within `max`.
-    pub async fn confirm_healthy_after(
+    /// `min_healthy = 0`: no hold, but one report from every host of the
+    /// batch, sent after `since` (the batch's start, before its drains),
+    /// that shows it healthy, in rotation and on `version`: that is, a look
+    /// after its undrain. Within `max`.
+    pub async fn confirm_serving(
         &mut self,
         hosts: &[String],
+        version: &rollgate::version::Version,
         since: std::time::Instant,
         max: Duration,
     ) -> Option<Halt> {
+        let version = version.to_string();
         let end = tokio::time::Instant::now() + max;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         loop {
@@ -308,14 +312,14 @@ impl<F: FleetApi> Driver<F> {
             }
             let waiting: Vec<&String> = hosts
                 .iter()
-                .filter(|h| !self.monitor.healthy_since(h, since))
+                .filter(|h| !self.monitor.serving_since(h, &version, since))
                 .collect();
             let first = waiting.first()?;
             if tokio::time::Instant::now() >= end {
                 return Some(Halt::Alarm(Alarm::Unhealthy {
                     host: (*first).clone(),
                     why: format!(
-                        "no healthy report within {max:?} after its undrain: {}",
+                        "no report within {max:?} showing it healthy and in rotation on {version}: {}",
                         self.monitor.summary(first)
                     ),
                 }));
@@ -338,9 +342,11 @@ impl<F: FleetApi> Driver<F> {
         self.conclude(r)
     }
 
-    /// Asks every DP's agent where its host stands towards the load
-    /// balancer; any host out of rotation (other than a quarantined one,
-    /// reported as such) means the rollout has not succeeded.
+    /// Finds where every DP stands towards the load balancer; any host out
+    /// of rotation (other than a quarantined one, reported as such) means
+    /// the rollout has not succeeded. A host whose live health watch last
+    /// said "in rotation" is taken at its word (the agent reports a change
+    /// at once); every other host's agent is asked.
     async fn every_dp_in_rotation(&mut self) -> Result<(), Halt> {
         let quarantined = self.quarantined();
         let dps: Vec<String> = {
@@ -349,6 +355,7 @@ impl<F: FleetApi> Driver<F> {
                 .hosts
                 .iter()
                 .filter(|h| h.role == Role::Dp && !quarantined.contains(&h.name))
+                .filter(|h| self.monitor.lb(&h.name) != Some(LbState::InRotation))
                 .map(|h| h.name.clone())
                 .collect()
         };

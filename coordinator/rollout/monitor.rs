@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
+use rollgate::lb::LbState;
+
 use crate::fleet::HealthUpdate;
 
 /// Consecutive unhealthy reports that make an alarm (one may be a blip).
@@ -43,8 +45,12 @@ impl std::fmt::Display for Alarm {
 #[derive(Debug)]
 struct Seen {
     last_report: Instant,
-    /// When the last healthy report came; None before the first.
-    last_healthy: Option<Instant>,
+    /// When the last report came that showed the host healthy and in
+    /// rotation, and the release it had installed then.
+    serving: Option<(Instant, String)>,
+    /// The load balancer's state in the last report of an unbroken watch.
+    /// The agent reports a change at once, so this is the host's state.
+    lb: Option<LbState>,
     /// A report has come at all.
     reported: bool,
     bad_streak: u32,
@@ -79,7 +85,8 @@ impl Monitor {
                         h.clone(),
                         Seen {
                             last_report: now,
-                            last_healthy: None,
+                            serving: None,
+                            lb: None,
                             reported: false,
                             bad_streak: 0,
                             summary: "no report yet".into(),
@@ -123,8 +130,9 @@ impl Monitor {
                 if let Some(s) = self.seen.get_mut(&host) {
                     s.last_report = Instant::now();
                     s.reported = true;
-                    if health.healthy {
-                        s.last_healthy = Some(s.last_report);
+                    s.lb = Some(health.lb);
+                    if health.healthy && health.lb == LbState::InRotation {
+                        s.serving = Some((s.last_report, health.installed_version.clone()));
                     }
                     s.broken = None;
                     self.dirty |= !health.healthy;
@@ -141,6 +149,7 @@ impl Monitor {
             HealthUpdate::Broken { host, why } => {
                 if let Some(s) = self.seen.get_mut(&host) {
                     s.broken = Some(why);
+                    s.lb = None;
                     self.dirty = true;
                 }
             }
@@ -159,11 +168,21 @@ impl Monitor {
         self.seen.get(host).is_some_and(|s| s.reported)
     }
 
-    /// True when a healthy report came after `t` and none bad since.
-    pub fn healthy_since(&self, host: &str, t: Instant) -> bool {
-        self.seen
-            .get(host)
-            .is_some_and(|s| s.bad_streak == 0 && s.last_healthy.is_some_and(|h| h > t))
+    /// True when a report that came after `t` showed the host healthy, in
+    /// rotation and on `version`, and none bad came since.
+    pub fn serving_since(&self, host: &str, version: &str, t: Instant) -> bool {
+        self.seen.get(host).is_some_and(|s| {
+            s.bad_streak == 0
+                && s.serving
+                    .as_ref()
+                    .is_some_and(|(at, v)| *at > t && v == version)
+        })
+    }
+
+    /// The host's load-balancer state as its live watch last reported it;
+    /// None before a report or while the watch is broken.
+    pub fn lb(&self, host: &str) -> Option<LbState> {
+        self.seen.get(host).and_then(|s| s.lb)
     }
 
     pub fn summary(&self, host: &str) -> String {
@@ -242,6 +261,8 @@ mod tests {
                 } else {
                     "ready answered 503".into()
                 },
+                lb: LbState::InRotation,
+                installed_version: "3.4.0".into(),
             },
         }
     }
@@ -270,6 +291,8 @@ mod tests {
                 healthy: false,
                 streak,
                 summary: "process Stopped".into(),
+                lb: LbState::InRotation,
+                installed_version: "3.4.0".into(),
             },
         };
         m.update(counted(1));
@@ -291,5 +314,40 @@ mod tests {
         assert!(a.to_string().contains("connection refused"), "{a}");
         m.ignore("dp-1".into());
         assert_eq!(m.alarm(), None);
+    }
+
+    #[test]
+    fn serving_needs_a_healthy_report_in_rotation_on_the_version_after_the_instant() {
+        let look = |healthy, lb, v: &str| HealthUpdate::Report {
+            host: "dp-1".into(),
+            health: Health {
+                healthy,
+                streak: 0,
+                summary: String::new(),
+                lb,
+                installed_version: v.into(),
+            },
+        };
+        let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
+        m.update(look(true, LbState::InRotation, "3.4.0"));
+        let t = Instant::now();
+        assert!(
+            !m.serving_since("dp-1", "3.4.0", t),
+            "that report came before t"
+        );
+        m.update(look(true, LbState::InRotation, "3.3.0"));
+        assert!(
+            !m.serving_since("dp-1", "3.4.0", t),
+            "still on the old release"
+        );
+        m.update(look(true, LbState::Drained, "3.4.0"));
+        assert!(
+            !m.serving_since("dp-1", "3.4.0", t),
+            "not back in rotation yet"
+        );
+        m.update(look(true, LbState::InRotation, "3.4.0"));
+        assert!(m.serving_since("dp-1", "3.4.0", t));
+        m.update(look(false, LbState::InRotation, "3.4.0"));
+        assert!(!m.serving_since("dp-1", "3.4.0", t), "a bad look since");
     }
 }

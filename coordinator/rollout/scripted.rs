@@ -632,6 +632,12 @@ impl FleetApi for ScriptedFleet {
                                     } else {
                                         "ready answered 503".into()
                                     },
+                                    lb: if h.drained {
+                                        LbState::Drained
+                                    } else {
+                                        LbState::InRotation
+                                    },
+                                    installed_version: h.version.to_string(),
                                 },
                             })
                         })
