@@ -171,7 +171,9 @@ impl Agent {
         inv: &Inventory,
         policy: &CallPolicy,
     ) -> Result<Self, CallError> {
-        let addr = format!("https://{}", host.address);
+        // TLS is done by the connector (`fleet_tls`): tonic sees a plain
+        // stream, so the URI says http.
+        let addr = format!("http://{}", host.address);
         let cerr = |reason: String| CallError::Connect {
             addr: host.address.to_string(),
             reason,
@@ -181,13 +183,23 @@ impl Agent {
             .connect_timeout(policy.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .tls_config(inv.tls.client_config(&host.name))
-            .map_err(|e| cerr(error_chain(&e)))?;
-        let channel = tokio::time::timeout(policy.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_| CallError::Timeout(policy.connect_timeout))?
-            .map_err(|e| cerr(error_chain(&e)))?;
+            .keep_alive_timeout(Duration::from_secs(5));
+        let (tls, address, name) = (
+            inv.fleet_tls.clone(),
+            host.address.to_string(),
+            host.name.clone(),
+        );
+        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+            let (tls, address, name) = (tls.clone(), address.clone(), name.clone());
+            async move { tls.connect(&address, &name).await }
+        });
+        let channel = tokio::time::timeout(
+            policy.connect_timeout,
+            endpoint.connect_with_connector(connector),
+        )
+        .await
+        .map_err(|_| CallError::Timeout(policy.connect_timeout))?
+        .map_err(|e| cerr(error_chain(&e)))?;
         Ok(Agent {
             host: host.clone(),
             client: AgentClient::new(channel),

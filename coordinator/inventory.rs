@@ -226,6 +226,8 @@ fn default_group_label() -> String {
 pub struct Inventory {
     pub path: PathBuf,
     pub tls: TlsMaterial,
+    /// The client TLS configuration every agent connection shares.
+    pub fleet_tls: crate::fleet_tls::FleetTls,
     pub coordinator: CoordinatorSettings,
     pub policy: Policy,
     pub hosts: Vec<Host>,
@@ -243,9 +245,12 @@ impl Inventory {
         let parsed = parse(&text, base).map_err(err)?;
         let tls = TlsMaterial::load(&parsed.tls.ca, &parsed.tls.cert, &parsed.tls.key)
             .map_err(|e| err(format!("key `tls`: {e}")))?;
+        let fleet_tls =
+            crate::fleet_tls::FleetTls::new(&tls).map_err(|e| err(format!("key `tls`: {e}")))?;
         Ok(Inventory {
             path: path.to_path_buf(),
             tls,
+            fleet_tls,
             coordinator: parsed.coordinator,
             policy: parsed.policy,
             hosts: parsed.hosts,

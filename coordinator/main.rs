@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod cmd;
 mod fleet;
+mod fleet_tls;
 mod inventory;
 mod output;
 mod planner;

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 
@@ -69,16 +69,6 @@ impl TlsMaterial {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
-    }
-
-    /// The coordinator's client side towards one agent: trust only the fleet
-    /// CA, present our certificate, and require the agent's certificate to be
-    /// valid for `server_name` (the host name in the inventory).
-    pub fn client_config(&self, server_name: &str) -> ClientTlsConfig {
-        ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
-            .domain_name(server_name)
     }
 }
 

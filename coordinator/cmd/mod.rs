@@ -95,21 +95,26 @@ pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) ->
             let policy = policy.clone();
             async move {
                 let ask = async {
+                    // An open channel's agent said who it is when it was
+                    // opened; a new one is asked (Hello checks its name and
+                    // role). The health report says what is installed.
                     let a = match open.get(&h.name) {
                         Some(a) => a.clone(),
-                        None => Agent::connect(h, inv, &policy).await?,
+                        None => {
+                            let a = Agent::connect(h, inv, &policy).await?;
+                            a.hello().await?;
+                            a
+                        }
                     };
-                    let hello = a.hello().await?;
-                    let health = a.health_once().await?;
-                    Ok::<_, crate::client::CallError>((hello, health))
+                    a.health_once().await
                 };
                 // A survey, not a retry loop: an agent that does not answer
                 // at once is reported as unreachable.
                 let r = tokio::time::timeout(SURVEY_TIMEOUT, ask).await;
                 match r {
-                    Ok(Ok((hello, health))) => HostState {
+                    Ok(Ok(health)) => HostState {
                         name: h.name.clone(),
-                        installed: hello.installed.map(|v| v.to_string()),
+                        installed: Some(health.installed_version.clone()).filter(|v| !v.is_empty()),
                         running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
                         healthy: Some(health.healthy),
                         drain: Some(rollgate::convert::lb_from_wire(health.drain_state)),
