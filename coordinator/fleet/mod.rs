@@ -51,6 +51,9 @@ pub struct Health {
     pub lb: LbState,
     /// The release the host has installed (`current`).
     pub installed_version: String,
+    /// The operation the agent runs right now (one it recovers after a
+    /// restart, say); empty when idle.
+    pub active_operation: String,
 }
 
 #[derive(Debug, Clone)]

@@ -276,7 +276,11 @@ impl<F: FleetApi> Driver<F> {
     }
 
     /// Waits until every one of `hosts` has reported once (at most `max`):
-    /// health is judged on reports, not on a fixed wait.
+    /// health is judged on reports, not on a fixed wait. Then, while an
+    /// agent runs an operation of another rollout (a step it finishes or
+    /// undoes after a restart), waits for it to end, at most the time such a
+    /// step may take (`health_timeout` + `min_healthy` + a margin): starting
+    /// now would only be refused by the agent.
     pub async fn await_reports(&mut self, hosts: &[String], max: Duration) -> Option<Halt> {
         let end = tokio::time::Instant::now() + max;
         let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -289,7 +293,46 @@ impl<F: FleetApi> Driver<F> {
                 return Some(h);
             }
         }
-        self.check()
+        if let Some(h) = self.check() {
+            return Some(h);
+        }
+        self.await_idle(hosts).await
+    }
+
+    async fn await_idle(&mut self, hosts: &[String]) -> Option<Halt> {
+        let rid = self.rid();
+        let p = self.ctx.policy.clone();
+        let max = p.health_timeout() + p.min_healthy() + Duration::from_secs(30);
+        let end = tokio::time::Instant::now() + max;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut told = std::collections::HashSet::new();
+        loop {
+            let busy: Vec<(String, String)> = hosts
+                .iter()
+                .filter_map(|h| Some((h.clone(), self.monitor.busy_elsewhere(h, &rid)?)))
+                .collect();
+            let (host, op) = busy.first().cloned()?;
+            for (h, op) in &busy {
+                if told.insert((h.clone(), op.clone())) {
+                    tracing::warn!(host = %h, op = %op, "waiting for the host's agent to finish an earlier operation");
+                    self.emit(Event::new("host", &rid, "waiting").host(h).detail(
+                        serde_json::json!({ "message": format!("its agent is finishing {op}"), "operation": op }),
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= end {
+                return Some(Halt::Other(format!(
+                    "{host}'s agent is still running {op} after {max:?}; run again once it has ended (`rollgate status` shows the host)"
+                )));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => {}
+                () = self.pulse(&mut tick) => {}
+            }
+            if let Some(h) = self.check() {
+                return Some(h);
+            }
+        }
     }
 
     /// `min_healthy = 0`: no hold, but one report from every host of the

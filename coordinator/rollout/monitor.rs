@@ -48,6 +48,8 @@ struct Seen {
     /// When the last report came that showed the host healthy and in
     /// rotation, and the release it had installed then.
     serving: Option<(Instant, String)>,
+    /// The operation the agent ran at its last report; empty when idle.
+    active: String,
     /// The load balancer's state in the last report of an unbroken watch.
     /// The agent reports a change at once, so this is the host's state.
     lb: Option<LbState>,
@@ -86,6 +88,7 @@ impl Monitor {
                         Seen {
                             last_report: now,
                             serving: None,
+                            active: String::new(),
                             lb: None,
                             reported: false,
                             bad_streak: 0,
@@ -131,6 +134,7 @@ impl Monitor {
                     s.last_report = Instant::now();
                     s.reported = true;
                     s.lb = Some(health.lb);
+                    s.active.clone_from(&health.active_operation);
                     if health.healthy && health.lb == LbState::InRotation {
                         s.serving = Some((s.last_report, health.installed_version.clone()));
                     }
@@ -177,6 +181,17 @@ impl Monitor {
                     .as_ref()
                     .is_some_and(|(at, v)| *at > t && v == version)
         })
+    }
+
+    /// The operation the host's agent runs that is not one of `rollout`'s
+    /// own (those the step runner follows by id), if any.
+    pub fn busy_elsewhere(&self, host: &str, rollout: &str) -> Option<String> {
+        let s = self.seen.get(host)?;
+        let own = s
+            .active
+            .strip_prefix(rollout)
+            .is_some_and(|rest| rest.starts_with('/'));
+        (!s.active.is_empty() && !own).then(|| s.active.clone())
     }
 
     /// The host's load-balancer state as its live watch last reported it;
@@ -263,6 +278,7 @@ mod tests {
                 },
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
+                active_operation: String::new(),
             },
         }
     }
@@ -293,6 +309,7 @@ mod tests {
                 summary: "process Stopped".into(),
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
+                active_operation: String::new(),
             },
         };
         m.update(counted(1));
@@ -326,6 +343,7 @@ mod tests {
                 summary: String::new(),
                 lb,
                 installed_version: v.into(),
+                active_operation: String::new(),
             },
         };
         let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
@@ -349,5 +367,38 @@ mod tests {
         assert!(m.serving_since("dp-1", "3.4.0", t));
         m.update(look(false, LbState::InRotation, "3.4.0"));
         assert!(!m.serving_since("dp-1", "3.4.0", t), "a bad look since");
+    }
+
+    #[test]
+    fn an_operation_of_another_rollout_keeps_a_host_busy() {
+        let look = |active: &str| HealthUpdate::Report {
+            host: "cp-1".into(),
+            health: Health {
+                healthy: true,
+                streak: 0,
+                summary: String::new(),
+                lb: LbState::InRotation,
+                installed_version: "3.4.0".into(),
+                active_operation: active.into(),
+            },
+        };
+        let mut m = Monitor::new(&["cp-1".into()], Duration::from_secs(5));
+        m.update(look("r-1/cp-1/install-3.4.0"));
+        assert_eq!(
+            m.busy_elsewhere("cp-1", "r-2"),
+            Some("r-1/cp-1/install-3.4.0".into())
+        );
+        assert_eq!(
+            m.busy_elsewhere("cp-1", "r-1"),
+            None,
+            "its own step is followed"
+        );
+        assert_eq!(
+            m.busy_elsewhere("cp-1", "r-"),
+            Some("r-1/cp-1/install-3.4.0".into()),
+            "a prefix of the id is not the rollout"
+        );
+        m.update(look(""));
+        assert_eq!(m.busy_elsewhere("cp-1", "r-2"), None);
     }
 }

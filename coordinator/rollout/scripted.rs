@@ -638,6 +638,7 @@ impl FleetApi for ScriptedFleet {
                                         LbState::InRotation
                                     },
                                     installed_version: h.version.to_string(),
+                                    active_operation: String::new(),
                                 },
                             })
                         })

@@ -9,6 +9,7 @@ mod agent_ops;
 mod agent_stage;
 mod bad_config;
 mod bad_input;
+mod chaos;
 mod compose;
 mod deb;
 mod demo_cmd;
