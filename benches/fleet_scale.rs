@@ -2,10 +2,11 @@
 //!
 //! Real agents overload this machine long before that (each is a process
 //! with its own gateway), so the hosts are hollow agents
-//! (`support/hollow_agent.rs`): one process — this bench — serves every
-//! host's agent endpoint over real gRPC and mutual TLS, each on its own
-//! loopback address (127.252.x.y) with its own certificate, an in-memory
-//! journal and an instant gateway. The coordinator is the real `rollgate`
+//! (`support/hollow_agent.rs`): a few processes — this bench binary run as
+//! `hollow-agents`, up to 4,000 hosts each, under the open-file limit —
+//! serve every host's agent endpoint over real gRPC and mutual TLS, each on
+//! its own loopback address (127.252.x.y) with its own certificate, an
+//! in-memory journal and an instant gateway. The coordinator is the real `rollgate`
 //! binary, timed as a user runs it:
 //!
 //! ```text
@@ -237,7 +238,7 @@ fn report(runs: &[Run]) {
         rollgate::VERSION
     );
     println!(
-        "machine: {} CPU(s); the hollow agents (this process, 2 threads) share them with the coordinator",
+        "machine: {} CPU(s); the hollow agents (processes of up to {HOSTS_PER_SHARD} hosts, one thread each) share them with the coordinator",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
