@@ -47,6 +47,23 @@ use crate::report::Event;
 /// (the alarm threshold) fit in well under a second.
 pub const HEALTH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How a `Driver::wait_for` ended.
+enum Waited {
+    Done,
+    Halted(Halt),
+    TimedOut,
+}
+
+impl Waited {
+    /// The halt, if the wait ended on one; a timeout is not one.
+    fn halt(self) -> Option<Halt> {
+        match self {
+            Waited::Halted(h) => Some(h),
+            Waited::Done | Waited::TimedOut => None,
+        }
+    }
+}
+
 /// Why the rollout stopped early.
 #[derive(Debug, Clone)]
 pub enum Halt {
@@ -259,20 +276,34 @@ impl<F: FleetApi> Driver<F> {
         Some(Halt::Alarm(alarm))
     }
 
+    /// The one wait of the driver: takes in health reports until `done`
+    /// holds, a reason to halt appears, or `max` has passed, whichever is
+    /// first. `done` is asked after every report, so a wait ends the moment
+    /// what it waits for is seen.
+    async fn wait_for(&mut self, max: Duration, mut done: impl FnMut(&mut Self) -> bool) -> Waited {
+        let end = tokio::time::Instant::now() + max;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            if let Some(h) = self.check() {
+                return Waited::Halted(h);
+            }
+            if done(self) {
+                return Waited::Done;
+            }
+            if tokio::time::Instant::now() >= end {
+                return Waited::TimedOut;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(end) => {}
+                () = self.pulse(&mut tick) => {}
+            }
+        }
+    }
+
     /// Lets health catch up for `d`, halting on an alarm.
     /// Nothing to wait for but time, so an alarm ends the hold at once.
     pub async fn hold(&mut self, d: Duration) -> Option<Halt> {
-        let end = tokio::time::Instant::now() + d;
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => return self.check(),
-                () = self.pulse(&mut tick) => {}
-            }
-            if let Some(h) = self.check() {
-                return Some(h);
-            }
-        }
+        self.wait_for(d, |_| false).await.halt()
     }
 
     /// Waits until every one of `hosts` has reported once (at most `max`):
@@ -282,55 +313,42 @@ impl<F: FleetApi> Driver<F> {
     /// step may take (`health_timeout` + `min_healthy` + a margin): starting
     /// now would only be refused by the agent.
     pub async fn await_reports(&mut self, hosts: &[String], max: Duration) -> Option<Halt> {
-        let end = tokio::time::Instant::now() + max;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        while !hosts.iter().all(|h| self.monitor.reported(h)) {
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => return self.check(),
-                () = self.pulse(&mut tick) => {}
-            }
-            if let Some(h) = self.check() {
-                return Some(h);
-            }
-        }
-        if let Some(h) = self.check() {
+        let reported = |d: &mut Self| hosts.iter().all(|h| d.monitor.reported(h));
+        if let Some(h) = self.wait_for(max, reported).await.halt() {
             return Some(h);
         }
-        self.await_idle(hosts).await
-    }
-
-    async fn await_idle(&mut self, hosts: &[String]) -> Option<Halt> {
         let rid = self.rid();
         let p = self.ctx.policy.clone();
         let max = p.health_timeout() + p.min_healthy() + Duration::from_secs(30);
-        let end = tokio::time::Instant::now() + max;
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut told = std::collections::HashSet::new();
-        loop {
-            let busy: Vec<(String, String)> = hosts
+        let busy = |d: &Self| -> Vec<(String, String)> {
+            hosts
                 .iter()
-                .filter_map(|h| Some((h.clone(), self.monitor.busy_elsewhere(h, &rid)?)))
-                .collect();
-            let (host, op) = busy.first().cloned()?;
-            for (h, op) in &busy {
-                if told.insert((h.clone(), op.clone())) {
-                    tracing::warn!(host = %h, op = %op, "waiting for the host's agent to finish an earlier operation");
-                    self.emit(Event::new("host", &rid, "waiting").host(h).detail(
-                        serde_json::json!({ "message": format!("its agent is finishing {op}"), "operation": op }),
-                    ));
+                .filter_map(|h| Some((h.clone(), d.monitor.busy_elsewhere(h, &rid)?)))
+                .collect()
+        };
+        let waited = self
+            .wait_for(max, |d| {
+                let busy = busy(d);
+                for (h, op) in &busy {
+                    if told.insert((h.clone(), op.clone())) {
+                        tracing::warn!(host = %h, op = %op, "waiting for the host's agent to finish an earlier operation");
+                        d.emit(Event::new("host", &rid, "waiting").host(h).detail(
+                            serde_json::json!({ "message": format!("its agent is finishing {op}"), "operation": op }),
+                        ));
+                    }
                 }
-            }
-            if tokio::time::Instant::now() >= end {
-                return Some(Halt::Other(format!(
+                busy.is_empty()
+            })
+            .await;
+        match waited {
+            Waited::Done => None,
+            Waited::Halted(h) => Some(h),
+            Waited::TimedOut => {
+                let (host, op) = busy(self).into_iter().next()?;
+                Some(Halt::Other(format!(
                     "{host}'s agent is still running {op} after {max:?}; run again once it has ended (`rollgate status` shows the host)"
-                )));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => {}
-                () = self.pulse(&mut tick) => {}
-            }
-            if let Some(h) = self.check() {
-                return Some(h);
+                )))
             }
         }
     }
@@ -347,29 +365,22 @@ impl<F: FleetApi> Driver<F> {
         max: Duration,
     ) -> Option<Halt> {
         let version = version.to_string();
-        let end = tokio::time::Instant::now() + max;
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        loop {
-            if let Some(h) = self.check() {
-                return Some(h);
-            }
-            let waiting: Vec<&String> = hosts
+        let waiting = |d: &Self| {
+            hosts
                 .iter()
-                .filter(|h| !self.monitor.serving_since(h, &version, since))
-                .collect();
-            let first = waiting.first()?;
-            if tokio::time::Instant::now() >= end {
-                return Some(Halt::Alarm(Alarm::Unhealthy {
-                    host: (*first).clone(),
-                    why: format!(
-                        "no report within {max:?} showing it healthy and in rotation on {version}: {}",
-                        self.monitor.summary(first)
-                    ),
-                }));
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => {}
-                () = self.pulse(&mut tick) => {}
+                .find(|h| !d.monitor.serving_since(h, &version, since))
+                .cloned()
+        };
+        match self.wait_for(max, |d| waiting(d).is_none()).await {
+            Waited::Done => None,
+            Waited::Halted(h) => Some(h),
+            Waited::TimedOut => {
+                let host = waiting(self)?;
+                let why = format!(
+                    "no report within {max:?} showing it healthy and in rotation on {version}: {}",
+                    self.monitor.summary(&host)
+                );
+                Some(Halt::Alarm(Alarm::Unhealthy { host, why }))
             }
         }
     }
