@@ -23,7 +23,7 @@ pub struct InventoryError {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawInventory {
+pub(crate) struct RawInventory {
     tls: TlsFiles,
     #[serde(default)]
     coordinator: CoordinatorSettings,
@@ -267,7 +267,7 @@ impl Inventory {
 }
 
 /// Parses and checks inventory text; relative paths are joined to `base`.
-fn parse(text: &str, base: &Path) -> Result<RawInventory, String> {
+pub(crate) fn parse(text: &str, base: &Path) -> Result<RawInventory, String> {
     let mut raw: RawInventory =
         toml::from_str(text).map_err(|e| rollgate::tomlerr::describe(text, &e))?;
     let abs = |p: &Path| {

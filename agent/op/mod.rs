@@ -270,7 +270,8 @@ impl Ops {
                 false,
             ));
         }
-        let attempt = inner.states.get(op).map_or(0, |s| s.attempts) + 1;
+        let before = inner.states.get(op).cloned();
+        let attempt = before.as_ref().map_or(0, |s| s.attempts) + 1;
         let durable = inner.submit(op, kind, Event::Begin { attempt, intent });
         let (tx, _) = broadcast::channel(256);
         inner.running = Some(Running {
@@ -291,17 +292,16 @@ impl Ops {
         tokio::spawn(
             async move {
                 let op = ctx.op.clone();
-                let result = match wait(durable).await {
-                    Ok(()) => work(ctx).await,
+                match wait(durable).await {
+                    Ok(()) => {
+                        let result = work(ctx).await;
+                        ops.finish(&op, kind, result).await;
+                    }
                     Err(e) => {
                         tracing::error!(op = %op, error = %e, "cannot journal the start; not acting");
-                        Err(Failure::new(
-                            FailureCode::Internal,
-                            format!("cannot write the journal: {e}"),
-                        ))
+                        ops.not_started(&op, before, &e);
                     }
-                };
-                ops.finish(&op, kind, result).await;
+                }
             }
             .instrument(span),
         );
@@ -328,8 +328,37 @@ impl Ops {
             // re-checks the host.
             tracing::error!(op, error = %e, "cannot journal the end of the operation");
         }
+        self.close(result, |_| {});
+    }
+
+    /// The start could not be journalled, so nothing was done: the
+    /// operation's in-memory state goes back to what the disk says (the
+    /// failed batch was cut from the file), and the same id runs afresh
+    /// once the journal can be written. Keeping the failure as its result
+    /// would answer every retry with it until the agent restarted.
+    fn not_started(&self, op: &str, before: Option<OpState>, e: &std::io::Error) {
+        let failure = Failure::new(
+            FailureCode::Internal,
+            format!(
+                "cannot write the journal: {e}; nothing was done, retry once it can be written"
+            ),
+        );
+        self.close(Err(failure), |inner| match before {
+            Some(st) => {
+                inner.states.insert(op.to_string(), st);
+            }
+            None => {
+                inner.states.remove(op);
+            }
+        });
+    }
+
+    /// Ends the running operation: `settle` the state under the lock, then
+    /// tell its followers and the health watch.
+    fn close(&self, result: StepResult, settle: impl FnOnce(&mut Inner)) {
         let events = {
             let mut inner = self.lock();
+            settle(&mut inner);
             inner.running.take().map(|r| r.events)
         };
         self.ended.send_modify(|n| *n += 1);

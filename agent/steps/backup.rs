@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rollgate::outcome::{BackupFile, BackupTaken, StepOutput};
+use rollgate::outcome::{BackupFile, BackupTaken, FailureCode, StepOutput};
 
 use super::StepRun;
 use super::pg::{self, DUMP_FILE, EXPORT_FILE, FINGERPRINT_FILE, MANIFEST_FILE};
@@ -43,11 +43,45 @@ pub async fn backup(state: &AgentState, ctx: &OpCtx, id: &str) -> StepRun {
     std::fs::create_dir_all(partial.join("config"))
         .map_err(|e| StepError::internal(format!("cannot create {}: {e}", partial.display())))?;
     // Whatever fails below, no half-written backup stays behind.
-    let result = build(state, ctx, id, &partial, &final_dir).await;
+    let result = build(state, ctx, id, &partial, &final_dir)
+        .await
+        .map_err(|e| out_of_space(&cfg.dir, e));
     if result.is_err() {
         remove_dir(&partial);
     }
     result
+}
+
+/// Free bytes below which a backup directory counts as full.
+const FULL_BELOW: u64 = 1 << 20;
+
+/// A backup that failed while its directory is (nearly) full failed for
+/// lack of disk, whichever writer hit it. pg_dump reports ENOSPC only as
+/// text, so the file system is asked too, before the partial backup is
+/// removed.
+fn out_of_space(dir: &Path, e: StepError) -> StepError {
+    if e.code == FailureCode::DiskFull {
+        return e;
+    }
+    let free = crate::install::free_bytes(dir);
+    let says_enospc = [&e.message, &e.detail]
+        .iter()
+        .any(|t| t.contains("No space left on device"));
+    let nearly_full = free.is_some_and(|f| f < FULL_BELOW);
+    if !says_enospc && !nearly_full {
+        return e;
+    }
+    tracing::warn!(dir = %dir.display(), ?free, error = %e, "the backup ran out of disk");
+    StepError::new(
+        FailureCode::DiskFull,
+        format!(
+            "the backup directory {} ran out of space ({} bytes free): {}",
+            dir.display(),
+            free.map_or("unknown".into(), |f| f.to_string()),
+            e.message
+        ),
+    )
+    .detail(e.detail)
 }
 
 async fn build(

@@ -183,7 +183,7 @@ impl<F: FleetApi> Driver<F> {
     /// Hosts quarantined so far in this rollout (a resume included), from
     /// the journal.
     pub fn quarantined(&self) -> Vec<String> {
-        super::state::quarantined(&self.ctx.log().records)
+        super::state::quarantined(self.ctx.log().records())
     }
 
     pub(super) fn rid(&self) -> String {

@@ -256,6 +256,11 @@ impl RolloutLog {
     }
 
     /// True when the journal shows step `op` begun (it may have ended too).
+    /// Every record, in journal order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
     pub fn begun(&self, op: &str) -> bool {
         self.begun.contains(op)
     }

@@ -1,8 +1,8 @@
 //! Backup, fingerprint and restore on a real PostgreSQL; drain against
 //! agent-check and real connections.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use rollgate::pb;
@@ -10,7 +10,7 @@ use rollgate::pb;
 use crate::support::Sandbox;
 use crate::support::client::{connect, drive, success};
 use crate::support::fixtures::{cp_on_330, dp_on_330};
-use crate::support::gateway::{Db, add_route, http_get};
+use crate::support::gateway::{Db, add_route, agent_check, agent_check_addr, http_get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backup_fingerprint_and_restore_on_a_real_database() {
@@ -164,13 +164,6 @@ async fn backup_fingerprint_and_restore_on_a_real_database() {
     assert_eq!(http_get(cp.addr, "/api/export").unwrap().1, saved_export);
 }
 
-fn agent_check(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_answers_agent_check_and_waits_for_connections() {
     let sb = Sandbox::new();
@@ -178,14 +171,7 @@ async fn drain_answers_agent_check_and_waits_for_connections() {
     let db = Db::start();
     let cp = cp_on_330(&sb, &db).await;
     let (dp, _agent, addr, mut c) = dp_on_330(&sb, &cp, &[], "").await;
-    let cfg = std::fs::read_to_string(dp.config_path()).unwrap();
-    let check: SocketAddr = cfg
-        .lines()
-        .find_map(|l| l.strip_prefix("agent_check_listen = "))
-        .unwrap()
-        .trim_matches('"')
-        .parse()
-        .unwrap();
+    let check = agent_check_addr(&dp);
     assert_eq!(agent_check(check), "ready up\n");
 
     // A client with a request in flight keeps the drain waiting.

@@ -14,6 +14,7 @@ mod compose;
 mod deb;
 mod demo_cmd;
 mod deploy;
+mod full_disk;
 mod mtls;
 mod rehearse;
 mod status;

@@ -84,7 +84,7 @@ fn catalog_arg() -> String {
 }
 
 /// `rollgate upgrade` of the sandbox's fleet.toml to `to`, confirmed, JSON.
-fn upgrade_to(to: &str) -> Vec<String> {
+pub fn upgrade_to(to: &str) -> Vec<String> {
     let catalog = catalog_arg();
     [
         "upgrade",
@@ -102,7 +102,7 @@ fn upgrade_to(to: &str) -> Vec<String> {
     .to_vec()
 }
 
-fn hosts_running(fleet: &crate::support::fixtures::Fleet) -> Vec<(String, Option<String>)> {
+pub fn hosts_running(fleet: &crate::support::fixtures::Fleet) -> Vec<(String, Option<String>)> {
     let mut v = vec![("cp-1".to_string(), running_version(fleet.cp.addr))];
     v.extend(
         fleet

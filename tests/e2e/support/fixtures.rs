@@ -19,7 +19,14 @@ pub struct Cp {
 }
 
 pub async fn cp_on_330(sb: &Sandbox, db: &Db) -> Cp {
+    cp_on_330_with(sb, db, |_| {}).await
+}
+
+/// `cp_on_330`, with `prepare` run on the host's directory before its agent
+/// first starts (to mount a small disk, say).
+pub async fn cp_on_330_with(sb: &Sandbox, db: &Db, prepare: impl FnOnce(&Host)) -> Cp {
     let (host, addr) = gateway_host(sb, "cp-1", 1, Gw::Cp { db }, "");
+    prepare(&host);
     let agent = host.start_agent();
     let mut c = connect(sb, &host).await;
     let r = stage_file(&mut c, "t/cp-1/stage-3.3.0", &release("3.3.0"))

@@ -123,6 +123,28 @@ pub fn gateway_host(
     (host, listen)
 }
 
+/// Where a host's agent answers HAProxy's agent-check (from its agent.toml).
+pub fn agent_check_addr(host: &super::Host) -> SocketAddr {
+    std::fs::read_to_string(host.config_path())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("agent_check_listen = "))
+        .expect("agent_check_listen in agent.toml")
+        .trim_matches('"')
+        .parse()
+        .unwrap()
+}
+
+/// What the agent-check port answers (`ready up\n`, `drain\n`, ...).
+pub fn agent_check(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// GET http://addr/path; (status, body) or None when nothing answers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};

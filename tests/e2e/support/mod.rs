@@ -3,6 +3,7 @@
 //! spawned from the real `rollgate-agent` binary, and the real `rollgate` CLI.
 
 pub mod client;
+pub mod disk;
 pub mod files;
 pub mod fixtures;
 pub mod gateway;
