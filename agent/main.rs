@@ -14,6 +14,7 @@ mod health;
 mod install;
 mod journal;
 mod kind;
+mod lease;
 mod netstat;
 mod plugins;
 mod procfs;
@@ -132,22 +133,33 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     let bound = listener.local_addr()?;
     let agent = AgentServer::new(rpc::AgentService::new(state.clone()));
     let check = allow.clone();
+    let contact = state.contact.clone();
+    let keepalive = (
+        state.config.agent.keepalive,
+        state.config.agent.keepalive_timeout,
+    );
     let router = Server::builder()
         // A coordinator that vanishes without closing (a partition, not a
-        // kill) is noticed, so a stream it fed does not hold a step forever.
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        // kill) is noticed, so a stream it fed does not hold a step, or the
+        // drain lease, forever.
+        .http2_keepalive_interval(Some(keepalive.0))
+        .http2_keepalive_timeout(Some(keepalive.1))
         .tls_config(tls.server_config())
         .context("bad TLS material")?
         .add_service(InterceptedService::new(health_service, move |r| {
             allow.check(r)
         }))
-        .add_service(InterceptedService::new(agent, move |r| check.check(r)));
+        .add_service(InterceptedService::new(agent, move |r| {
+            let r = check.check(r)?;
+            contact.touch();
+            Ok(r)
+        }));
 
     tracing::info!(host = %name, %role, addr = %bound, install = method, config = %path.display(), version = rollgate::VERSION, "agent serving");
     // Finish or undo what a crash cut off, then make sure the gateway runs;
     // in the background, so a coordinator can follow the recovery.
-    tokio::spawn(recover::run(state).instrument(tracing::info_span!("recover")));
+    tokio::spawn(recover::run(state.clone()).instrument(tracing::info_span!("recover")));
+    tokio::spawn(lease::run(state).instrument(tracing::info_span!("drain_lease")));
     // systemd (Type=notify) starts dependants only once we really serve.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY not sent (not under systemd?)");

@@ -20,6 +20,8 @@ pub struct AgentState {
     pub facts: FactSource,
     pub drain: Arc<DrainCtl>,
     pub ops: Arc<Ops>,
+    /// When a coordinator was last in touch (the drain lease).
+    pub contact: Arc<crate::lease::Contact>,
 }
 
 /// Why the agent's state cannot be opened.
@@ -50,6 +52,7 @@ impl AgentState {
             facts: FactSource::new(),
             drain: Arc::new(DrainCtl::load(&config.agent.state_dir)),
             ops: Ops::new(journal, states),
+            contact: Arc::default(),
             config,
         })
     }

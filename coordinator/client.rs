@@ -79,6 +79,8 @@ pub struct CallPolicy {
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
     pub retries: usize,
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 impl CallPolicy {
@@ -87,6 +89,8 @@ impl CallPolicy {
             connect_timeout: inv.coordinator.connect_timeout,
             call_timeout: inv.coordinator.call_timeout,
             retries: inv.coordinator.retries,
+            keepalive: inv.coordinator.keepalive,
+            keepalive_timeout: inv.coordinator.keepalive_timeout,
         }
     }
 
@@ -182,8 +186,9 @@ impl Agent {
             .map_err(|e| cerr(error_chain(&e)))?
             .connect_timeout(policy.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(policy.keepalive)
+            .keep_alive_timeout(policy.keepalive_timeout)
+            .keep_alive_while_idle(true);
         let (tls, address, name) = (
             inv.fleet_tls.clone(),
             host.address.to_string(),

@@ -60,6 +60,13 @@ pub struct CoordinatorSettings {
     /// Retries of a call that failed to connect or timed out (backoff between).
     #[serde(default = "default_retries")]
     pub retries: usize,
+    /// HTTP/2 pings on an agent connection, and how long one may go
+    /// unanswered: a connection to an agent cut off without a FIN or RST (a
+    /// partition) fails within their sum instead of hanging a step.
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for CoordinatorSettings {
@@ -70,6 +77,8 @@ impl Default for CoordinatorSettings {
             connect_timeout: default_connect_timeout(),
             call_timeout: default_call_timeout(),
             retries: default_retries(),
+            keepalive: default_keepalive(),
+            keepalive_timeout: default_keepalive_timeout(),
         }
     }
 }
@@ -196,6 +205,12 @@ fn default_connect_timeout() -> Duration {
 fn default_call_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_keepalive() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(5)
+}
 fn default_retries() -> usize {
     2
 }
@@ -313,6 +328,12 @@ fn validate(hosts: &[Host], c: &CoordinatorSettings, p: &Policy) -> Result<(), S
     }
     if c.call_timeout.is_zero() || c.connect_timeout.is_zero() {
         return Err("key `coordinator.call_timeout`: timeouts must be above zero".into());
+    }
+    if c.keepalive.is_zero() || c.keepalive_timeout.is_zero() {
+        return Err(
+            "key `coordinator.keepalive`: keepalive and keepalive_timeout must be above zero"
+                .into(),
+        );
     }
     if p.canary == 0 {
         return Err("key `policy.canary`: the canary batch needs at least 1 host".into());

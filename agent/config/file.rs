@@ -53,6 +53,10 @@ pub struct AgentFile {
     pub role: Option<Role>,
     pub listen: Option<SocketAddr>,
     pub state_dir: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub keepalive: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub keepalive_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +147,8 @@ pub struct DrainFile {
     pub timeout: Option<Duration>,
     pub drain_command: Option<Vec<String>>,
     pub undrain_command: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub lease: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,12 @@ impl Config {
             role: need(agent.role, "agent.role")?,
             listen: need(agent.listen, "agent.listen")?,
             state_dir: resolve(base, need(agent.state_dir, "agent.state_dir")?),
+            keepalive: positive(agent.keepalive, "agent.keepalive", DEFAULT_KEEPALIVE)?,
+            keepalive_timeout: positive(
+                agent.keepalive_timeout,
+                "agent.keepalive_timeout",
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            )?,
         };
         check_host_name(&agent.name).map_err(|e| format!("key `agent.name`: {e}"))?;
         let tls = need(f.tls, "tls")?;
@@ -451,6 +457,7 @@ fn drain(d: Option<file::DrainFile>) -> Result<DrainSection, String> {
         timeout: None,
         drain_command: None,
         undrain_command: None,
+        lease: None,
     });
     for (key, cmd) in [
         ("drain.drain_command", &d.drain_command),
@@ -469,7 +476,23 @@ fn drain(d: Option<file::DrainFile>) -> Result<DrainSection, String> {
         timeout: d.timeout.unwrap_or(Duration::from_secs(30)),
         drain_command: d.drain_command,
         undrain_command: d.undrain_command,
+        lease: positive(d.lease, "drain.lease", DEFAULT_DRAIN_LEASE)?,
     })
+}
+
+/// Keepalive defaults: a silent peer is dropped within 15 s.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Long enough for any rollout step and an operator's look at a halt.
+const DEFAULT_DRAIN_LEASE: Duration = Duration::from_secs(600);
+
+/// A duration key that must be above zero, or its default.
+fn positive(v: Option<Duration>, key: &str, default: Duration) -> Result<Duration, String> {
+    match v {
+        Some(d) if d.is_zero() => Err(format!("key `{key}`: must be longer than 0s")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    }
 }
 
 fn backup(b: file::BackupFile, base: &Path, role: Role) -> Result<BackupSection, String> {

@@ -58,6 +58,11 @@ pub struct AgentSection {
     pub listen: SocketAddr,
     /// Journal, staging area, pid file, gateway log.
     pub state_dir: PathBuf,
+    /// HTTP/2 pings to an idle coordinator connection, and how long one may
+    /// go unanswered before the connection is dropped: a coordinator cut
+    /// off by a partition (no FIN, no RST) is noticed within their sum.
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
 }
 
 /// `[tls]`: this agent's identity and who may call it.
@@ -284,6 +289,11 @@ pub struct DrainSection {
     /// Hook commands (argv), run as configured, never from a request.
     pub drain_command: Option<Vec<String>>,
     pub undrain_command: Option<Vec<String>>,
+    /// How long a drained host stays out of rotation with no coordinator in
+    /// touch and no step running before the agent puts it back by itself
+    /// (when its gateway is healthy): a coordinator lost mid-rollout never
+    /// leaves a host drained forever.
+    pub lease: Duration,
 }
 
 /// `[backup]` (CP hosts): the database and the declarative config.

@@ -97,6 +97,7 @@ pub fn watch(
     tokio::spawn(
         async move {
             tracing::debug!("health watch started");
+            let _watching = state.contact.watching();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut seq, mut streak) = (0, 0u32);

@@ -24,7 +24,7 @@ use crate::client::{Agent, CallPolicy};
 use crate::inventory::Inventory;
 use crate::output::{Output, print_table, yes_no};
 use crate::report::{Event, Reporter};
-use crate::rollout::log::Outcome;
+use crate::rollout::log::{self, LastStep, Outcome};
 
 /// First Ctrl-C (or SIGTERM): finish the steps in flight, start nothing new,
 /// stop with "interrupted". Second: leave at once (the journal lets
@@ -80,6 +80,9 @@ pub struct HostState {
     pub healthy: Option<bool>,
     pub drain: Option<rollgate::lb::LbState>,
     pub reachable: bool,
+    /// The host's last step in the rollout (end-of-rollout reports only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_step: Option<LastStep>,
 }
 
 /// Asks every agent where its host stands now.
@@ -119,6 +122,7 @@ pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) ->
                         healthy: Some(health.healthy),
                         drain: Some(rollgate::convert::lb_from_wire(health.drain_state)),
                         reachable: true,
+                        last_step: None,
                     },
                     Ok(Err(_)) | Err(_) => HostState {
                         name: h.name.clone(),
@@ -127,6 +131,7 @@ pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) ->
                         healthy: None,
                         drain: None,
                         reachable: false,
+                        last_step: None,
                     },
                 }
             }
@@ -169,7 +174,20 @@ pub async fn finish(
     reason: String,
 ) -> Result<(), Failure> {
     reporter.finish();
-    let hosts = fleet_state_over(inv, open).await;
+    let mut hosts = fleet_state_over(inv, open).await;
+    // Where each host's steps stand, from the journal: unreachable hosts
+    // included.
+    match log::read_by_id(&inv.coordinator.state_dir, rid) {
+        Ok(l) => {
+            let mut last = l.last_steps();
+            for h in &mut hosts {
+                h.last_step = last.remove(&h.name);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(rollout = rid, error = %e, "cannot read the journal for the report")
+        }
+    }
     let status = serde_json::to_value(outcome)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
@@ -184,7 +202,14 @@ pub async fn finish(
     } else {
         println!("\nRollout {rid}: {status} — {reason}");
         print_table(
-            &["HOST", "INSTALLED", "RUNNING", "HEALTHY", "LOAD BALANCER"],
+            &[
+                "HOST",
+                "INSTALLED",
+                "RUNNING",
+                "HEALTHY",
+                "LOAD BALANCER",
+                "LAST STEP",
+            ],
             &hosts
                 .iter()
                 .map(|h| {
@@ -195,6 +220,9 @@ pub async fn finish(
                         yes_no(h.healthy),
                         h.drain
                             .map_or_else(|| "unreachable".into(), |d| d.to_string()),
+                        h.last_step
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |s| format!("{}: {}", s.step, s.status)),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -204,6 +232,9 @@ pub async fn finish(
         Outcome::Succeeded => Ok(()),
         Outcome::Interrupted => Err(Failure::Failed(format!(
             "rollout {rid} interrupted: `rollgate resume` continues it"
+        ))),
+        Outcome::Disconnected => Err(Failure::Failed(format!(
+            "rollout {rid} halted: {reason}. What that agent was doing is undecided, not failed: once it answers again, `rollgate resume {rid}` follows its steps by operation id and continues"
         ))),
         _ => Err(Failure::Failed(format!(
             "rollout {rid} {status}: {reason}. Fix the cause (the agent's logs on the host say more), then run `rollgate upgrade` again — hosts already on the target are skipped — or undo it with `rollgate rollback {rid}`"

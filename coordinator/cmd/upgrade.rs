@@ -111,12 +111,13 @@ fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
     Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
 }
 
-/// The rollout that was cut off (no end, or interrupted), if any.
+/// The rollout that was cut off (no end, interrupted, or stopped by a lost
+/// agent), if any.
 pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
     let last = log::list(state_dir).into_iter().last()?;
     let l = RolloutLog::read(&last).ok()?;
     match &l.outcome {
-        None | Some((Outcome::Interrupted, _)) => Some(l),
+        None | Some((Outcome::Interrupted | Outcome::Disconnected, _)) => Some(l),
         _ => None,
     }
 }
@@ -364,10 +365,10 @@ pub async fn resume(
         None => unfinished(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
     };
     if let Some((o, why)) = &seen.outcome
-        && *o != Outcome::Interrupted
+        && !matches!(o, Outcome::Interrupted | Outcome::Disconnected)
     {
         return Err(Failure::Usage(format!(
-            "rollout {} ended ({o:?}: {why}); only an interrupted rollout can be resumed",
+            "rollout {} ended ({o:?}: {why}); only a rollout that was interrupted or lost an agent can be resumed",
             seen.spec.id
         )));
     }

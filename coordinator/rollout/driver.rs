@@ -84,6 +84,18 @@ pub enum Halt {
     Other(String),
 }
 
+impl Halt {
+    /// The halt came from an agent that stopped answering: what it was
+    /// doing is not known, so nothing about its host was decided.
+    pub fn is_lost(&self) -> bool {
+        match self {
+            Halt::Alarm(Alarm::Lost { .. }) => true,
+            Halt::Step { failure, .. } => crate::fleet::is_lost(failure),
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for Halt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -458,6 +470,7 @@ impl<F: FleetApi> Driver<F> {
                 ),
             ),
             Err(Halt::Interrupted) => (Outcome::Interrupted, Halt::Interrupted.to_string()),
+            Err(h) if h.is_lost() => (Outcome::Disconnected, h.to_string()),
             Err(h) => (Outcome::Halted, h.to_string()),
         };
         let mut log = self.ctx.log();
@@ -571,10 +584,16 @@ impl<F: FleetApi> Driver<F> {
             }
             if halt.is_none() {
                 halt = self.check();
-                if let Some(Halt::Alarm(Alarm::Lost { host, .. })) = &halt
-                    && let Some(a) = aborts.get(host)
-                {
-                    a.abort();
+            }
+            // Every host lost mid-step is given up, not only the one whose
+            // silence halted the rollout: a coordinator cut off from many
+            // agents must not wait out each one's step deadline.
+            if halt.is_some() {
+                for (h, a) in &aborts {
+                    if !a.is_aborted() && self.monitor.silent(h) {
+                        tracing::warn!(host = %h, "giving up its step: the agent stopped answering");
+                        a.abort();
+                    }
                 }
             }
         }

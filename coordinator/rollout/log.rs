@@ -20,6 +20,16 @@ use super::spec::RolloutSpec;
 /// The journal format this build writes and reads (in the first record).
 pub const FORMAT: u32 = 1;
 
+/// A host's last step in a rollout's journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastStep {
+    pub step: String,
+    pub op: String,
+    /// `succeeded`, `failed (CODE)`, or `in flight: undecided` when no
+    /// result was journalled (the agent was lost, or the coordinator died).
+    pub status: String,
+}
+
 /// How a rollout ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +42,10 @@ pub enum Outcome {
     Halted,
     /// Stopped by the operator (Ctrl-C); `rollgate resume` continues it.
     Interrupted,
+    /// Stopped because an agent stopped answering (a partition, a frozen
+    /// host): the steps it ran are undecided, not failed, and `rollgate
+    /// resume` follows them by operation id once it answers again.
+    Disconnected,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,6 +273,30 @@ impl RolloutLog {
     /// Every record, in journal order.
     pub fn records(&self) -> &[Record] {
         &self.records
+    }
+
+    /// Each host's last step begun, and how it stands: what a halt that
+    /// lost its agents can still say about every host.
+    pub fn last_steps(&self) -> BTreeMap<String, LastStep> {
+        let mut out: BTreeMap<String, LastStep> = BTreeMap::new();
+        for rec in &self.records {
+            if let Record::Begin { op, host, step, .. } = rec {
+                let status = match self.ends.get(op) {
+                    None => "in flight: undecided".to_string(),
+                    Some(Ok(_)) => "succeeded".to_string(),
+                    Some(Err(f)) => format!("failed ({})", f.code),
+                };
+                out.insert(
+                    host.clone(),
+                    LastStep {
+                        step: step.clone(),
+                        op: op.clone(),
+                        status,
+                    },
+                );
+            }
+        }
+        out
     }
 
     pub fn begun(&self, op: &str) -> bool {

@@ -252,6 +252,14 @@ impl Monitor {
         None
     }
 
+    /// Whether `host` has sent no report for longer than the silence
+    /// deadline.
+    pub fn silent(&self, host: &str) -> bool {
+        self.seen
+            .get(host)
+            .is_some_and(|s| Instant::now().saturating_duration_since(s.last_report) > self.silence)
+    }
+
     /// Forgets old unhealthy reports of `host` (e.g. before a hold starts).
     pub fn reset_streak(&mut self, host: &str) {
         if let Some(s) = self.seen.get_mut(host) {

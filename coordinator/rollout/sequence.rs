@@ -2,6 +2,7 @@
 //! for an upgrade and for a rollback, with the same rules for putting the
 //! host back into rotation.
 
+use rollgate::lb::LbState;
 use rollgate::version::Version;
 
 use super::steps::{Ctx, op_id};
@@ -80,7 +81,11 @@ fn numbered(base: &str, round: usize) -> String {
 /// A halt that comes between the drain and `middle` puts the host back
 /// (a `…-stopped` undrain) instead of starting `middle`. A later resume
 /// drains it again under the next round's operation ids, so no journalled
-/// step is mistaken for one that still holds.
+/// step is mistaken for one that still holds. The same goes for a drain an
+/// earlier run journalled that has lapsed since: an agent left drained with
+/// no coordinator in touch puts its host back once its drain lease runs
+/// out, so a resume that finds the host in rotation before `middle` drains
+/// it again in the next round.
 async fn drained<F, Fut>(
     ctx: &Ctx<F>,
     host: &str,
@@ -100,34 +105,60 @@ where
     let begun = |o: &str| ctx.log().begun(o);
     let stopped_base = format!("{}-stopped", names.undrain.1);
     let stopped = |round: usize| op(&numbered(&stopped_base, round));
+    let drain_round = |round: usize| op(&numbered(names.drain.1, round));
     let mut round = 1;
-    while begun(&stopped(round)) {
+    // A round ended when its drain was undone: by us (`…-stopped`), or by
+    // the agent's lease (then a later round's drain was begun).
+    while begun(&stopped(round)) || begun(&drain_round(round + 1)) {
         round += 1;
     }
-    let drain_op = op(&numbered(names.drain.1, round));
     let middle_op = op(names.middle.1);
     let undrain_op = op(names.undrain.1);
-    let Some(drained) = start(
-        ctx,
-        when_stopping,
-        host,
-        names.drain.0,
-        shown,
-        &drain_op,
-        || ctx.fleet.drain(host, &drain_op, p.drain_timeout()),
-    )
-    .await
-    else {
-        return HostEnd::NotStarted;
-    };
-    if let Err(failure) = drained {
-        // A failed drain undoes itself on the agent, when it says so.
-        let left_drained = is_lost(&failure) || !failure.reverted;
-        return HostEnd::Failed {
-            step: "drain".into(),
-            failure,
-            left_drained,
+    loop {
+        let drain_op = drain_round(round);
+        // Begun by an earlier run: it may have lapsed since.
+        let earlier = begun(&drain_op);
+        let Some(drained) = start(
+            ctx,
+            when_stopping,
+            host,
+            names.drain.0,
+            shown,
+            &drain_op,
+            || ctx.fleet.drain(host, &drain_op, p.drain_timeout()),
+        )
+        .await
+        else {
+            return HostEnd::NotStarted;
         };
+        if let Err(failure) = drained {
+            // A failed drain undoes itself on the agent, when it says so.
+            let left_drained = is_lost(&failure) || !failure.reverted;
+            return HostEnd::Failed {
+                step: "drain".into(),
+                failure,
+                left_drained,
+            };
+        }
+        if !earlier || begun(&middle_op) {
+            break;
+        }
+        match ctx.fleet.load_balancer(host).await {
+            Ok(LbState::InRotation) => {
+                tracing::warn!(host, op = %drain_op, "the host is back in rotation since this drain (its agent's drain lease lapsed): draining it again");
+                round += 1;
+            }
+            Ok(_) => break,
+            Err(e) => {
+                return HostEnd::Failed {
+                    step: "drain".into(),
+                    failure: lost(format!(
+                        "{host}: cannot tell whether it is still drained: {e}"
+                    )),
+                    left_drained: true,
+                };
+            }
+        }
     }
     let done = start(
         ctx,

@@ -18,6 +18,7 @@ pub mod http;
 pub mod install;
 pub mod load;
 pub mod net;
+pub mod partition;
 pub mod pg;
 pub mod proc;
 pub mod sandbox;

@@ -16,6 +16,7 @@ mod demo_cmd;
 mod deploy;
 mod full_disk;
 mod mtls;
+mod partition;
 mod rehearse;
 mod status;
 mod upgrade;

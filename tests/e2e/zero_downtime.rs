@@ -256,7 +256,7 @@ async fn an_agent_that_stops_answering_halts_the_rollout_and_no_host_is_left_dra
     assert_eq!(code, Some(1), "{}", lines.join("\n"));
     let evs = events(&lines.join("\n"));
     let last = evs.last().unwrap();
-    assert_eq!(last["status"], "halted", "{last}");
+    assert_eq!(last["status"], "disconnected", "{last}");
     let why = last["error"].as_str().unwrap();
     assert!(
         why.contains("dp-3") && why.contains("stopped answering"),

@@ -393,7 +393,7 @@ async fn a_silent_agent_halts_the_rollout_as_lost() {
 
     let (r1, r2) = tokio::join!(s.run(&busy), s.run(&idle));
 
-    r1.expect(Outcome::Halted, &["agent dp-1 stopped answering"]);
+    r1.expect(Outcome::Disconnected, &["agent dp-1 stopped answering"]);
     let calls = busy.calls();
     let install = call(&calls, "dp-1", Step::Install);
     assert!(install.ended.is_none() && !install.acted, "{install:?}");
@@ -408,7 +408,7 @@ async fn a_silent_agent_halts_the_rollout_as_lost() {
         assert_eq!(busy.steps(dp), [Step::Stage], "{dp}");
     }
 
-    r2.expect(Outcome::Halted, &["agent dp-3 stopped answering"]);
+    r2.expect(Outcome::Disconnected, &["agent dp-3 stopped answering"]);
     assert!(idle.calls().is_empty(), "{:?}", idle.calls());
 }
 

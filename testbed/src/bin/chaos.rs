@@ -305,7 +305,8 @@ fn trial(bins: &Bins, seed: u64, fault: &Fault, dps: usize) -> Result<Vec<String
         match last.as_deref() {
             Some("succeeded") => break "succeeded".to_string(),
             // The coordinator died before it said how the rollout ended.
-            None | Some("interrupted") => match &rid {
+            // Or it stopped on a lost agent: its steps are followed by id.
+            None | Some("interrupted" | "disconnected") => match &rid {
                 Some(r) => {
                     let resume = ["resume", r.as_str(), "-i", &inv, "--output", "json"];
                     child = rollgate(&resume, &out)?;
