@@ -41,7 +41,7 @@ pub enum Command {
     Rehearse(RehearseArgs),
     /// Upgrade the fleet: stage, back up, CP in place, DPs in batches.
     Upgrade(UpgradeArgs),
-    /// Continue a rollout cut off by a crash or Ctrl-C.
+    /// Continue a rollout cut off by a crash or Ctrl-C, or stopped by a lost agent.
     Resume(ResumeArgs),
     /// Return every host to the release it had before a rollout.
     Rollback(RollbackArgs),

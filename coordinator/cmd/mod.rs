@@ -234,7 +234,7 @@ pub async fn finish(
             "rollout {rid} interrupted: `rollgate resume` continues it"
         ))),
         Outcome::Disconnected => Err(Failure::Failed(format!(
-            "rollout {rid} halted: {reason}. What that agent was doing is undecided, not failed: once it answers again, `rollgate resume {rid}` follows its steps by operation id and continues"
+            "rollout {rid} halted: {reason}. What that agent was doing is undecided, not failed: once it answers again, `rollgate resume {rid}` follows its steps by operation id and continues (or `rollgate upgrade` starts afresh from where the hosts are)"
         ))),
         _ => Err(Failure::Failed(format!(
             "rollout {rid} {status}: {reason}. Fix the cause (the agent's logs on the host say more), then run `rollgate upgrade` again — hosts already on the target are skipped — or undo it with `rollgate rollback {rid}`"

@@ -111,15 +111,28 @@ fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
     Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
 }
 
-/// The rollout that was cut off (no end, interrupted, or stopped by a lost
-/// agent), if any.
+/// The rollout that was cut off (no end, or interrupted), if any: nothing
+/// else may start until it is resumed.
 pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
+    latest(state_dir).filter(|l| matches!(&l.outcome, None | Some((Outcome::Interrupted, _))))
+}
+
+/// The latest rollout, when `resume` can continue it: cut off, or stopped
+/// by a lost agent. A rollout stopped by a lost agent does not block a new
+/// upgrade (hosts on the target are skipped, hosts it left drained are put
+/// back first), but once a later rollout ran it is no longer resumable.
+fn resumable(state_dir: &Path) -> Option<RolloutLog> {
+    latest(state_dir).filter(|l| {
+        matches!(
+            &l.outcome,
+            None | Some((Outcome::Interrupted | Outcome::Disconnected, _))
+        )
+    })
+}
+
+fn latest(state_dir: &Path) -> Option<RolloutLog> {
     let last = log::list(state_dir).into_iter().last()?;
-    let l = RolloutLog::read(&last).ok()?;
-    match &l.outcome {
-        None | Some((Outcome::Interrupted | Outcome::Disconnected, _)) => Some(l),
-        _ => None,
-    }
+    RolloutLog::read(&last).ok()
 }
 
 pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {
@@ -362,7 +375,7 @@ pub async fn resume(
     let state_dir = inv.coordinator.state_dir.clone();
     let seen = match rollout {
         Some(id) => log::read_by_id(&state_dir, &id).map_err(Failure::Usage)?,
-        None => unfinished(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
+        None => resumable(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
     };
     if let Some((o, why)) = &seen.outcome
         && !matches!(o, Outcome::Interrupted | Outcome::Disconnected)
@@ -370,6 +383,14 @@ pub async fn resume(
         return Err(Failure::Usage(format!(
             "rollout {} ended ({o:?}: {why}); only a rollout that was interrupted or lost an agent can be resumed",
             seen.spec.id
+        )));
+    }
+    if seen.outcome.is_some()
+        && let Some(later) = latest(&state_dir).filter(|l| l.spec.id != seen.spec.id)
+    {
+        return Err(Failure::Usage(format!(
+            "rollout {} cannot be resumed: rollout {} ran after it; run `rollgate upgrade` to go on from where the hosts are",
+            seen.spec.id, later.spec.id
         )));
     }
     let _lock = lock::acquire(&state_dir, &seen.spec.id, "resume").map_err(Failure::Failed)?;
