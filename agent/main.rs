@@ -27,35 +27,21 @@ mod steps;
 mod recover;
 mod rpc;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use rollgate::cli::AgentArgs;
 use rollgate::exit;
 use rollgate::pb::agent_server::AgentServer;
-use rollgate::telemetry::{self, LogFormat};
+use rollgate::telemetry;
 use rollgate::tls::AllowList;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::Instrument;
 
-#[derive(Debug, clap::Parser)]
-#[command(name = "rollgate-agent", version, about = "The rollgate host agent")]
-struct Args {
-    /// The agent's configuration file.
-    #[arg(long, short = 'c', env = "ROLLGATE_AGENT_CONFIG")]
-    config: PathBuf,
-    /// Log line format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Check the configuration and exit without binding anything.
-    #[arg(long)]
-    check: bool,
-}
-
 fn main() -> ExitCode {
-    let args: Args = match rollgate::cli::parse() {
+    let args: AgentArgs = match rollgate::cli::parse() {
         Ok(a) => a,
         Err(code) => return code,
     };

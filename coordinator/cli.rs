@@ -51,10 +51,61 @@ pub enum Command {
     History(InventoryArgs),
     /// One rollout's per-host timeline.
     Show(ShowArgs),
+    /// Inventories from elsewhere.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages of rollgate, its subcommands and rollgate-agent.
+    Man(ManArgs),
     /// Build a throwaway fleet on this machine (PostgreSQL, CP, DPs behind
     /// HAProxy, agents) and upgrade it under live traffic.
     #[cfg(feature = "demo")]
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Write a fleet.toml from an Ansible inventory (INI or YAML): group
+    /// membership gives the role, `ansible_host` the address.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The Ansible inventory file (INI or YAML).
+    #[arg(long, value_name = "FILE")]
+    pub ansible: PathBuf,
+    /// The group whose hosts (with its children's) are CPs.
+    #[arg(long, default_value = "cp")]
+    pub cp_group: String,
+    /// The group whose hosts (with its children's) are DPs.
+    #[arg(long, default_value = "dp")]
+    pub dp_group: String,
+    /// The agents' port where a host sets no `rollgate_agent_port`.
+    #[arg(long, default_value_t = 7443)]
+    pub port: u16,
+    /// Where to write the fleet.toml (default: stdout).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Replace the output file when it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell. Bash: `rollgate completions bash > /etc/bash_completion.d/rollgate`.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write them (created if missing): rollgate.1, one
+    /// rollgate-<command>.1 per subcommand, rollgate-agent.8.
+    #[arg(long)]
+    pub dir: PathBuf,
 }
 
 #[cfg(feature = "demo")]

@@ -30,7 +30,7 @@ pub(crate) struct RawInventory {
     #[serde(default)]
     policy: Policy,
     #[serde(default)]
-    hosts: Vec<Host>,
+    pub(crate) hosts: Vec<Host>,
 }
 
 /// `[tls]`: the coordinator's client identity and the fleet CA.

@@ -2,6 +2,7 @@
 //! backup, upgrades the CP in place and then rolls the DPs, through the agents.
 #![forbid(unsafe_code)]
 
+mod ansible;
 mod batch;
 mod certs;
 mod cli;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use rollgate::exit;
 
-use crate::cli::{CertsCommand, Cli, Command};
+use crate::cli::{CertsCommand, Cli, Command, InventoryCommand};
 use crate::inventory::Inventory;
 
 /// How a command ended, mapped to the exit codes (`rollgate::exit`).
@@ -76,6 +77,12 @@ async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Certs(CertsCommand::Init(a)) => cmd::certs::init(a),
         Command::Status(a) => cmd::status::run(a).await,
+        Command::Inventory(InventoryCommand::Import(a)) => cmd::inventory::import(&a),
+        Command::Completions(a) => {
+            cmd::docs::completions(a.shell);
+            Ok(())
+        }
+        Command::Man(a) => cmd::docs::man(&a.dir),
         Command::Plan(a) => cmd::plan::run(a).await,
         Command::Upgrade(a) => {
             let inv = load_inventory(&a.plan.inv.inventory)?;

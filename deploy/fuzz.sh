@@ -2,7 +2,7 @@
 # Fuzzes rollgate's parsers of untrusted bytes with cargo-fuzz (libFuzzer):
 #   deploy/fuzz.sh [--seconds N] [TARGET...]
 # Targets (fuzz/targets/fuzz_targets/): catalog, inventory, agent_config,
-# agent_journal, rollout_journal, archive; all by default, N seconds each
+# agent_journal, rollout_journal, archive, ansible_inventory; all by default, N seconds each
 # (default 60). Each run starts from the committed seeds (fuzz/corpus/) and
 # grows a scratch corpus under target/fuzz-corpus/. A crash stops the script
 # with libFuzzer's report; its input is in fuzz/targets/artifacts/<target>/.
@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$seconds" in ''|*[!0-9]*) echo "deploy/fuzz.sh: --seconds must be a whole number, not '$seconds'" >&2; exit 64 ;; esac
-all=(catalog inventory agent_config agent_journal rollout_journal archive)
+all=(catalog inventory agent_config agent_journal rollout_journal archive ansible_inventory)
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 for t in "${targets[@]}"; do
   [ -f "fuzz/targets/fuzz_targets/$t.rs" ] || { echo "deploy/fuzz.sh: no fuzz target '$t' (targets: ${all[*]})" >&2; exit 64; }
@@ -53,7 +53,7 @@ for t in "${targets[@]}"; do
   set +e
   cargo +nightly fuzz run --fuzz-dir . "$t" "$scratch" "../corpus/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 2>&1 |
-    grep -E '^(#[0-9]+[[:space:]]+DONE|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written|.*assertion)'
+    grep -aE '^(#[0-9]+[[:space:]]+DONE|==[0-9]+==|SUMMARY|thread .* panicked|Test unit written|.*assertion)'
   status=${PIPESTATUS[0]}
   set -e
   [ "$status" -eq 0 ] || { echo "deploy/fuzz.sh: target $t failed (exit $status); the input is in fuzz/targets/artifacts/$t/" >&2; exit 1; }

@@ -3,7 +3,9 @@
 pub mod certs;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod docs;
 pub mod history;
+pub mod inventory;
 pub mod plan;
 pub mod rehearse;
 pub mod rollback;

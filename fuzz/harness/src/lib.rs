@@ -29,6 +29,8 @@ mod journal;
 mod kind;
 
 // The coordinator's modules.
+#[path = "../../../coordinator/ansible/mod.rs"]
+mod ansible;
 #[path = "../../../coordinator/batch.rs"]
 mod batch;
 #[path = "../../../coordinator/fleet_tls.rs"]
@@ -57,6 +59,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("agent_journal", agent_journal),
     ("rollout_journal", rollout_journal),
     ("archive", archive),
+    ("ansible_inventory", ansible_inventory),
 ];
 
 /// The release catalog (`releases.toml`).
@@ -70,6 +73,33 @@ pub fn catalog(data: &[u8]) {
 pub fn inventory(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = inventory::parse(text, Path::new(BASE));
+    }
+}
+
+/// An Ansible inventory (INI or YAML, as `rollgate inventory import` reads
+/// it), rendered to a fleet.toml: whatever renders must read back.
+pub fn ansible_inventory(data: &[u8]) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let name = if data.first() == Some(&b'a') {
+        "hosts.yml"
+    } else {
+        "hosts"
+    };
+    let path = dir.path().join(name);
+    fs::write(&path, data).expect("write the inventory");
+    let Ok(inv) = ansible::read(&path) else {
+        return;
+    };
+    let opts = ansible::Options {
+        cp_group: "cp".into(),
+        dp_group: "dp".into(),
+        port: 7443,
+        source: "fuzz".into(),
+    };
+    if let Ok(r) = ansible::render(&inv, &opts)
+        && let Err(e) = inventory::parse(&r.toml, Path::new(BASE))
+    {
+        panic!("a rendered inventory does not read back: {e}\n{}", r.toml);
     }
 }
 
