@@ -145,7 +145,7 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     // Finish or undo what a crash cut off, then make sure the gateway runs;
     // in the background, so a coordinator can follow the recovery.
     tokio::spawn(recover::run(state.clone()).instrument(tracing::info_span!("recover")));
-    tokio::spawn(lease::run(state).instrument(tracing::info_span!("drain_lease")));
+    tokio::spawn(lease::run(state.clone()).instrument(tracing::info_span!("drain_lease")));
     // systemd (Type=notify) starts dependants only once we really serve.
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify READY not sent (not under systemd?)");
@@ -157,10 +157,11 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
             // without it Nagle holds a step's last frames (result, trailers)
             // until the coordinator's delayed ACK, ~40 ms per quick step.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
+            async move {
                 let sig = rollgate::shutdown::signalled().await;
                 tracing::info!(signal = sig, "stopping");
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                state.stop().await;
             },
         )
         .await

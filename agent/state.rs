@@ -22,6 +22,10 @@ pub struct AgentState {
     pub ops: Arc<Ops>,
     /// When a coordinator was last in touch (the drain lease).
     pub contact: Arc<crate::lease::Contact>,
+    /// Set once the agent stops and its step in flight has ended: open
+    /// health watches end, so the server's graceful stop is not held by
+    /// streams that never finish.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why the agent's state cannot be opened.
@@ -53,7 +57,26 @@ impl AgentState {
             drain: Arc::new(DrainCtl::load(&config.agent.state_dir)),
             ops: Ops::new(journal, states),
             contact: Arc::default(),
+            stopping: tokio::sync::watch::Sender::new(false),
             config,
         })
+    }
+}
+
+impl AgentState {
+    /// A graceful stop: no new step begins, the one in flight is finished
+    /// (never cut off by a restart such as a package upgrade's), then the
+    /// health watches end. Says which it did.
+    pub async fn stop(&self) {
+        match self.ops.stop_admitting() {
+            Some(op) => {
+                tracing::info!(op = %op, "stopping: new steps are refused; finishing the step in flight first");
+                let started = std::time::Instant::now();
+                self.ops.idle().await;
+                tracing::info!(op = %op, waited_ms = started.elapsed().as_millis() as u64, "stopping: the step in flight has ended");
+            }
+            None => tracing::info!("stopping: no step in flight"),
+        }
+        self.stopping.send_replace(true);
     }
 }

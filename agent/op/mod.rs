@@ -85,6 +85,9 @@ struct Inner {
     states: BTreeMap<String, OpState>,
     running: Option<Running>,
     seq: u64,
+    /// The agent is stopping (SIGTERM, a package upgrade's restart): no
+    /// new operation begins; the running one is finished first.
+    stopping: bool,
 }
 
 #[derive(Debug)]
@@ -148,6 +151,7 @@ impl Ops {
                 states,
                 running: None,
                 seq,
+                stopping: false,
             }),
             ended: tokio::sync::watch::Sender::new(0),
         })
@@ -203,6 +207,24 @@ impl Ops {
         self.lock().running.as_ref().map(|r| r.op.clone())
     }
 
+    /// From now on no operation begins (callers are asked to retry, as
+    /// during recovery); returns the one still running, which goes on.
+    pub fn stop_admitting(&self) -> Option<String> {
+        let mut inner = self.lock();
+        inner.stopping = true;
+        inner.running.as_ref().map(|r| r.op.clone())
+    }
+
+    /// Waits until no operation runs (the end is durable by then).
+    pub async fn idle(&self) {
+        let mut ended = self.ended();
+        while self.active().is_some() {
+            if ended.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Runs `work` as operation `op` with `intent`, or follows / replays it
     /// if the id is known. `begin` is journalled with the start.
     pub fn start<F, Fut>(self: &Arc<Self>, op: &str, intent: Intent, work: F) -> Started
@@ -251,6 +273,12 @@ impl Ops {
                 tracing::info!(op, kind = %st.kind, "repeated operation id: answering from the journal");
                 return Started::Events(single(result.clone(), true));
             }
+        }
+        if inner.stopping {
+            // A restart is under way: the caller retries and reaches the
+            // agent that comes back, which follows or replays this id.
+            tracing::info!(op, "the agent is stopping; asking the caller to retry");
+            return Started::Retry("the agent is stopping (a restart); retry");
         }
         if !resume && inner.running.is_none() && inner.states.values().any(|s| s.result.is_none()) {
             // A step cut off by a restart that recovery has not taken up yet:

@@ -103,8 +103,14 @@ pub fn watch(
             let (mut seq, mut streak) = (0, 0u32);
             let mut last: Option<(ReportKey, std::time::Instant)> = None;
             let mut ended = state.ops.ended();
+            let mut stopping = state.stopping.subscribe();
             loop {
+                if *stopping.borrow_and_update() {
+                    tracing::debug!("health watch ended: the agent is stopping");
+                    return;
+                }
                 tokio::select! {
+                    _ = stopping.changed() => continue,
                     _ = tick.tick() => {}
                     // An operation ended: report now (a fresh probe), and
                     // start the interval again from here.

@@ -6,6 +6,7 @@ mod support;
 mod agent_backup;
 mod agent_crash;
 mod agent_ops;
+mod agent_restart;
 mod agent_stage;
 mod bad_config;
 mod bad_input;
