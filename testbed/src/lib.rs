@@ -22,6 +22,7 @@ pub mod partition;
 pub mod pg;
 pub mod proc;
 pub mod sandbox;
+pub mod sysroot;
 pub mod wait;
 
 pub use sandbox::Sandbox;

@@ -19,6 +19,7 @@ mod deploy;
 mod full_disk;
 mod inventory_import;
 mod mtls;
+mod packages;
 mod partition;
 mod rehearse;
 mod status;
