@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a Debian machine, when missing:
 # PostgreSQL 15 server binaries (initdb, pg_ctl, pg_dump, pg_restore), HAProxy,
-# dpkg-deb, and for the compose install method a running Docker Engine and a
+# dpkg-deb, ansible-core, and for the compose install method a running Docker Engine and a
 # Compose tool. Safe to run again: it only installs what is absent, and a
 # Docker Engine that already runs is used as it is.
 set -euo pipefail
@@ -33,6 +33,16 @@ start_docker() {
   echo "the Docker Engine did not start; see /var/log/dockerd.log or 'service docker status'" >&2
   exit 69
 }
+
+# ansible-core, for the agent role's checks (tests/e2e/ansible_role.rs):
+# from PyPI into a pip-managed Python, else Debian's package (a system
+# Python refuses pip installs).
+if ! command -v ansible-playbook >/dev/null 2>&1; then
+  if python3 -m pip install -q --disable-pip-version-check ansible-core 2>/dev/null; then
+    if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+  fi
+  command -v ansible-playbook >/dev/null 2>&1 || need+=(ansible-core)
+fi
 
 sudo=""
 if [ ${#need[@]} -eq 0 ]; then

@@ -8,6 +8,7 @@ mod agent_crash;
 mod agent_ops;
 mod agent_restart;
 mod agent_stage;
+mod ansible_role;
 mod bad_config;
 mod bad_input;
 mod chaos;
