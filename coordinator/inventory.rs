@@ -257,7 +257,7 @@ impl Inventory {
             problem,
         };
         let (text, base) = rollgate::tomlerr::read_file(path).map_err(err)?;
-        let parsed = parse(&text, base).map_err(err)?;
+        let parsed = parse(&text, &base).map_err(err)?;
         let tls = TlsMaterial::load(&parsed.tls.ca, &parsed.tls.cert, &parsed.tls.key)
             .map_err(|e| err(format!("key `tls`: {e}")))?;
         let fleet_tls =

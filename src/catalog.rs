@@ -256,7 +256,7 @@ impl Catalog {
             problem,
         };
         let (text, base) = crate::tomlerr::read_file(path).map_err(err)?;
-        Catalog::parse(&text, base)
+        Catalog::parse(&text, &base)
             .map(|(releases, artifact_dirs)| Catalog {
                 path: path.to_path_buf(),
                 releases,

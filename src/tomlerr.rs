@@ -6,13 +6,22 @@
 //! "role = \"edge\"" in `[agent]` reads `key \`agent.role\` (line 3): ...`.
 
 /// Reads a config file: its text, and the directory its relative paths are
-/// relative to.
-pub fn read_file(path: &std::path::Path) -> Result<(String, &std::path::Path), String> {
+/// relative to: the file's own, or, when `path` is a symbolic link, that of
+/// the file it points to (a linked `fleet.toml` means the real one, with the
+/// certificates and artifacts beside it).
+pub fn read_file(path: &std::path::Path) -> Result<(String, std::path::PathBuf), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let base = path
+    let linked = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let real = if linked {
+        std::fs::canonicalize(path).map_err(|e| format!("cannot resolve the link: {e}"))?
+    } else {
+        path.to_path_buf()
+    };
+    let base = real
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
     Ok((text, base))
 }
 
@@ -89,5 +98,21 @@ mod tests {
             e.contains("[agent]") && e.contains("missing field `role`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_linked_file_resolves_relative_paths_beside_the_real_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real_dir = dir.path().join("repo");
+        std::fs::create_dir(&real_dir).unwrap();
+        std::fs::write(real_dir.join("fleet.toml"), "x = 1\n").unwrap();
+        let link = dir.path().join("fleet.toml");
+        std::os::unix::fs::symlink(real_dir.join("fleet.toml"), &link).unwrap();
+        let (text, base) = read_file(&link).unwrap();
+        assert_eq!(text, "x = 1\n");
+        assert_eq!(base, std::fs::canonicalize(&real_dir).unwrap());
+        // A plain file keeps its own directory, as given.
+        let (_, base) = read_file(&real_dir.join("fleet.toml")).unwrap();
+        assert_eq!(base, real_dir);
     }
 }

@@ -345,7 +345,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         problem,
     };
     let (text, base) = rollgate::tomlerr::read_file(path).map_err(err)?;
-    let config = parse(&text, base).map_err(err)?;
+    let config = parse(&text, &base).map_err(err)?;
     let tls = TlsMaterial::load(&config.tls.ca, &config.tls.cert, &config.tls.key)
         .map_err(|e| err(format!("key `tls`: {e}")))?;
     Ok(Loaded {

@@ -60,6 +60,10 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
             crate::rollout::log::now_ms()
         ))
     });
+    // Absolute: the agents, gateways and teardown script run from other
+    // directories than this one, and a relative --dir meant this one.
+    let dir = std::path::absolute(&dir)
+        .map_err(|e| Failure::Usage(format!("--dir {}: {e}", dir.display())))?;
     let spec = FleetSpec {
         dir,
         net: (0, 0),

@@ -20,6 +20,7 @@ mod deploy;
 mod full_disk;
 mod inventory_import;
 mod mtls;
+mod operator_guide;
 mod packages;
 mod partition;
 mod rehearse;
