@@ -62,7 +62,13 @@ async fn a_sigterm_during_an_install_finishes_the_install_then_stops() {
     let sent = Instant::now();
     agent.signal(Signal::SIGTERM);
 
-    // While it finishes, a new step is refused with "retry", not run.
+    // While it finishes (once it has taken the signal in), a new step is
+    // refused with "retry", not run.
+    rollgate_testbed::wait::must(
+        Duration::from_secs(10),
+        "the agent to take SIGTERM in",
+        || agent.log_text().contains("new steps are refused"),
+    );
     let refused = drive(
         c.drain(pb::DrainRequest {
             operation_id: "t/dp-1/drain-during-stop".into(),
