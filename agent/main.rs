@@ -10,6 +10,7 @@ mod docker;
 mod drain_state;
 mod facts;
 mod failpoint;
+mod fence;
 mod health;
 mod install;
 mod journal;
@@ -120,6 +121,7 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     let agent = AgentServer::new(rpc::AgentService::new(state.clone()));
     let check = allow.clone();
     let contact = state.contact.clone();
+    let fence = state.fence.clone();
     let keepalive = (
         state.config.agent.keepalive,
         state.config.agent.keepalive_timeout,
@@ -137,11 +139,15 @@ async fn run(loaded: config::Loaded) -> anyhow::Result<()> {
         }))
         .add_service(InterceptedService::new(agent, move |r| {
             let r = check.check(r)?;
+            // A superseded coordinator is refused before any handler runs.
+            let token = rollgate::fencing::from_metadata(r.metadata())
+                .map_err(tonic::Status::invalid_argument)?;
+            fence.admit(token)?;
             contact.touch();
             Ok(r)
         }));
 
-    tracing::info!(host = %name, %role, addr = %bound, install = method, config = %path.display(), version = rollgate::VERSION, "agent serving");
+    tracing::info!(host = %name, %role, addr = %bound, install = method, config = %path.display(), version = rollgate::VERSION, fencing_token = state.fence.highest(), "agent serving");
     // Finish or undo what a crash cut off, then make sure the gateway runs;
     // in the background, so a coordinator can follow the recovery.
     tokio::spawn(recover::run(state.clone()).instrument(tracing::info_span!("recover")));

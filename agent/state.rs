@@ -22,6 +22,8 @@ pub struct AgentState {
     pub ops: Arc<Ops>,
     /// When a coordinator was last in touch (the drain lease).
     pub contact: Arc<crate::lease::Contact>,
+    /// The highest fencing token seen; calls with a lower one are refused.
+    pub fence: Arc<crate::fence::Fence>,
     /// Set once the agent stops and its step in flight has ended: open
     /// health watches end, so the server's graceful stop is not held by
     /// streams that never finish.
@@ -35,12 +37,17 @@ pub enum OpenError {
     Probe(String),
     #[error("cannot open the journal: {0}")]
     Journal(#[from] JournalError),
+    #[error("{0}")]
+    Fence(String),
 }
 
 impl OpenError {
     /// The journal is damaged: the agent must not start (exit::DATA).
     pub fn is_corrupt(&self) -> bool {
-        matches!(self, OpenError::Journal(JournalError::Corrupt { .. }))
+        matches!(
+            self,
+            OpenError::Journal(JournalError::Corrupt { .. }) | OpenError::Fence(_)
+        )
     }
 }
 
@@ -49,6 +56,7 @@ impl AgentState {
     pub fn open(config: Config) -> Result<Self, OpenError> {
         let prober = Prober::new(&config.health).map_err(|e| OpenError::Probe(e.to_string()))?;
         let (journal, states) = Journal::open(&config.agent.state_dir)?;
+        let fence = crate::fence::Fence::load(&config.agent.state_dir).map_err(OpenError::Fence)?;
         Ok(AgentState {
             installer: Installer::from_config(&config),
             service: Service::from_config(&config),
@@ -57,6 +65,7 @@ impl AgentState {
             drain: Arc::new(DrainCtl::load(&config.agent.state_dir)),
             ops: Ops::new(journal, states),
             contact: Arc::default(),
+            fence: Arc::new(fence),
             stopping: tokio::sync::watch::Sender::new(false),
             config,
         })

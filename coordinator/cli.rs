@@ -147,6 +147,10 @@ pub struct InventoryArgs {
     /// The fleet inventory.
     #[arg(long, short = 'i', env = "ROLLGATE_INVENTORY")]
     pub inventory: PathBuf,
+    /// Keep rollout journals, the lock and backup copies here instead of the
+    /// inventory's `[coordinator] state_dir` (e.g. another operator's machine).
+    #[arg(long, env = "ROLLGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -298,6 +302,10 @@ pub struct StatusArgs {
     /// The fleet inventory.
     #[arg(long, short = 'i', env = "ROLLGATE_INVENTORY")]
     pub inventory: PathBuf,
+    /// The coordinator's state directory, instead of the inventory's
+    /// `[coordinator] state_dir`.
+    #[arg(long, env = "ROLLGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

@@ -85,7 +85,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Man(a) => cmd::docs::man(&a.dir),
         Command::Plan(a) => cmd::plan::run(a).await,
         Command::Upgrade(a) => {
-            let inv = load_inventory(&a.plan.inv.inventory)?;
+            let inv = a.plan.inv.load()?;
             let args = cmd::upgrade::UpgradeArgs {
                 to: a.plan.to.clone(),
                 overrides: cmd::upgrade::Overrides {
@@ -103,7 +103,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             cmd::upgrade::upgrade(inv, &a.plan.catalog, args).await
         }
         Command::Rehearse(a) => {
-            let inv = load_inventory(&a.plan.inv.inventory)?;
+            let inv = a.plan.inv.load()?;
             let args = cmd::rehearse::RehearseArgs {
                 to: a.plan.to.clone(),
                 backup: a.backup,
@@ -111,11 +111,9 @@ async fn run(command: Command) -> Result<(), Failure> {
             };
             cmd::rehearse::rehearse(inv, &a.plan.catalog, args).await
         }
-        Command::Resume(a) => {
-            cmd::upgrade::resume(load_inventory(&a.inv.inventory)?, a.rollout, a.inv.output).await
-        }
+        Command::Resume(a) => cmd::upgrade::resume(a.inv.load()?, a.rollout, a.inv.output).await,
         Command::Rollback(a) => {
-            let inv = load_inventory(&a.inv.inventory)?;
+            let inv = a.inv.load()?;
             cmd::rollback::rollback(
                 inv,
                 cmd::rollback::RollbackArgs {
@@ -127,8 +125,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             )
             .await
         }
-        Command::Backup(a) => cmd::upgrade::backup(load_inventory(&a.inventory)?, a.output).await,
-        Command::History(a) => cmd::history::history(&load_inventory(&a.inventory)?, a.output),
+        Command::Backup(a) => cmd::upgrade::backup(a.load()?, a.output).await,
+        Command::History(a) => cmd::history::history(&a.load()?, a.output),
         #[cfg(feature = "demo")]
         Command::Demo(a) => {
             cmd::demo::demo(cmd::demo::DemoArgs {
@@ -144,13 +142,30 @@ async fn run(command: Command) -> Result<(), Failure> {
             })
             .await
         }
-        Command::Show(a) => {
-            cmd::history::show(&load_inventory(&a.inv.inventory)?, &a.rollout, a.inv.output)
-        }
+        Command::Show(a) => cmd::history::show(&a.inv.load()?, &a.rollout, a.inv.output),
     }
 }
 
-/// Reads the inventory; a bad one is a usage error (64).
-pub fn load_inventory(path: &std::path::Path) -> Result<Inventory, Failure> {
-    Inventory::load(path).map_err(|e| Failure::Usage(format!("bad inventory: {e}")))
+/// Reads the inventory; a bad one is a usage error (64). `state_dir`
+/// (`--state-dir`) replaces its `[coordinator] state_dir`.
+pub fn load_inventory(
+    path: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Inventory, Failure> {
+    let mut inv =
+        Inventory::load(path).map_err(|e| Failure::Usage(format!("bad inventory: {e}")))?;
+    if let Some(dir) = state_dir {
+        if dir.as_os_str().is_empty() {
+            return Err(Failure::Usage("--state-dir is empty".into()));
+        }
+        inv.coordinator.state_dir = dir.to_path_buf();
+    }
+    Ok(inv)
+}
+
+impl cli::InventoryArgs {
+    /// The inventory these options name, with `--state-dir` applied.
+    pub fn load(&self) -> Result<Inventory, Failure> {
+        load_inventory(&self.inventory, self.state_dir.as_deref())
+    }
 }

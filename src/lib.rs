@@ -12,6 +12,7 @@ pub mod clock;
 pub mod compat;
 pub mod convert;
 pub mod exit;
+pub mod fencing;
 pub mod fingerprint;
 pub mod fsx;
 pub mod ids;

@@ -124,7 +124,7 @@ async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
 /// `rollgate plan`: exit 0 when the plan can run, 2 when blocked, 64 when
 /// the catalog or its artifacts are bad.
 pub async fn run(a: PlanArgs) -> Result<(), Failure> {
-    let inv = crate::load_inventory(&a.inv.inventory)?;
+    let inv = a.inv.load()?;
     let catalog = rollgate::catalog::Catalog::load(&a.catalog)
         .map_err(|e| Failure::Usage(format!("bad catalog: {e}")))?;
     super::upgrade::in_catalog(&catalog, &a.to)?;

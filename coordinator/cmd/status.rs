@@ -194,7 +194,7 @@ pub fn judge(
 /// `rollgate status`: the table (or JSON document); exit 1 when a host is
 /// unreachable.
 pub async fn run(a: StatusArgs) -> Result<(), Failure> {
-    let inv = crate::load_inventory(&a.inventory)?;
+    let inv = crate::load_inventory(&a.inventory, a.state_dir.as_deref())?;
     let rows = collect(&inv).await;
     match a.output {
         Output::Json => print_json(&serde_json::json!({ "hosts": rows })),
