@@ -159,11 +159,29 @@ impl TryFrom<pb::HelloResponse> for Hello {
     }
 }
 
+/// Puts the fleet lease's fencing token on every call (postgres state), so
+/// an agent refuses this coordinator once a newer holder has called it.
+#[derive(Debug, Clone)]
+pub struct Fencing(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Fencing {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut()
+                .insert(rollgate::fencing::METADATA_KEY, v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// The gRPC client of one agent.
+pub type Client = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Fencing>>;
+
 /// A connection to one agent.
 #[derive(Debug, Clone)]
 pub struct Agent {
     pub host: Host,
-    pub client: AgentClient<Channel>,
+    pub client: Client,
     policy: CallPolicy,
 }
 
@@ -207,7 +225,13 @@ impl Agent {
         .map_err(|e| cerr(error_chain(&e)))?;
         Ok(Agent {
             host: host.clone(),
-            client: AgentClient::new(channel),
+            client: AgentClient::with_interceptor(
+                channel,
+                Fencing(
+                    inv.fencing_token
+                        .map(tonic::metadata::AsciiMetadataValue::from),
+                ),
+            ),
             policy: policy.clone(),
         })
     }

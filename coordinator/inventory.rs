@@ -30,7 +30,53 @@ pub(crate) struct RawInventory {
     #[serde(default)]
     policy: Policy,
     #[serde(default)]
+    state: StateSettings,
+    #[serde(default)]
     pub(crate) hosts: Vec<Host>,
+}
+
+/// `[state]`: what coordinators on different machines share. `file` (the
+/// default): nothing, the local state directory holds the lock. `postgres`:
+/// the fleet lease and its fencing tokens live in a PostgreSQL database of
+/// rollgate's own (`url`), so two operators on two bastions exclude each
+/// other, and every call to an agent carries the holder's token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// The state database (postgres only). Never the gateway's own database:
+    /// that is what backups, the guard and `--restore-db` touch.
+    pub url: Option<String>,
+    /// How long the lease lasts unless renewed (a third of it between renewals).
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// The fleet's name in the state database; by default derived from the
+    /// fleet CA, so every inventory of one fleet names it alike.
+    pub fleet: Option<String>,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings {
+            backend: StateBackend::File,
+            url: None,
+            lease: default_lease(),
+            fleet: None,
+        }
+    }
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    #[default]
+    File,
+    Postgres,
 }
 
 /// `[tls]`: the coordinator's client identity and the fleet CA.
@@ -245,7 +291,11 @@ pub struct Inventory {
     pub fleet_tls: crate::fleet_tls::FleetTls,
     pub coordinator: CoordinatorSettings,
     pub policy: Policy,
+    pub state: StateSettings,
     pub hosts: Vec<Host>,
+    /// The fencing token of the lease this command holds (postgres state):
+    /// every agent call carries it.
+    pub fencing_token: Option<u64>,
 }
 
 impl Inventory {
@@ -268,7 +318,9 @@ impl Inventory {
             fleet_tls,
             coordinator: parsed.coordinator,
             policy: parsed.policy,
+            state: parsed.state,
             hosts: parsed.hosts,
+            fencing_token: None,
         })
     }
 
@@ -299,7 +351,31 @@ pub(crate) fn parse(text: &str, base: &Path) -> Result<RawInventory, String> {
     };
     raw.coordinator.state_dir = abs(&raw.coordinator.state_dir);
     validate(&raw.hosts, &raw.coordinator, &raw.policy)?;
+    validate_state(&raw.state)?;
     Ok(raw)
+}
+
+fn validate_state(s: &StateSettings) -> Result<(), String> {
+    match (s.backend, &s.url) {
+        (StateBackend::Postgres, None) => {
+            return Err(
+                "key `state.url`: backend = \"postgres\" needs the state database's URL".into(),
+            );
+        }
+        (StateBackend::File, Some(_)) => {
+            return Err("key `state.url`: only for backend = \"postgres\"".into());
+        }
+        _ => {}
+    }
+    if s.lease < Duration::from_secs(3) {
+        return Err("key `state.lease`: at least 3s (it is renewed every third of it)".into());
+    }
+    if let Some(f) = &s.fleet
+        && (f.is_empty() || f.len() > 128)
+    {
+        return Err("key `state.fleet`: 1 to 128 characters".into());
+    }
+    Ok(())
 }
 
 fn validate(hosts: &[Host], c: &CoordinatorSettings, p: &Policy) -> Result<(), String> {

@@ -11,6 +11,7 @@ mod cmd;
 mod fleet;
 mod fleet_tls;
 mod inventory;
+mod lease;
 mod output;
 mod planner;
 mod report;
@@ -100,7 +101,13 @@ async fn run(command: Command) -> Result<(), Failure> {
                 dry_run: a.dry_run,
                 output: a.plan.inv.output,
             };
-            cmd::upgrade::upgrade(inv, &a.plan.catalog, args).await
+            if args.dry_run {
+                return cmd::upgrade::upgrade(inv, &a.plan.catalog, args).await;
+            }
+            lease::holding(inv, "upgrade", |inv| {
+                cmd::upgrade::upgrade(inv, &a.plan.catalog, args)
+            })
+            .await
         }
         Command::Rehearse(a) => {
             let inv = a.plan.inv.load()?;
@@ -109,23 +116,32 @@ async fn run(command: Command) -> Result<(), Failure> {
                 backup: a.backup,
                 output: a.plan.inv.output,
             };
-            cmd::rehearse::rehearse(inv, &a.plan.catalog, args).await
-        }
-        Command::Resume(a) => cmd::upgrade::resume(a.inv.load()?, a.rollout, a.inv.output).await,
-        Command::Rollback(a) => {
-            let inv = a.inv.load()?;
-            cmd::rollback::rollback(
-                inv,
-                cmd::rollback::RollbackArgs {
-                    rollout: a.rollout,
-                    restore_db: a.restore_db,
-                    yes: a.yes,
-                    output: a.inv.output,
-                },
-            )
+            lease::holding(inv, "rehearse", |inv| {
+                cmd::rehearse::rehearse(inv, &a.plan.catalog, args)
+            })
             .await
         }
-        Command::Backup(a) => cmd::upgrade::backup(a.load()?, a.output).await,
+        Command::Resume(a) => {
+            let (rollout, output) = (a.rollout, a.inv.output);
+            lease::holding(a.inv.load()?, "resume", |inv| {
+                cmd::upgrade::resume(inv, rollout, output)
+            })
+            .await
+        }
+        Command::Rollback(a) => {
+            let inv = a.inv.load()?;
+            let args = cmd::rollback::RollbackArgs {
+                rollout: a.rollout,
+                restore_db: a.restore_db,
+                yes: a.yes,
+                output: a.inv.output,
+            };
+            lease::holding(inv, "rollback", |inv| cmd::rollback::rollback(inv, args)).await
+        }
+        Command::Backup(a) => {
+            let output = a.output;
+            lease::holding(a.load()?, "backup", |inv| cmd::upgrade::backup(inv, output)).await
+        }
         Command::History(a) => cmd::history::history(&a.load()?, a.output),
         #[cfg(feature = "demo")]
         Command::Demo(a) => {

@@ -25,6 +25,7 @@ mod operator_guide;
 mod packages;
 mod partition;
 mod rehearse;
+mod shared_state;
 mod state_dir;
 mod status;
 mod upgrade;

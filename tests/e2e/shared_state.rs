@@ -1,0 +1,96 @@
+//! `[state] backend = "postgres"`: the fleet lease in a PostgreSQL database
+//! of rollgate's own, shared by coordinators on different machines (two
+//! processes with different `--state-dir`s), and its fencing token carried
+//! to every agent.
+
+use std::time::Duration;
+
+use crate::support::gateway::Db;
+use crate::support::{Sandbox, fixtures::fleet_on_330};
+use crate::upgrade::upgrade_to;
+
+fn with_state_dir(mut args: Vec<String>, dir: &str) -> Vec<String> {
+    args.extend(["--state-dir".to_string(), dir.to_string()]);
+    args
+}
+
+fn token_of(sb: &Sandbox, host: &str) -> u64 {
+    std::fs::read_to_string(sb.path().join(host).join("state/fencing-token"))
+        .unwrap_or_else(|e| panic!("{host} has no fencing token: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_coordinator_on_the_fleet_exits_2_naming_the_holder_and_agents_fence_by_token() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let _fleet = fleet_on_330(&sb, &db, 2, "batch = 1\nmin_healthy = \"2s\"").await;
+    db.pg.createdb("rollgate_state").unwrap();
+    // The inventory with the state backend (one file, two machines).
+    let inv = sb.path().join("fleet.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let state = format!(
+        "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"6s\"\n\n",
+        db.pg.conninfo("rollgate_state")
+    );
+    std::fs::write(&inv, format!("{state}{text}")).unwrap();
+
+    // Machine A upgrades; while it runs, machine B tries the same.
+    let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
+    a.wait_line(Duration::from_secs(120), "A's first install", |l| {
+        l.contains("\"step\":\"install\"")
+    });
+    let b = sb.rollgate(&with_state_dir(upgrade_to("3.4.0"), "bastion-b"));
+    assert_eq!(b.code, Some(2), "{}\n{}", b.stdout, b.stderr);
+    assert!(
+        b.stderr.contains("the fleet lease is held by")
+            && b.stderr.contains("rollgate upgrade")
+            && b.stderr.contains("renewed"),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        !sb.path().join("bastion-b/rollouts").exists()
+            || std::fs::read_dir(sb.path().join("bastion-b/rollouts"))
+                .unwrap()
+                .count()
+                == 0,
+        "B recorded no rollout"
+    );
+    let (code, lines) = a.finish(Duration::from_secs(180));
+    assert_eq!(code, Some(0), "{}", lines.join("\n"));
+
+    // Every agent A called has A's token.
+    let t_a = token_of(&sb, "cp-1");
+    assert!(t_a > 0);
+    for h in ["dp-1", "dp-2"] {
+        assert_eq!(token_of(&sb, h), t_a, "{h}");
+    }
+    // The lease was given up: B now runs (nothing left to do) with a newer
+    // token, which the agents record.
+    let b = sb.rollgate(&with_state_dir(upgrade_to("3.4.0"), "bastion-b"));
+    assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+    let t_b = token_of(&sb, "cp-1");
+    assert!(t_b > t_a, "{t_b} > {t_a}");
+    let lease_rows = db
+        .pg
+        .psql("rollgate_state", "SELECT count(*) FROM rollgate_lease")
+        .unwrap();
+    assert_eq!(lease_rows.trim(), "0", "released at the end");
+}
+
+#[test]
+fn a_postgres_backend_without_a_url_is_refused_naming_the_key() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1)]);
+    let addr = "127.0.0.1:1".parse().unwrap();
+    sb.inventory(
+        &[("cp-1", "cp", addr)],
+        "\n[state]\nbackend = \"postgres\"\n",
+    );
+    let out = sb.rollgate(&["status", "-i", "fleet.toml"]);
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("state.url"), "{}", out.stderr);
+}
