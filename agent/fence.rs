@@ -16,6 +16,17 @@ use tonic::Status;
 
 const FILE: &str = "fencing-token";
 
+/// Why the recorded token cannot be known.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// The file holds something else: the agent must not start (exit 65).
+    #[error("{0}")]
+    Damaged(String),
+    /// It could not be read (permissions, I/O): may pass; exit 1.
+    #[error("{0}")]
+    Unreadable(String),
+}
+
 #[derive(Debug)]
 pub struct Fence {
     path: PathBuf,
@@ -26,18 +37,23 @@ impl Fence {
     /// Reads the highest token recorded in `state_dir` (0 when none). A
     /// damaged file stops the agent: guessing low would let a superseded
     /// coordinator in.
-    pub fn load(state_dir: &Path) -> Result<Fence, String> {
+    pub fn load(state_dir: &Path) -> Result<Fence, FenceError> {
         let path = state_dir.join(FILE);
         let highest = match std::fs::read_to_string(&path) {
             Ok(s) => s.trim().parse::<u64>().map_err(|_| {
-                format!(
+                FenceError::Damaged(format!(
                     "{} holds {:?}, not a fencing token; move it aside only if no coordinator holds the fleet's lease",
                     path.display(),
                     s.trim()
-                )
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return Err(FenceError::Unreadable(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
         Ok(Fence {
             path,
@@ -118,6 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE), "garbage").unwrap();
         let e = Fence::load(dir.path()).unwrap_err();
-        assert!(e.contains("not a fencing token"), "{e}");
+        assert!(matches!(e, FenceError::Damaged(_)), "{e:?}");
+        assert!(e.to_string().contains("not a fencing token"), "{e}");
     }
 }

@@ -98,8 +98,15 @@ pub async fn run(state: Arc<AgentState>) {
             }
             steps::conclude(&s, r).await
         });
-        if let Started::Events(mut events) = started {
-            while events.next().await.is_some() {}
+        match started {
+            Started::Events(mut events) => while events.next().await.is_some() {},
+            // The agent is stopping: the step stays unfinished in the
+            // journal for the next start, and nothing is started now (the
+            // gateway's release may be the one the step was undoing).
+            Started::Retry(why) => {
+                tracing::info!(op = %op, "recovery left for the next start: {why}");
+                return;
+            }
         }
     }
     ensure_running(&state).await;

@@ -38,7 +38,7 @@ pub enum OpenError {
     #[error("cannot open the journal: {0}")]
     Journal(#[from] JournalError),
     #[error("{0}")]
-    Fence(String),
+    Fence(#[from] crate::fence::FenceError),
 }
 
 impl OpenError {
@@ -46,7 +46,8 @@ impl OpenError {
     pub fn is_corrupt(&self) -> bool {
         matches!(
             self,
-            OpenError::Journal(JournalError::Corrupt { .. }) | OpenError::Fence(_)
+            OpenError::Journal(JournalError::Corrupt { .. })
+                | OpenError::Fence(crate::fence::FenceError::Damaged(_))
         )
     }
 }
@@ -56,7 +57,7 @@ impl AgentState {
     pub fn open(config: Config) -> Result<Self, OpenError> {
         let prober = Prober::new(&config.health).map_err(|e| OpenError::Probe(e.to_string()))?;
         let (journal, states) = Journal::open(&config.agent.state_dir)?;
-        let fence = crate::fence::Fence::load(&config.agent.state_dir).map_err(OpenError::Fence)?;
+        let fence = crate::fence::Fence::load(&config.agent.state_dir)?;
         Ok(AgentState {
             installer: Installer::from_config(&config),
             service: Service::from_config(&config),

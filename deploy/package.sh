@@ -53,7 +53,7 @@ arch="$(dpkg --print-architecture)"
 
 # The newest glibc symbol version either binary needs.
 glibc="$( (objdump -T "$bin_dir/rollgate" "$bin_dir/rollgate-agent" 2>/dev/null || true) |
-  grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)"
+  { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | sed 's/GLIBC_//' | sort -uV | tail -1)"
 depends="libc6${glibc:+ (>= $glibc)}"
 
 work="$(mktemp -d)"

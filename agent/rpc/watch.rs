@@ -134,8 +134,10 @@ pub fn watch(
                 }
                 seq += 1;
                 last = Some((key, std::time::Instant::now()));
-                if tx.send(Ok(report)).await.is_err() {
-                    break;
+                // A client that stops reading must not hold the agent's stop.
+                tokio::select! {
+                    sent = tx.send(Ok(report)) => if sent.is_err() { break },
+                    _ = stopping.changed() => continue,
                 }
                 if seq == 1 {
                     // The first report goes at once; later looks start at a

@@ -69,18 +69,22 @@ async fn a_sigterm_during_an_install_finishes_the_install_then_stops() {
         "the agent to take SIGTERM in",
         || agent.log_text().contains("new steps are refused"),
     );
-    let refused = drive(
-        c.drain(pb::DrainRequest {
+    let refused = match c
+        .drain(pb::DrainRequest {
             operation_id: "t/dp-1/drain-during-stop".into(),
             ..Default::default()
         })
-        .await,
-    )
-    .await;
-    assert!(
-        refused.1.is_none(),
-        "no step ran while stopping: {refused:?}"
-    );
+        .await
+    {
+        Err(status) => status,
+        Ok(r) => r
+            .into_inner()
+            .message()
+            .await
+            .expect_err("the step is refused, not run"),
+    };
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("stopping"), "{refused:?}");
 
     let (_, result) = install.await.unwrap();
     let result = result.expect("the install's stream ended with its result, not cut off");

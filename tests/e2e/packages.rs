@@ -172,6 +172,8 @@ fn the_agent_package_installs_configures_upgrades_and_purges() {
     let state = root.path("/var/lib/rollgate-agent");
     std::fs::write(state.join("journal"), "{\"v\":1}\n").unwrap();
     std::fs::write(state.join("drain-state"), "ready\n").unwrap();
+    std::fs::write(state.join("fencing-token"), "7\n").unwrap();
+    std::fs::write(state.join("gateway.pid"), "4242\n").unwrap();
     std::fs::create_dir_all(state.join("staging/3.4.0")).unwrap();
     std::fs::write(state.join("staging/3.4.0/part"), "x").unwrap();
     let backup = root.path("/var/backups/rollgate/b-1/db.dump");
@@ -230,7 +232,7 @@ fn the_agent_package_installs_configures_upgrades_and_purges() {
     // journal, the backups, the certificates and the user stay.
     let said = dpkg_ok(&root, &["--purge", "rollgate-agent"]);
     assert!(
-        said.contains("kept /var/lib/rollgate-agent/journal"),
+        said.contains("kept in /var/lib/rollgate-agent: fencing-token gateway.pid journal"),
         "{said}"
     );
     for gone in [
@@ -249,11 +251,20 @@ fn the_agent_package_installs_configures_upgrades_and_purges() {
             "{gone} is left after purge"
         );
     }
-    let left: Vec<String> = std::fs::read_dir(&state)
+    let mut left: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, ["journal"], "only the journal is kept");
+    left.sort();
+    assert_eq!(
+        left,
+        ["fencing-token", "gateway.pid", "journal"],
+        "only the documented files are kept"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("fencing-token")).unwrap(),
+        "7\n"
+    );
     assert_eq!(std::fs::read_to_string(&backup).unwrap(), "a backup");
     assert!(
         root.path("/etc/rollgate/dp-1.key").exists(),

@@ -94,3 +94,79 @@ fn a_postgres_backend_without_a_url_is_refused_naming_the_key() {
     assert_eq!(out.code, Some(64), "{}", out.stderr);
     assert!(out.stderr.contains("state.url"), "{}", out.stderr);
 }
+
+/// A frozen coordinator (SIGSTOP: a VM freeze, a laptop lid) whose lease
+/// lapsed while another machine took the fleet: woken, it changes nothing
+/// — every agent refuses its calls, as their journals show — and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_woken_after_another_took_the_fleet_changes_nothing_and_exits_1() {
+    use nix::sys::signal::Signal;
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let _fleet = fleet_on_330(&sb, &db, 2, "batch = 1\nmin_healthy = \"4s\"").await;
+    db.pg.createdb("rollgate_state").unwrap();
+    let inv = sb.path().join("fleet.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let state = format!(
+        "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"3s\"\n\n",
+        db.pg.conninfo("rollgate_state")
+    );
+    std::fs::write(&inv, format!("{state}{text}")).unwrap();
+
+    // A freezes while it holds dp-1's batch healthy (no step in flight).
+    let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
+    let line = a.wait_line(Duration::from_secs(120), "dp-1 back in rotation", |l| {
+        l.contains("\"host\":\"dp-1\"")
+            && l.contains("\"step\":\"undrain\"")
+            && l.contains("\"status\":\"succeeded\"")
+    });
+    a.signal(Signal::SIGSTOP);
+    let frozen_at = rollgate::clock::now_ms();
+    let rid_a = serde_json::from_str::<serde_json::Value>(&line).unwrap()["rollout"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // B waits out the lease, then takes the fleet and finishes the upgrade.
+    let b = rollgate_testbed::wait::value(Duration::from_secs(30), "B to take the lease", || {
+        let out = sb.rollgate(&with_state_dir(upgrade_to("3.4.0"), "bastion-b"));
+        (out.code != Some(2)).then_some(out)
+    })
+    .unwrap();
+    assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+
+    // A wakes up: it changes nothing and exits 1.
+    a.signal(Signal::SIGCONT);
+    let (code, lines) = a.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    for host in ["cp-1", "dp-1", "dp-2"] {
+        let journal = std::fs::read_to_string(sb.path().join(host).join("state/journal")).unwrap();
+        for l in journal
+            .lines()
+            .filter(|l| l.contains(&rid_a) && l.contains("\"begin\""))
+        {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(
+                e["at_ms"].as_i64().unwrap() < frozen_at,
+                "{host} began a step of the woken coordinator: {l}"
+            );
+        }
+    }
+    // It stopped on what the agents said: they refused it as superseded
+    // (its token is below B's), or it halted on their silence first (its
+    // connections were dropped while it slept) and its closing survey was
+    // refused.
+    let end = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("\"event\":\"rollout\""))
+        .expect("A's closing event");
+    let refused_somewhere = ["cp-1", "dp-1", "dp-2"].iter().any(|h| {
+        std::fs::read_to_string(sb.path().join(h).join("agent.log"))
+            .is_ok_and(|l| l.contains("refused a call from a superseded coordinator"))
+    });
+    assert!(
+        refused_somewhere || end.contains("fenced"),
+        "an agent refused the woken coordinator: {end}"
+    );
+}
