@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use crate::support::Sandbox;
+use crate::support::fixtures::{Fleet, fleet_on_330};
 use crate::support::gateway::Db;
-use crate::support::{Sandbox, fixtures::fleet_on_330};
 use crate::upgrade::upgrade_to;
 
 fn with_state_dir(mut args: Vec<String>, dir: &str) -> Vec<String> {
@@ -22,20 +23,27 @@ fn token_of(sb: &Sandbox, host: &str) -> u64 {
         .unwrap()
 }
 
+/// A CP and two DPs on 3.3.0, batch 1, with `policy`; an inventory whose
+/// state is the fleet lease in a database of its own on the test's
+/// PostgreSQL (one file, played as two machines by two `--state-dir`s).
+async fn postgres_state_fleet(sb: &Sandbox, db: &Db, policy: &str, lease: &str) -> Fleet {
+    let fleet = fleet_on_330(sb, db, 2, &format!("batch = 1\n{policy}")).await;
+    db.pg.createdb("rollgate_state").unwrap();
+    let inv = sb.path().join("fleet.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    let state = format!(
+        "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"{lease}\"\n\n",
+        db.pg.conninfo("rollgate_state")
+    );
+    std::fs::write(&inv, format!("{state}{text}")).unwrap();
+    fleet
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_coordinator_on_the_fleet_exits_2_naming_the_holder_and_agents_fence_by_token() {
     let sb = Sandbox::new();
     let db = Db::start();
-    let _fleet = fleet_on_330(&sb, &db, 2, "batch = 1\nmin_healthy = \"2s\"").await;
-    db.pg.createdb("rollgate_state").unwrap();
-    // The inventory with the state backend (one file, two machines).
-    let inv = sb.path().join("fleet.toml");
-    let text = std::fs::read_to_string(&inv).unwrap();
-    let state = format!(
-        "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"6s\"\n\n",
-        db.pg.conninfo("rollgate_state")
-    );
-    std::fs::write(&inv, format!("{state}{text}")).unwrap();
+    let _fleet = postgres_state_fleet(&sb, &db, "min_healthy = \"2s\"", "6s").await;
 
     // Machine A upgrades; while it runs, machine B tries the same.
     let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
@@ -103,15 +111,7 @@ async fn a_coordinator_woken_after_another_took_the_fleet_changes_nothing_and_ex
     use nix::sys::signal::Signal;
     let sb = Sandbox::new();
     let db = Db::start();
-    let _fleet = fleet_on_330(&sb, &db, 2, "batch = 1\nmin_healthy = \"4s\"").await;
-    db.pg.createdb("rollgate_state").unwrap();
-    let inv = sb.path().join("fleet.toml");
-    let text = std::fs::read_to_string(&inv).unwrap();
-    let state = format!(
-        "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"3s\"\n\n",
-        db.pg.conninfo("rollgate_state")
-    );
-    std::fs::write(&inv, format!("{state}{text}")).unwrap();
+    let _fleet = postgres_state_fleet(&sb, &db, "min_healthy = \"4s\"", "3s").await;
 
     // A freezes while it holds dp-1's batch healthy (no step in flight).
     let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
