@@ -271,3 +271,48 @@ async fn renew_loop(client: Arc<Client>, fleet: String, token: i64, lease: Durat
         }
     }
 }
+
+/// Who holds the fleet lease now, for `rollgate status`.
+#[derive(Debug, serde::Serialize)]
+pub struct Holder {
+    pub holder: String,
+    pub pid: i32,
+    pub command: String,
+    pub token: i64,
+    pub renewed_secs_ago: f64,
+    pub expires_in_secs: f64,
+}
+
+/// The live holder of the fleet lease (postgres state), None when free;
+/// an error says why it cannot be known.
+pub async fn current(inv: &Inventory) -> Result<Option<Holder>, String> {
+    let url = inv.state.url.as_deref().unwrap_or_default();
+    let client = connect(url).await.map_err(|f| f.to_string())?;
+    let fleet = fleet_name(inv);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('rollgate_lease') IS NOT NULL", &[])
+        .await
+        .map_err(|e| e.to_string())?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            "SELECT holder, pid, command, token,
+                    extract(epoch FROM now() - renewed_at)::float8,
+                    extract(epoch FROM expires_at - now())::float8
+             FROM rollgate_lease WHERE fleet = $1 AND expires_at > now()",
+            &[&fleet],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(row.map(|r| Holder {
+        holder: r.get(0),
+        pid: r.get(1),
+        command: r.get(2),
+        token: r.get(3),
+        renewed_secs_ago: r.get(4),
+        expires_in_secs: r.get(5),
+    }))
+}

@@ -196,8 +196,19 @@ pub fn judge(
 pub async fn run(a: StatusArgs) -> Result<(), Failure> {
     let inv = crate::load_inventory(&a.inventory, a.state_dir.as_deref())?;
     let rows = collect(&inv).await;
+    // The fleet lease (postgres state): who is changing the fleet, from any
+    // machine. Not knowing it is said, and is not a failure of `status`.
+    let lease = match inv.state.backend {
+        crate::inventory::StateBackend::File => None,
+        crate::inventory::StateBackend::Postgres => Some(crate::lease::current(&inv).await),
+    };
+    let lease_json = match &lease {
+        None => serde_json::Value::Null,
+        Some(Ok(h)) => serde_json::json!({ "held": h }),
+        Some(Err(e)) => serde_json::json!({ "error": e }),
+    };
     match a.output {
-        Output::Json => print_json(&serde_json::json!({ "hosts": rows })),
+        Output::Json => print_json(&serde_json::json!({ "hosts": rows, "lease": lease_json })),
         Output::Text => print_table(
             &[
                 "HOST",
@@ -236,6 +247,17 @@ pub async fn run(a: StatusArgs) -> Result<(), Failure> {
                 })
                 .collect::<Vec<_>>(),
         ),
+    }
+    if a.output == Output::Text {
+        match &lease {
+            None => {}
+            Some(Ok(None)) => println!("\nfleet lease: free"),
+            Some(Ok(Some(h))) => println!(
+                "\nfleet lease: held by {} (pid {}) running `rollgate {}`, token {}, renewed {:.1}s ago, expires in {:.1}s",
+                h.holder, h.pid, h.command, h.token, h.renewed_secs_ago, h.expires_in_secs
+            ),
+            Some(Err(e)) => println!("\nfleet lease: unknown: {e}"),
+        }
     }
     let down: Vec<&str> = rows
         .iter()

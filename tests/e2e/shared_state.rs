@@ -67,8 +67,16 @@ async fn a_second_coordinator_on_the_fleet_exits_2_naming_the_holder_and_agents_
                 == 0,
         "B recorded no rollout"
     );
+    // Any machine's `status` shows who holds the fleet.
+    let st = sb.rollgate(&["status", "-i", "fleet.toml", "--output", "json"]);
+    let doc = crate::support::json(&st);
+    let held = &doc["lease"]["held"];
+    assert_eq!(held["command"], "upgrade", "{doc}");
+    assert!(held["holder"].as_str().unwrap().contains('@'), "{doc}");
     let (code, lines) = a.finish(Duration::from_secs(180));
     assert_eq!(code, Some(0), "{}", lines.join("\n"));
+    let st = sb.rollgate(&["status", "-i", "fleet.toml"]);
+    assert!(st.stdout.contains("fleet lease: free"), "{}", st.stdout);
 
     // Every agent A called has A's token.
     let t_a = token_of(&sb, "cp-1");
