@@ -8,8 +8,10 @@
 //! this command's, with the next value of a sequence as its fencing token.
 //! The token only grows, so an agent that has seen a newer holder's token
 //! refuses the older holder's calls (`agent/fence.rs`). The lease is
-//! renewed every third of its length and deleted when the command ends; a
-//! holder that dies leaves it to expire.
+//! renewed every third of its length and made to lapse when the command
+//! ends; a holder that dies leaves it to expire. A holder that finds its
+//! renewal refused (superseded while frozen) or cannot renew for a whole
+//! lease exits at once, naming who took over.
 //!
 //! The schema is rollgate's own, created and versioned here
 //! (`rollgate_schema`), under an advisory lock so two coordinators starting
@@ -43,12 +45,13 @@ impl Drop for Lease {
 }
 
 impl Lease {
-    /// Gives the lease up (the row goes; the next holder need not wait).
+    /// Gives the lease up: it lapses now, so the next holder need not wait.
+    /// The row stays, so a holder it superseded can still say who took over.
     pub async fn release(self) {
         let r = self
             .client
             .execute(
-                "DELETE FROM rollgate_lease WHERE fleet = $1 AND token = $2",
+                "UPDATE rollgate_lease SET expires_at = now() WHERE fleet = $1 AND token = $2",
                 &[&self.fleet, &(self.token as i64)],
             )
             .await;
@@ -245,31 +248,66 @@ pub async fn acquire(inv: &Inventory, command: &str) -> Result<Option<Lease>, Fa
 
 async fn renew_loop(client: Arc<Client>, fleet: String, token: i64, lease: Duration) {
     let ttl = lease.as_secs_f64();
+    let mut renewed = std::time::Instant::now();
     loop {
         tokio::time::sleep(lease / 3).await;
-        match client
+        let r = client
             .execute(
                 "UPDATE rollgate_lease SET renewed_at = now(),
                      expires_at = now() + $3 * interval '1 second'
                  WHERE fleet = $1 AND token = $2",
                 &[&fleet, &token, &ttl],
             )
-            .await
-        {
-            Ok(1) => tracing::debug!(fleet, token, "renewed the fleet lease"),
+            .await;
+        match r {
+            Ok(1) => {
+                renewed = std::time::Instant::now();
+                tracing::debug!(fleet, token, "renewed the fleet lease");
+            }
             Ok(_) => {
-                tracing::error!(
-                    fleet,
+                // Superseded (this process was frozen past its lease, say):
+                // it must not act any more, not even finish a phase. What it
+                // started is journalled; the agents finish or undo it.
+                let by = match client
+                    .query_opt(
+                        "SELECT holder, pid, command FROM rollgate_lease WHERE fleet = $1",
+                        &[&fleet],
+                    )
+                    .await
+                {
+                    Ok(Some(r)) => {
+                        let (h, p, c): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+                        format!("{h} (pid {p}) took it over, running `rollgate {c}`")
+                    }
+                    _ => "it lapsed and was taken".to_string(),
+                };
+                stop_now(&format!("lost the fleet lease: {by}"), &fleet, token);
+            }
+            Err(e) if renewed.elapsed() >= lease => {
+                stop_now(
+                    &format!(
+                        "cannot renew the fleet lease for {:.0?} ({e}): another coordinator may take the fleet",
+                        renewed.elapsed()
+                    ),
+                    &fleet,
                     token,
-                    "lost the fleet lease: another coordinator holds it; agents refuse this one's calls"
                 );
-                return;
             }
             Err(e) => {
                 tracing::warn!(fleet, token, error = %e, "cannot renew the fleet lease; retrying")
             }
         }
     }
+}
+
+/// Leaves at once, saying why: a coordinator without the lease must not
+/// make one more call. The rollout journal keeps what it began.
+fn stop_now(why: &str, fleet: &str, token: i64) -> ! {
+    tracing::error!(fleet, token, "{why}; stopping now");
+    eprintln!(
+        "rollgate: {why}. Stopping now: this process changes nothing more (its agents finish or undo the steps in flight; `rollgate status` shows the holder)."
+    );
+    std::process::exit(i32::from(rollgate::exit::FAILED));
 }
 
 /// Who holds the fleet lease now, for `rollgate status`.

@@ -208,6 +208,11 @@ impl Running {
         }
     }
 
+    /// Where the command's stderr goes.
+    pub fn stderr_path(&self) -> std::path::PathBuf {
+        self.stderr.clone()
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
