@@ -137,6 +137,10 @@ pub struct DemoArgs {
     /// Where to build the fleet (default: a new temp dir).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Where coordinators keep the fleet lease: the local state dir (file),
+    /// or a database of rollgate's own on the demo's PostgreSQL server.
+    #[arg(long, default_value = "file", value_parser = ["file", "postgres"])]
+    pub state: String,
     /// text for people; json: one document, or one event per line while a rollout runs.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,

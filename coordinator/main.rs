@@ -154,6 +154,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 rate: a.rate,
                 install: a.install.parse().map_err(Failure::Usage)?,
                 dir: a.dir,
+                state_postgres: a.state == "postgres",
                 output: a.output,
             })
             .await

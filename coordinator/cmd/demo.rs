@@ -26,6 +26,8 @@ pub struct DemoArgs {
     pub rate: u32,
     pub install: Install,
     pub dir: Option<PathBuf>,
+    /// The fleet lease in a `rollgate_state` database on the demo's server.
+    pub state_postgres: bool,
     pub output: Output,
 }
 
@@ -89,6 +91,13 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::Failed(e.to_string()))?
         .map_err(|e| Failure::Failed(format!("cannot start the demo fleet: {e}")))?;
+    if a.state_postgres {
+        let pg = fleet
+            .pg
+            .as_ref()
+            .ok_or_else(|| Failure::Failed("the demo fleet has no PostgreSQL server".into()))?;
+        use_postgres_state(pg, &fleet.inventory)?;
+    }
     if text {
         println!(
             "Fleet up: load balancer http://{} → DPs; inventory {}",
@@ -109,18 +118,15 @@ pub async fn demo(a: DemoArgs) -> Result<(), Failure> {
     }
     let inv = Inventory::load(&fleet.inventory)
         .map_err(|e| Failure::Failed(format!("the demo inventory: {e}")))?;
-    let result = upgrade(
-        inv,
-        &fleet.catalog,
-        UpgradeArgs {
-            to: a.to.clone(),
-            overrides: Overrides::default(),
-            yes: true,
-            dry_run: false,
-            output: a.output,
-        },
-    )
-    .await;
+    let args = UpgradeArgs {
+        to: a.to.clone(),
+        overrides: Overrides::default(),
+        yes: true,
+        dry_run: false,
+        output: a.output,
+    };
+    let result =
+        crate::lease::holding(inv, "upgrade", |inv| upgrade(inv, &fleet.catalog, args)).await;
     let report = load.stop().await;
     let after = fleet.versions();
     let versions = |m: &BTreeMap<String, Option<String>>| -> BTreeMap<String, String> {
@@ -207,4 +213,25 @@ fn keep_or_stop(fleet: DemoFleet, keep: bool, output: Output) -> Result<(), Fail
         println!("  stop it:   {}", teardown.display());
     }
     Ok(())
+}
+
+/// Points the demo's inventory at a state database of rollgate's own on the
+/// demo's PostgreSQL server (never the gateway's database).
+fn use_postgres_state(
+    pg: &rollgate_testbed::pg::PgCluster,
+    inventory: &std::path::Path,
+) -> Result<(), Failure> {
+    let fail = |e: String| {
+        tracing::error!(error = %e, "cannot set up the demo's state database");
+        Failure::Failed(format!("the demo's state database: {e}"))
+    };
+    pg.createdb("rollgate_state")
+        .map_err(|e| fail(e.to_string()))?;
+    let text = std::fs::read_to_string(inventory).map_err(|e| fail(e.to_string()))?;
+    let state = format!(
+        "[state]   # the fleet lease, shared by coordinators on any machine\nbackend = \"postgres\"\nurl = \"{}\"\n\n",
+        pg.conninfo("rollgate_state")
+    );
+    rollgate::fsx::write_atomic(inventory, format!("{state}{text}").as_bytes())
+        .map_err(|e| fail(e.to_string()))
 }
