@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{ROLLGATE, Sandbox, proc};
+use crate::support::{KeptDemo, ROLLGATE, Sandbox, proc};
 
 #[test]
 fn demo_without_its_prerequisites_exits_64_saying_how_to_install_them() {
@@ -48,33 +48,13 @@ fn demo_with_compose_and_no_docker_engine_exits_64_saying_how_to_get_one() {
 fn demo_keep_no_upgrade_leaves_a_fleet_to_drive_by_hand_and_a_teardown() {
     let sb = Sandbox::new();
     let dir = sb.path().join("kept");
-    let out = proc::run(
-        ROLLGATE,
-        &[
-            "demo",
-            "--keep",
-            "--no-upgrade",
-            "--dps",
-            "2",
-            "--output",
-            "json",
-            "--dir",
-            &dir.display().to_string(),
-        ],
-        sb.path(),
-        Duration::from_secs(180),
-    );
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
-    let teardown = doc["teardown"].as_str().unwrap().to_string();
-    // Whatever happens below, stop the kept fleet.
-    struct Teardown(String);
-    impl Drop for Teardown {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("sh").arg(&self.0).output();
-        }
-    }
-    let guard = Teardown(teardown.clone());
+    let args: Vec<String> = ["demo", "--keep", "--no-upgrade", "--dps", "2", "--dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.display().to_string()])
+        .collect();
+    let guard = KeptDemo::start(sb.path(), &args);
+    let doc = guard.doc.clone();
     let inv = doc["inventory"].as_str().unwrap();
     let status = proc::run(
         ROLLGATE,

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{ROLLGATE, Sandbox, proc};
+use crate::support::{KeptDemo, ROLLGATE, Sandbox, proc};
 
 const GUIDE: &str = include_str!("../../docs/operator-guide.md");
 const HALTS: &str = "## When a rollout stops";
@@ -72,18 +72,8 @@ fn every_command_of_the_operator_guide_runs_against_a_demo_fleet() {
     // The guide's demo command first, as written (JSON to read its paths).
     let demo = walk[0].clone();
     assert!(demo.starts_with("rollgate demo"), "{demo}");
-    let mut args = words(&demo, "");
-    args.extend(["--output".to_string(), "json".to_string()]);
-    let out = proc::run(ROLLGATE, &args, cwd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{demo}\n{}\n{}", out.stdout, out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
-    struct Teardown(String);
-    impl Drop for Teardown {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("sh").arg(&self.0).output();
-        }
-    }
-    let _teardown = Teardown(doc["teardown"].as_str().unwrap().to_string());
+    let demo_fleet = KeptDemo::start(cwd, &words(&demo, ""));
+    let doc = &demo_fleet.doc;
     std::os::unix::fs::symlink(doc["inventory"].as_str().unwrap(), cwd.join("fleet.toml")).unwrap();
     std::os::unix::fs::symlink(doc["catalog"].as_str().unwrap(), cwd.join("releases.toml"))
         .unwrap();

@@ -177,34 +177,23 @@ async fn a_coordinator_woken_after_another_took_the_fleet_changes_nothing_and_ex
 /// own on the demo's PostgreSQL.
 #[test]
 fn the_demo_can_keep_a_fleet_whose_state_is_in_postgres() {
-    use crate::support::{ROLLGATE, proc};
+    use crate::support::{KeptDemo, ROLLGATE, proc};
     let sb = Sandbox::new();
     let dir = sb.path().join("kept");
-    let out = proc::run(
-        ROLLGATE,
-        &[
-            "demo",
-            "--keep",
-            "--no-upgrade",
-            "--state",
-            "postgres",
-            "--output",
-            "json",
-            "--dir",
-            dir.to_str().unwrap(),
-        ],
-        sb.path(),
-        Duration::from_secs(180),
-    );
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
-    let doc: serde_json::Value = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
-    struct Teardown(String);
-    impl Drop for Teardown {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("sh").arg(&self.0).output();
-        }
-    }
-    let _teardown = Teardown(doc["teardown"].as_str().unwrap().to_string());
+    let args: Vec<String> = [
+        "demo",
+        "--keep",
+        "--no-upgrade",
+        "--state",
+        "postgres",
+        "--dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.display().to_string()])
+    .collect();
+    let demo = KeptDemo::start(sb.path(), &args);
+    let doc = &demo.doc;
     let inv = doc["inventory"].as_str().unwrap();
     let text = std::fs::read_to_string(inv).unwrap();
     assert!(

@@ -253,3 +253,37 @@ pub fn json(out: &RunOutput) -> serde_json::Value {
         )
     })
 }
+
+/// A demo fleet kept running by `rollgate demo --keep --no-upgrade …`, and
+/// its teardown, run when this is dropped (whatever the test did).
+pub struct KeptDemo {
+    /// The demo's closing JSON document (inventory, catalog, lb, teardown…).
+    pub doc: serde_json::Value,
+}
+
+impl KeptDemo {
+    /// Runs `rollgate <args> --output json` in `cwd` (args start with
+    /// "demo"), which must succeed.
+    pub fn start(cwd: &Path, args: &[String]) -> KeptDemo {
+        let mut args = args.to_vec();
+        args.extend(["--output".to_string(), "json".to_string()]);
+        let out = proc::run(ROLLGATE, &args, cwd, std::time::Duration::from_secs(240));
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{args:?}\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        let doc = serde_json::from_str(out.stdout.lines().last().unwrap()).unwrap();
+        KeptDemo { doc }
+    }
+}
+
+impl Drop for KeptDemo {
+    fn drop(&mut self) {
+        if let Some(t) = self.doc["teardown"].as_str() {
+            let _ = std::process::Command::new("sh").arg(t).output();
+        }
+    }
+}
