@@ -75,7 +75,7 @@ impl AgentState {
 
 impl AgentState {
     /// A graceful stop: no new step begins, the one in flight is finished
-    /// (never cut off by a restart such as a package upgrade's), then the
+    /// (not cut off by a restart such as a package upgrade's), then the
     /// health watches end. Says which it did.
     pub async fn stop(&self) {
         match self.ops.stop_admitting() {

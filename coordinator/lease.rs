@@ -2,9 +2,9 @@
 //! holder per fleet across every machine, and a fencing token per taking.
 //!
 //! A command that changes the fleet takes the lease before it calls any
-//! agent: in one transaction it reads the fleet's row under `FOR UPDATE`;
-//! a live row of someone else is a refusal (exit 2) naming the holder, when
-//! it was last renewed and what it is doing; otherwise the row becomes
+//! agent: in one transaction, under a per-fleet advisory lock, it reads the
+//! fleet's row; a live one is a refusal (exit 2) naming the holder, when it
+//! was last renewed and what it is doing; otherwise the row becomes
 //! this command's, with the next value of a sequence as its fencing token.
 //! The token only grows, so an agent that has seen a newer holder's token
 //! refuses the older holder's calls (`agent/fence.rs`). The lease is
@@ -199,7 +199,7 @@ pub async fn acquire(inv: &Inventory, command: &str) -> Result<Option<Lease>, Fa
             "SELECT holder, pid, command,
                     extract(epoch FROM now() - renewed_at)::float8,
                     extract(epoch FROM expires_at - now())::float8
-             FROM rollgate_lease WHERE fleet = $1 AND expires_at > now() FOR UPDATE",
+             FROM rollgate_lease WHERE fleet = $1 AND expires_at > now()",
             &[&fleet],
         )
         .await

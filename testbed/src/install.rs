@@ -56,7 +56,8 @@ pub const TAG_VARIABLE: &str = "GATEWAY_TAG";
 /// must keep running untouched.
 pub const UNRELATED_IMAGE: &str = "rollgate-testbed-unrelated:1";
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+/// Runs `cmd`; its stdout, or an error with the command, status and output.
+pub(crate) fn run(cmd: &mut Command) -> Result<String, String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .output()

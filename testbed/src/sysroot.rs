@@ -18,23 +18,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::install::run;
+
 #[derive(Debug)]
 pub struct SysRoot {
     pub root: PathBuf,
     mounts: Vec<PathBuf>,
-}
-
-fn run(cmd: &mut Command) -> Result<Output, String> {
-    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(out)
 }
 
 impl SysRoot {

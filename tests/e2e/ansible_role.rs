@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{AGENT, Sandbox};
+use crate::support::{AGENT, Sandbox, output_text};
 
 const ANSIBLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ansible");
 
@@ -22,14 +22,6 @@ fn playbook(sb: &Sandbox, args: &[&str]) -> Output {
         .env("ANSIBLE_RETRY_FILES_ENABLED", "0")
         .output()
         .expect("ansible-playbook runs (deploy/prereqs.sh installs ansible-core)")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn inventory(sb: &Sandbox) -> std::path::PathBuf {
@@ -55,7 +47,7 @@ fn the_agent_playbook_passes_ansible_syntax_check() {
             &format!("{ANSIBLE}/agents.yml"),
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
 
     // The check can fail: a task with two modules is refused.
     let broken = sb.path().join("broken");
@@ -80,7 +72,7 @@ fn the_agent_playbook_passes_ansible_syntax_check() {
             broken.join("agents.yml").to_str().unwrap(),
         ],
     );
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
 }
 
 #[test]
@@ -122,7 +114,7 @@ fn the_roles_agent_toml_is_accepted_by_the_agent() {
             render.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let toml = std::fs::read_to_string(&rendered).unwrap();
     assert!(
         toml.contains("name = \"dp-1\"") && toml.contains("role = \"dp\""),
@@ -133,6 +125,6 @@ fn the_roles_agent_toml_is_accepted_by_the_agent() {
         .arg(&rendered)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}\n{toml}", text(&check));
+    assert!(check.status.success(), "{}\n{toml}", output_text(&check));
     assert!(Path::new(&rendered).exists());
 }

@@ -4,11 +4,11 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rollgate_testbed::sysroot::SysRoot;
 
-use crate::support::{AGENT, ROLLGATE, Sandbox};
+use crate::support::{AGENT, ROLLGATE, Sandbox, output_text};
 
 /// Builds both packages at `version` from the test binaries; the agent's
 /// shipped example is `agent_config`.
@@ -26,7 +26,7 @@ fn package(sb: &Sandbox, version: &str, agent_config: &Path) -> (PathBuf, PathBu
         .arg(agent_config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     let built: Vec<PathBuf> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -47,18 +47,10 @@ fn package(sb: &Sandbox, version: &str, agent_config: &Path) -> (PathBuf, PathBu
     (find("rollgate"), find("rollgate-agent"))
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn dpkg_ok(root: &SysRoot, args: &[&str]) -> String {
     let out = root.dpkg(args);
-    assert!(out.status.success(), "dpkg {args:?}: {}", text(&out));
-    text(&out)
+    assert!(out.status.success(), "dpkg {args:?}: {}", output_text(&out));
+    output_text(&out)
 }
 
 /// Mode (permission bits) and owner uid of a path inside the root.
@@ -149,9 +141,9 @@ fn the_agent_package_installs_configures_upgrades_and_purges() {
         "/lib/systemd/system/rollgate-agent.service",
     ]);
     assert!(
-        verify.status.success() && text(&verify).trim().is_empty(),
+        verify.status.success() && output_text(&verify).trim().is_empty(),
         "{}",
-        text(&verify)
+        output_text(&verify)
     );
     let unit =
         std::fs::read_to_string(root.path("/lib/systemd/system/rollgate-agent.service")).unwrap();
@@ -167,7 +159,7 @@ fn the_agent_package_installs_configures_upgrades_and_purges() {
         .replace("keep_releases = 3", "keep_releases = 5");
     std::fs::write(root.path(AGENT_TOML), &edited).unwrap();
     let check = root.chroot(&["rollgate-agent", "--check", "--config", AGENT_TOML]);
-    assert!(check.status.success(), "{}", text(&check));
+    assert!(check.status.success(), "{}", output_text(&check));
     // What a running agent leaves: its journal and working files; a backup.
     let state = root.path("/var/lib/rollgate-agent");
     std::fs::write(state.join("journal"), "{\"v\":1}\n").unwrap();
@@ -324,7 +316,11 @@ fn the_cli_package_brings_man_pages_and_completions_and_purges_clean() {
         .collect();
 
     let version = root.chroot(&["rollgate", "--version"]);
-    assert!(text(&version).contains("rollgate"), "{}", text(&version));
+    assert!(
+        output_text(&version).contains("rollgate"),
+        "{}",
+        output_text(&version)
+    );
     assert_eq!(mode_uid(&root, "/usr/bin/rollgate"), (0o755, 0));
     // Each page renders with the real man.
     let pages: Vec<PathBuf> = std::fs::read_dir(root.path("/usr/share/man/man1"))
@@ -349,7 +345,7 @@ fn the_cli_package_brings_man_pages_and_completions_and_purges_clean() {
         assert!(
             out.status.success() && !out.stdout.is_empty(),
             "{page:?}: {}",
-            text(&out)
+            output_text(&out)
         );
     }
     // bash loads the completion and binds it to the command.
@@ -358,7 +354,11 @@ fn the_cli_package_brings_man_pages_and_completions_and_purges_clean() {
         "-c",
         "source /usr/share/bash-completion/completions/rollgate && complete -p rollgate",
     ]);
-    assert!(text(&bash).contains("_rollgate"), "{}", text(&bash));
+    assert!(
+        output_text(&bash).contains("_rollgate"),
+        "{}",
+        output_text(&bash)
+    );
     for f in [
         "/usr/share/zsh/vendor-completions/_rollgate",
         "/usr/share/fish/vendor_completions.d/rollgate.fish",

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::support::Sandbox;
 use crate::support::fixtures::{Fleet, fleet_on_330};
 use crate::support::gateway::Db;
+use crate::support::{Sandbox, entries};
 use crate::upgrade::upgrade_to;
 
 fn with_state_dir(mut args: Vec<String>, dir: &str) -> Vec<String> {
@@ -59,12 +59,9 @@ async fn a_second_coordinator_on_the_fleet_exits_2_naming_the_holder_and_agents_
         "{}",
         b.stderr
     );
-    assert!(
-        !sb.path().join("bastion-b/rollouts").exists()
-            || std::fs::read_dir(sb.path().join("bastion-b/rollouts"))
-                .unwrap()
-                .count()
-                == 0,
+    assert_eq!(
+        entries(&sb.path().join("bastion-b/rollouts")),
+        0,
         "B recorded no rollout"
     );
     // Any machine's `status` shows who holds the fleet.

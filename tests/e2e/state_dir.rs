@@ -5,7 +5,7 @@
 
 use crate::support::fixtures::cp_on_330;
 use crate::support::gateway::Db;
-use crate::support::{Sandbox, json};
+use crate::support::{Sandbox, entries, json};
 
 fn rollouts(sb: &Sandbox, extra: &[&str]) -> Vec<serde_json::Value> {
     let mut args = vec!["history", "-i", "fleet.toml", "--output", "json"];
@@ -33,18 +33,11 @@ async fn state_dir_overrides_the_inventorys_for_journals_backups_and_history() {
     ]);
     assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
     // Everything went to the other directory, nothing to the inventory's.
+    assert_eq!(entries(&other.join("rollouts")), 1, "the backup's journal");
+    assert_eq!(entries(&other.join("backups")), 1);
     assert_eq!(
-        std::fs::read_dir(other.join("rollouts")).unwrap().count(),
-        1,
-        "the backup's journal"
-    );
-    assert_eq!(std::fs::read_dir(other.join("backups")).unwrap().count(), 1);
-    assert!(
-        !sb.path().join("state/rollouts").exists()
-            || std::fs::read_dir(sb.path().join("state/rollouts"))
-                .unwrap()
-                .count()
-                == 0,
+        entries(&sb.path().join("state/rollouts")),
+        0,
         "the inventory's state dir is untouched"
     );
 
@@ -79,8 +72,5 @@ async fn state_dir_overrides_the_inventorys_for_journals_backups_and_history() {
     let bad = sb.rollgate(&["backup", "-i", "fleet.toml", "--state-dir", ""]);
     assert_eq!(bad.code, Some(64), "{}", bad.stderr);
     assert!(bad.stderr.contains("--state-dir"), "{}", bad.stderr);
-    assert_eq!(
-        std::fs::read_dir(other.join("rollouts")).unwrap().count(),
-        1
-    );
+    assert_eq!(entries(&other.join("rollouts")), 1);
 }

@@ -287,3 +287,17 @@ impl Drop for KeptDemo {
         }
     }
 }
+
+/// A command's stdout then stderr, for assertion messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// How many entries `dir` holds; 0 when it does not exist.
+pub fn entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
