@@ -47,7 +47,9 @@ impl Drop for Lease {
 impl Lease {
     /// Gives the lease up: it lapses now, so the next holder need not wait.
     /// The row stays, so a holder it superseded can still say who took over.
-    pub async fn release(self) {
+    /// Returns who took it over when it was no longer this command's (the
+    /// process slept past its lease and ended before a renewal noticed).
+    pub async fn release(self) -> Option<String> {
         let r = self
             .client
             .execute(
@@ -55,9 +57,31 @@ impl Lease {
                 &[&self.fleet, &(self.token as i64)],
             )
             .await;
-        if let Err(e) = r {
-            tracing::warn!(fleet = %self.fleet, error = %e, "cannot release the fleet lease; it expires by itself");
+        match r {
+            Ok(0) => Some(superseded_by(&self.client, &self.fleet).await),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(fleet = %self.fleet, error = %e, "cannot release the fleet lease; it expires by itself");
+                None
+            }
         }
+    }
+}
+
+/// Who holds the fleet's row now, for a holder that lost it.
+async fn superseded_by(client: &Client, fleet: &str) -> String {
+    match client
+        .query_opt(
+            "SELECT holder, pid, command FROM rollgate_lease WHERE fleet = $1",
+            &[&fleet],
+        )
+        .await
+    {
+        Ok(Some(r)) => {
+            let (h, p, c): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+            format!("{h} (pid {p}) took it over, running `rollgate {c}`")
+        }
+        _ => "it lapsed and was taken".to_string(),
     }
 }
 
@@ -164,10 +188,18 @@ where
     let lease = acquire(&inv, command).await?;
     inv.fencing_token = lease.as_ref().map(|l| l.token);
     let r = body(inv).await;
-    if let Some(l) = lease {
-        l.release().await;
+    match lease {
+        Some(l) => match l.release().await {
+            // Whatever the command concluded, it ran past its lease: say so.
+            Some(by) => {
+                let why = r.err().map(|f| format!(" ({f})")).unwrap_or_default();
+                tracing::error!(superseded_by = %by, "lost the fleet lease before the command ended");
+                Err(Failure::Failed(format!("lost the fleet lease: {by}{why}")))
+            }
+            None => r,
+        },
+        None => r,
     }
-    r
 }
 
 /// Takes the fleet lease for `command`, or None with the file backend.
@@ -268,19 +300,7 @@ async fn renew_loop(client: Arc<Client>, fleet: String, token: i64, lease: Durat
                 // Superseded (this process was frozen past its lease, say):
                 // it must not act any more, not even finish a phase. What it
                 // started is journalled; the agents finish or undo it.
-                let by = match client
-                    .query_opt(
-                        "SELECT holder, pid, command FROM rollgate_lease WHERE fleet = $1",
-                        &[&fleet],
-                    )
-                    .await
-                {
-                    Ok(Some(r)) => {
-                        let (h, p, c): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
-                        format!("{h} (pid {p}) took it over, running `rollgate {c}`")
-                    }
-                    _ => "it lapsed and was taken".to_string(),
-                };
+                let by = superseded_by(&client, &fleet).await;
                 stop_now(&format!("lost the fleet lease: {by}"), &fleet, token);
             }
             Err(e) if renewed.elapsed() >= lease => {

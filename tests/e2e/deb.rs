@@ -171,10 +171,9 @@ async fn a_deb_fleet_reverts_survives_a_kill_mid_dpkg_and_rolls_back_from_its_ca
     );
     let mut fleet = fleet;
     fleet.start_agent("dp-2").unwrap();
-    // The same operation again: the recovered outcome.
-    let r = install_on(&fleet, "dp-2", "t/install-3.4.0", "3.4.0")
-        .await
-        .unwrap();
+    // The same operation again: the recovered outcome (asked again while
+    // the agent answers "retry", until its recovery has taken the step up).
+    let r = client::until_result(|| install_on(&fleet, "dp-2", "t/install-3.4.0", "3.4.0")).await;
     let f = client::failure(&r);
     assert_eq!(f.code, pb::FailureCode::Interrupted as i32, "{f:?}");
     assert!(f.reverted, "{f:?}");
