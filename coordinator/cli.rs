@@ -219,6 +219,15 @@ pub struct ResumeArgs {
     /// The rollout to resume (default: the one that was cut off).
     #[arg(value_parser = parse_rollout_id)]
     pub rollout: Option<String>,
+    /// Take the fleet lease from the coordinator holding it (shared state
+    /// only): one on a machine that was lost, or that stopped answering.
+    /// Asks you to type the holder's name; every agent refuses the old
+    /// holder's calls from then on.
+    #[arg(long)]
+    pub take_over: bool,
+    /// With --take-over: take it without asking.
+    #[arg(long, requires = "take_over")]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,21 +13,17 @@
 //! renewal refused (superseded while frozen) or cannot renew for a whole
 //! lease exits at once, naming who took over.
 //!
-//! The schema is rollgate's own, created and versioned here
-//! (`rollgate_schema`), under an advisory lock so two coordinators starting
-//! at once do not race.
+//! The tables are rollgate's own (`state_db.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::Digest;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::Failure;
 use crate::inventory::{Inventory, StateBackend};
-
-/// The schema version this build writes.
-const SCHEMA: i32 = 1;
+use crate::state_db::{connect, migrate, shown};
 
 /// A lease held: its token, and the task renewing it.
 #[derive(Debug)]
@@ -102,90 +98,45 @@ fn holder() -> String {
     format!("{user}@{host}")
 }
 
-/// The URL without its password, for messages.
-fn shown(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(c) => format!(
-            "{}{}",
-            c.get_hosts()
-                .first()
-                .map(|h| match h {
-                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_default(),
-            c.get_dbname().map(|d| format!("/{d}")).unwrap_or_default()
-        ),
-        Err(_) => "(unparsable URL)".into(),
-    }
-}
-
-async fn connect(url: &str) -> Result<Client, Failure> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.map_err(|e| {
-        tracing::error!(db = %shown(url), error = %e, "cannot reach the state database");
-        Failure::Failed(format!(
-            "cannot reach the state database {}: {e}; nothing was changed",
-            shown(url)
-        ))
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "the state database connection ended");
-        }
-    });
-    Ok(client)
-}
-
-/// Creates or checks rollgate's tables.
-async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock(7301730173)", &[])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS rollgate_schema (version integer NOT NULL);
-         CREATE TABLE IF NOT EXISTS rollgate_lease (
-             fleet text PRIMARY KEY,
-             holder text NOT NULL,
-             pid integer NOT NULL,
-             command text NOT NULL,
-             token bigint NOT NULL,
-             acquired_at timestamptz NOT NULL,
-             renewed_at timestamptz NOT NULL,
-             expires_at timestamptz NOT NULL);
-         CREATE SEQUENCE IF NOT EXISTS rollgate_fencing_token;",
-    )
-    .await?;
-    let version: Option<i32> = tx
-        .query_opt("SELECT max(version) FROM rollgate_schema", &[])
-        .await?
-        .and_then(|r| r.get(0));
-    if version.is_none() {
-        tx.execute("INSERT INTO rollgate_schema VALUES ($1)", &[&SCHEMA])
-            .await?;
-    }
-    tx.commit().await?;
-    if let Some(v) = version
-        && v > SCHEMA
-    {
-        tracing::warn!(
-            version = v,
-            ours = SCHEMA,
-            "the state database was written by a newer rollgate"
-        );
-    }
-    Ok(())
-}
-
 /// Runs `body` holding the fleet lease (postgres state; with the file
 /// backend, just runs it): the inventory it gets carries the lease's
 /// fencing token, which every agent call then sends. The lease is given up
 /// when `body` ends, however it ends.
-pub async fn holding<F, Fut>(mut inv: Inventory, command: &str, body: F) -> Result<(), Failure>
+pub async fn holding<F, Fut>(inv: Inventory, command: &str, body: F) -> Result<(), Failure>
 where
     F: FnOnce(Inventory) -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
 {
-    let lease = acquire(&inv, command).await?;
+    holding_or_taking(inv, command, None, body).await
+}
+
+/// How a command may take a lease another holds (`resume --take-over`).
+#[derive(Debug, Clone, Copy)]
+pub struct TakeOver {
+    /// Confirmed already (`--yes`): do not ask.
+    pub yes: bool,
+}
+
+/// As [`holding`]; with `take_over`, a lease another holds is taken from
+/// it once the operator confirms by typing the holder's name (or `--yes`).
+/// Its token then outranks the old holder's, whom every agent and the
+/// journal refuse from then on.
+pub async fn holding_or_taking<F, Fut>(
+    mut inv: Inventory,
+    command: &str,
+    take_over: Option<TakeOver>,
+    body: F,
+) -> Result<(), Failure>
+where
+    F: FnOnce(Inventory) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failure>>,
+{
+    if take_over.is_some() && inv.state.backend == StateBackend::File {
+        return Err(Failure::Usage(
+            "--take-over needs the shared state ([state] backend = \"postgres\" in the inventory); with file state there is no lease to take. Nothing was changed".into(),
+        ));
+    }
+    let lease = acquire(&inv, command, take_over).await?;
     inv.fencing_token = lease.as_ref().map(|l| l.token);
     let r = body(inv).await;
     match lease {
@@ -202,15 +153,34 @@ where
     }
 }
 
+/// What one attempt to take the lease found.
+enum Attempt {
+    Took(i64),
+    Held(Holder),
+}
+
+impl Holder {
+    fn describe(&self) -> String {
+        format!(
+            "{} (pid {}), running `rollgate {}`; renewed {:.1}s ago, it expires in {:.1}s unless renewed",
+            self.holder, self.pid, self.command, self.renewed_secs_ago, self.expires_in_secs
+        )
+    }
+}
+
 /// Takes the fleet lease for `command`, or None with the file backend.
-/// Refused (exit 2, naming the holder) while another holds it.
-pub async fn acquire(inv: &Inventory, command: &str) -> Result<Option<Lease>, Failure> {
+/// Refused (exit 2, naming the holder) while another holds it, unless
+/// `take_over` and the operator confirms.
+pub async fn acquire(
+    inv: &Inventory,
+    command: &str,
+    take_over: Option<TakeOver>,
+) -> Result<Option<Lease>, Failure> {
     if inv.state.backend == StateBackend::File {
         return Ok(None);
     }
     let url = inv.state.url.as_deref().unwrap_or_default();
     let fleet = fleet_name(inv);
-    let ttl = inv.state.lease.as_secs_f64();
     let mut client = connect(url).await?;
     let db_err = |e: tokio_postgres::Error| {
         tracing::error!(db = %shown(url), error = %e, "state database error");
@@ -220,48 +190,45 @@ pub async fn acquire(inv: &Inventory, command: &str) -> Result<Option<Lease>, Fa
         ))
     };
     migrate(&mut client).await.map_err(db_err)?;
-    let tx = client.transaction().await.map_err(db_err)?;
-    // Acquirers of one fleet take turns: with no row yet, two could
-    // otherwise both see it free and both insert.
-    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&fleet])
-        .await
-        .map_err(db_err)?;
-    let held = tx
-        .query_opt(
-            "SELECT holder, pid, command,
-                    extract(epoch FROM now() - renewed_at)::float8,
-                    extract(epoch FROM expires_at - now())::float8
-             FROM rollgate_lease WHERE fleet = $1 AND expires_at > now()",
-            &[&fleet],
-        )
-        .await
-        .map_err(db_err)?;
-    if let Some(r) = held {
-        let (who, pid, cmd): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
-        let (ago, left): (f64, f64) = (r.get(3), r.get(4));
-        tracing::warn!(fleet, holder = %who, pid, command = %cmd, "the fleet lease is held");
-        return Err(Failure::Blocked(format!(
-            "the fleet lease is held by {who} (pid {pid}), running `rollgate {cmd}`; renewed {ago:.1}s ago, it expires in {left:.1}s unless renewed. Nothing was changed"
-        )));
-    }
-    let token: i64 = tx
-        .query_one("SELECT nextval('rollgate_fencing_token')", &[])
+    let ttl = inv.state.lease.as_secs_f64();
+    let token = match try_take(&mut client, &fleet, command, ttl, None)
         .await
         .map_err(db_err)?
-        .get(0);
+    {
+        Attempt::Took(t) => t,
+        Attempt::Held(h) => {
+            tracing::warn!(fleet, holder = %h.holder, pid = h.pid, command = %h.command, "the fleet lease is held");
+            let Some(take) = take_over else {
+                return Err(Failure::Blocked(format!(
+                    "the fleet lease is held by {}. Nothing was changed (`rollgate resume --take-over` takes it from a holder that is gone)",
+                    h.describe()
+                )));
+            };
+            confirm_take_over(&h, take.yes)?;
+            // Asked outside any transaction; take it only if it is still
+            // the lease the operator agreed to take.
+            match try_take(&mut client, &fleet, command, ttl, Some(h.token))
+                .await
+                .map_err(db_err)?
+            {
+                Attempt::Took(t) => {
+                    tracing::warn!(fleet, from = %h.holder, old_token = h.token, token = t, "took the fleet lease over");
+                    eprintln!(
+                        "rollgate: took the fleet lease over from {} (token {} → {t}); its calls are refused from now on",
+                        h.holder, h.token
+                    );
+                    t
+                }
+                Attempt::Held(now) => {
+                    return Err(Failure::Blocked(format!(
+                        "the fleet lease changed hands while asking: it is now held by {}. Nothing was changed",
+                        now.describe()
+                    )));
+                }
+            }
+        }
+    };
     let who = holder();
-    let pid = std::process::id() as i32;
-    tx.execute(
-        "INSERT INTO rollgate_lease VALUES
-             ($1, $2, $3, $4, $5, now(), now(), now() + $6 * interval '1 second')
-         ON CONFLICT (fleet) DO UPDATE SET holder = $2, pid = $3, command = $4,
-             token = $5, acquired_at = now(), renewed_at = now(),
-             expires_at = now() + $6 * interval '1 second'",
-        &[&fleet, &who, &pid, &command, &token, &ttl],
-    )
-    .await
-    .map_err(db_err)?;
-    tx.commit().await.map_err(db_err)?;
     tracing::info!(fleet, token, holder = %who, "took the fleet lease");
     let client = Arc::new(client);
     let renew = tokio::spawn(renew_loop(
@@ -276,6 +243,82 @@ pub async fn acquire(inv: &Inventory, command: &str) -> Result<Option<Lease>, Fa
         client,
         renew,
     }))
+}
+
+/// The typed confirmation of a take-over: the holder's name, as shown.
+fn confirm_take_over(h: &Holder, yes: bool) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let what = format!(
+        "The fleet lease is held by {}. Taking it over fences that coordinator off: every agent refuses its calls from now on.",
+        h.describe()
+    );
+    if yes {
+        eprintln!("rollgate: {what} Taking it over (--yes).");
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::Blocked(format!(
+            "{what} Re-run with --yes to take it over (there is no terminal to ask on). Nothing was changed"
+        )));
+    }
+    eprint!(
+        "{what}\nType the holder's name ({}) to take the fleet from it: ",
+        h.holder
+    );
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::Blocked(format!("cannot read the answer: {e}")))?;
+    if answer.trim() == h.holder {
+        Ok(())
+    } else {
+        Err(Failure::Blocked(format!(
+            "not confirmed (the answer was not {}); nothing was changed",
+            h.holder
+        )))
+    }
+}
+
+/// One transaction: the fleet's row, taken when it is free, expired, or
+/// the live one of token `forced` (a confirmed take-over).
+async fn try_take(
+    client: &mut Client,
+    fleet: &str,
+    command: &str,
+    ttl: f64,
+    forced: Option<i64>,
+) -> Result<Attempt, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // Acquirers of one fleet take turns: with no row yet, two could
+    // otherwise both see it free and both insert.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&fleet])
+        .await?;
+    let held = tx
+        .query_opt(LIVE_HOLDER, &[&fleet])
+        .await?
+        .map(|r| Holder::of(&r));
+    if let Some(h) = held
+        && forced != Some(h.token)
+    {
+        return Ok(Attempt::Held(h));
+    }
+    let token: i64 = tx
+        .query_one("SELECT nextval('rollgate_fencing_token')", &[])
+        .await?
+        .get(0);
+    let who = holder();
+    let pid = std::process::id() as i32;
+    tx.execute(
+        "INSERT INTO rollgate_lease VALUES
+             ($1, $2, $3, $4, $5, now(), now(), now() + $6 * interval '1 second')
+         ON CONFLICT (fleet) DO UPDATE SET holder = $2, pid = $3, command = $4,
+             token = $5, acquired_at = now(), renewed_at = now(),
+             expires_at = now() + $6 * interval '1 second'",
+        &[&fleet, &who, &pid, &command, &token, &ttl],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Attempt::Took(token))
 }
 
 async fn renew_loop(client: Arc<Client>, fleet: String, token: i64, lease: Duration) {
@@ -356,21 +399,27 @@ pub async fn current(inv: &Inventory) -> Result<Option<Holder>, String> {
         return Ok(None);
     }
     let row = client
-        .query_opt(
-            "SELECT holder, pid, command, token,
-                    extract(epoch FROM now() - renewed_at)::float8,
-                    extract(epoch FROM expires_at - now())::float8
-             FROM rollgate_lease WHERE fleet = $1 AND expires_at > now()",
-            &[&fleet],
-        )
+        .query_opt(LIVE_HOLDER, &[&fleet])
         .await
         .map_err(|e| e.to_string())?;
-    Ok(row.map(|r| Holder {
-        holder: r.get(0),
-        pid: r.get(1),
-        command: r.get(2),
-        token: r.get(3),
-        renewed_secs_ago: r.get(4),
-        expires_in_secs: r.get(5),
-    }))
+    Ok(row.map(|r| Holder::of(&r)))
+}
+
+/// The fleet's live lease row, as `Holder::of` reads it.
+const LIVE_HOLDER: &str = "SELECT holder, pid, command, token,
+        extract(epoch FROM now() - renewed_at)::float8,
+        extract(epoch FROM expires_at - now())::float8
+     FROM rollgate_lease WHERE fleet = $1 AND expires_at > now()";
+
+impl Holder {
+    fn of(r: &tokio_postgres::Row) -> Holder {
+        Holder {
+            holder: r.get(0),
+            pid: r.get(1),
+            command: r.get(2),
+            token: r.get(3),
+            renewed_secs_ago: r.get(4),
+            expires_in_secs: r.get(5),
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod output;
 mod planner;
 mod report;
 mod rollout;
+mod state_db;
 
 use std::process::ExitCode;
 
@@ -123,7 +124,8 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Resume(a) => {
             let (rollout, output) = (a.rollout, a.inv.output);
-            lease::holding(a.inv.load()?, "resume", |inv| {
+            let take_over = a.take_over.then_some(lease::TakeOver { yes: a.yes });
+            lease::holding_or_taking(a.inv.load()?, "resume", take_over, |inv| {
                 cmd::upgrade::resume(inv, rollout, output)
             })
             .await
@@ -142,7 +144,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let output = a.output;
             lease::holding(a.load()?, "backup", |inv| cmd::upgrade::backup(inv, output)).await
         }
-        Command::History(a) => cmd::history::history(&a.load()?, a.output),
+        Command::History(a) => cmd::history::history(&a.load()?, a.output).await,
         #[cfg(feature = "demo")]
         Command::Demo(a) => {
             cmd::demo::demo(cmd::demo::DemoArgs {
@@ -159,7 +161,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             })
             .await
         }
-        Command::Show(a) => cmd::history::show(&a.inv.load()?, &a.rollout, a.inv.output),
+        Command::Show(a) => cmd::history::show(&a.inv.load()?, &a.rollout, a.inv.output).await,
     }
 }
 

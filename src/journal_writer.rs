@@ -8,6 +8,9 @@
 //! since its last fsync, fsyncs once, then tells each writer its record is
 //! durable. A caller still waits for its own record to be on disk before it
 //! acts.
+//!
+//! Where the records go is a [`Sink`]: a file here; the coordinator's
+//! PostgreSQL state backend writes a batch as one transaction instead.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -46,13 +49,46 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
+/// Where a journal's records go. `write` gets every record queued since
+/// the last call, in order, and returns once they are all durable, or none
+/// of them counts.
+pub trait Sink: Send + 'static {
+    fn write(&mut self, records: &[&[u8]]) -> io::Result<()>;
+}
+
+/// An append-only file: the records written in turn, then one fsync.
+struct FileSink(File);
+
+impl Sink for FileSink {
+    fn write(&mut self, records: &[&[u8]]) -> io::Result<()> {
+        let file = &mut self.0;
+        let len = file.metadata().map(|m| m.len());
+        let mut result = records.iter().try_for_each(|r| file.write_all(r));
+        if result.is_ok() {
+            result = file.sync_data();
+        }
+        if result.is_err()
+            && let Ok(len) = len
+        {
+            // Never leave half a record: later ones would be glued to it.
+            let _ = file.set_len(len);
+        }
+        result
+    }
+}
+
 impl Writer {
     /// Starts the thread that owns `file` (opened for appending).
     pub fn start(file: File, name: &str) -> io::Result<Writer> {
+        Writer::start_sink(FileSink(file), name)
+    }
+
+    /// Starts the thread that owns `sink`.
+    pub fn start_sink(sink: impl Sink, name: &str) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(file, rx))?;
+            .spawn(move || run(sink, rx))?;
         Ok(Writer { tx })
     }
 
@@ -84,27 +120,12 @@ impl Writer {
     }
 }
 
-fn run(mut file: File, rx: mpsc::Receiver<Job>) {
+fn run(mut sink: impl Sink, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let len = file.metadata().map(|m| m.len());
-        let mut result = Ok(());
-        for job in &batch {
-            if let Err(e) = file.write_all(&job.line) {
-                result = Err(e);
-                break;
-            }
-        }
-        if result.is_ok() {
-            result = file.sync_data();
-        }
-        if result.is_err()
-            && let Ok(len) = len
-        {
-            // Never leave half a record: later ones would be glued to it.
-            let _ = file.set_len(len);
-        }
+        let records: Vec<&[u8]> = batch.iter().map(|j| j.line.as_slice()).collect();
+        let result = sink.write(&records);
         if let Err(e) = &result {
             tracing::error!(error = %e, records = batch.len(), "cannot write the journal");
         }

@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::Failure;
 use crate::inventory::Inventory;
 use crate::output::{Output, print_json, print_table};
+use crate::rollout::journals::Journals;
 use crate::rollout::lock::fmt_ms;
-use crate::rollout::log::{self, Record, RolloutLog};
+use crate::rollout::log::{Record, RolloutLog};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -47,12 +48,9 @@ fn row(l: &RolloutLog) -> Row {
 
 /// A journal that cannot be read still gets its row, so a corrupt file is
 /// seen, never silently left out.
-fn unreadable_row(path: &std::path::Path, error: String) -> Row {
+fn unreadable_row(id: String, error: String) -> Row {
     Row {
-        id: path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        id,
         kind: serde_json::Value::Null,
         created: String::new(),
         target: String::new(),
@@ -64,14 +62,17 @@ fn unreadable_row(path: &std::path::Path, error: String) -> Row {
 /// Every rollout in the state dir. Unreadable journals are listed with the
 /// reason, and make the command exit 1 (in both output forms) so a script
 /// cannot mistake a damaged history for a complete one.
-pub fn history(inv: &Inventory, output: Output) -> Result<(), Failure> {
-    let rows: Vec<Row> = log::list(&inv.coordinator.state_dir)
-        .iter()
-        .map(|p| match RolloutLog::read(p) {
-            Ok(l) => row(&l),
+pub async fn history(inv: &Inventory, output: Output) -> Result<(), Failure> {
+    let rows: Vec<Row> = Journals::of(inv)
+        .list()
+        .await
+        .map_err(Failure::Failed)?
+        .into_iter()
+        .map(|l| match l.log {
+            Ok(log) => row(&log),
             Err(e) => {
-                tracing::warn!(journal = %p.display(), error = %e, "unreadable rollout journal");
-                unreadable_row(p, e)
+                tracing::warn!(rollout = %l.id, error = %e, "unreadable rollout journal");
+                unreadable_row(l.id, e)
             }
         })
         .collect();
@@ -127,8 +128,11 @@ struct StepLine {
     elapsed_ms: Option<i64>,
 }
 
-pub fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
-    let l = log::read_by_id(&inv.coordinator.state_dir, id).map_err(Failure::Usage)?;
+pub async fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
+    let l = Journals::of(inv)
+        .read_by_id(id)
+        .await
+        .map_err(Failure::Usage)?;
     let mut hosts: BTreeMap<String, Vec<StepLine>> = BTreeMap::new();
     let mut begun: BTreeMap<String, i64> = BTreeMap::new();
     for r in &l.records {

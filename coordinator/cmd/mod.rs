@@ -26,7 +26,7 @@ use crate::client::{Agent, CallPolicy};
 use crate::inventory::Inventory;
 use crate::output::{Output, print_table, yes_no};
 use crate::report::{Event, Reporter};
-use crate::rollout::log::{self, LastStep, Outcome};
+use crate::rollout::log::{LastStep, Outcome};
 
 /// First Ctrl-C (or SIGTERM): finish the steps in flight, start nothing new,
 /// stop with "interrupted". Second: leave at once (the journal lets
@@ -179,7 +179,10 @@ pub async fn finish(
     let mut hosts = fleet_state_over(inv, open).await;
     // Where each host's steps stand, from the journal: unreachable hosts
     // included.
-    match log::read_by_id(&inv.coordinator.state_dir, rid) {
+    match crate::rollout::journals::Journals::of(inv)
+        .read_by_id(rid)
+        .await
+    {
         Ok(l) => {
             let mut last = l.last_steps();
             for h in &mut hosts {

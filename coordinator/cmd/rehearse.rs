@@ -18,8 +18,9 @@ use crate::inventory::{Inventory, Rehearse};
 use crate::output::{Output, print_table, yes_no};
 use crate::report::{Event, Reporter};
 use crate::rollout::driver::Driver;
+use crate::rollout::journals::Journals;
 use crate::rollout::lock;
-use crate::rollout::log::{Outcome, RolloutLog, now_ms};
+use crate::rollout::log::{Outcome, now_ms};
 use crate::rollout::rehearse::RehearsalReport;
 use crate::rollout::spec::{Kind, PolicySnap, RolloutSpec, new_id};
 use crate::rollout::steps::Ctx;
@@ -42,7 +43,8 @@ pub async fn rehearse(inv: Inventory, catalog_path: &Path, a: RehearseArgs) -> R
     let state_dir = inv.coordinator.state_dir.clone();
     let rid = new_id("rh");
     let _lock = lock::acquire(&state_dir, &rid, "rehearse").map_err(Failure::Failed)?;
-    if let Some(l) = unfinished(&state_dir) {
+    let journals = Journals::of(&inv);
+    if let Some(l) = unfinished(&journals).await? {
         return Err(Failure::Blocked(format!(
             "rollout {} was cut off; continue it with `rollgate resume` first",
             l.spec.id
@@ -77,7 +79,9 @@ pub async fn rehearse(inv: Inventory, catalog_path: &Path, a: RehearseArgs) -> R
         policy: PolicySnap::from_policy(&inv.policy),
         backup_id: Some(a.backup.clone().unwrap_or_else(|| rid.clone())),
     };
-    let log = RolloutLog::create(&state_dir, spec)
+    let log = journals
+        .create(spec)
+        .await
         .map_err(|e| Failure::Failed(format!("cannot create the rollout journal: {e}")))?;
     let inv = Arc::new(inv);
     let reporter = Arc::new(match a.output {

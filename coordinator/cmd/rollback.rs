@@ -2,8 +2,6 @@
 //! release it had before the rollout; with `--restore-db` the CP database
 //! goes back to the rollout's backup too, after saying what will be lost.
 
-use std::path::Path;
-
 use rollgate::role::Role;
 
 use super::upgrade::drive;
@@ -12,8 +10,9 @@ use crate::Failure;
 use crate::fleet::{FleetApi, GrpcFleet};
 use crate::inventory::Inventory;
 use crate::output::Output;
+use crate::rollout::journals::Journals;
 use crate::rollout::lock;
-use crate::rollout::log::{self, RolloutLog, now_ms};
+use crate::rollout::log::{RolloutLog, now_ms};
 use crate::rollout::spec::{Kind, RolloutSpec, new_id};
 
 pub struct RollbackArgs {
@@ -24,26 +23,25 @@ pub struct RollbackArgs {
 }
 
 /// The upgrade to undo: the one named, or the latest upgrade.
-fn target_rollout(state_dir: &Path, id: Option<&str>) -> Result<RolloutLog, Failure> {
+async fn target_rollout(journals: &Journals, id: Option<&str>) -> Result<RolloutLog, Failure> {
     if let Some(id) = id {
-        return log::read_by_id(state_dir, id).map_err(Failure::Usage);
+        return journals.read_by_id(id).await.map_err(Failure::Usage);
     }
-    log::list(state_dir)
-        .iter()
+    journals
+        .list()
+        .await
+        .map_err(|e| Failure::Failed(format!("{e}; nothing was changed")))?
+        .into_iter()
         .rev()
-        .filter_map(|p| RolloutLog::read(p).ok())
+        .filter_map(|l| l.log.ok())
         .find(|l| l.spec.kind == Kind::Upgrade)
-        .ok_or_else(|| {
-            Failure::Usage(format!(
-                "no upgrade to roll back in {}",
-                state_dir.display()
-            ))
-        })
+        .ok_or_else(|| Failure::Usage(format!("no upgrade to roll back in {}", journals.place())))
 }
 
 pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
     let state_dir = inv.coordinator.state_dir.clone();
-    let orig = target_rollout(&state_dir, a.rollout.as_deref())?;
+    let journals = Journals::of(&inv);
+    let orig = target_rollout(&journals, a.rollout.as_deref()).await?;
     if orig.spec.kind != Kind::Upgrade {
         return Err(Failure::Usage(format!(
             "{} is not an upgrade",
@@ -52,7 +50,7 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
     }
     let rid = new_id("rb");
     let _lock = lock::acquire(&state_dir, &rid, "rollback").map_err(Failure::Failed)?;
-    if let Some(l) = super::upgrade::unfinished(&state_dir)
+    if let Some(l) = super::upgrade::unfinished(&journals).await?
         && l.spec.id != orig.spec.id
     {
         return Err(Failure::Blocked(format!(
@@ -155,6 +153,6 @@ pub async fn rollback(inv: Inventory, a: RollbackArgs) -> Result<(), Failure> {
         policy: orig.spec.policy.clone(),
         backup_id,
     };
-    let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
+    let log = journals.create(spec).await.map_err(Failure::Failed)?;
     drive(inv, None, log, a.output, false, Vec::new()).await
 }

@@ -17,8 +17,9 @@ use crate::inventory::{Inventory, Policy};
 use crate::output::Output;
 use crate::report::{Event, Reporter};
 use crate::rollout::driver::Driver;
+use crate::rollout::journals::Journals;
 use crate::rollout::lock;
-use crate::rollout::log::{self, Outcome, RolloutLog, now_ms};
+use crate::rollout::log::{Outcome, RolloutLog, now_ms};
 use crate::rollout::spec::{HostPlan, Kind, PolicySnap, RolloutSpec, new_id};
 use crate::rollout::steps::Ctx;
 
@@ -113,26 +114,34 @@ fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
 
 /// The rollout that was cut off (no end, or interrupted), if any: nothing
 /// else may start until it is resumed.
-pub fn unfinished(state_dir: &Path) -> Option<RolloutLog> {
-    latest(state_dir).filter(|l| matches!(&l.outcome, None | Some((Outcome::Interrupted, _))))
+pub async fn unfinished(journals: &Journals) -> Result<Option<RolloutLog>, Failure> {
+    Ok(latest(journals)
+        .await?
+        .filter(|l| matches!(&l.outcome, None | Some((Outcome::Interrupted, _)))))
 }
 
 /// The latest rollout, when `resume` can continue it: cut off, or stopped
 /// by a lost agent. A rollout stopped by a lost agent does not block a new
 /// upgrade (hosts on the target are skipped, hosts it left drained are put
 /// back first), but once a later rollout ran it is no longer resumable.
-fn resumable(state_dir: &Path) -> Option<RolloutLog> {
-    latest(state_dir).filter(|l| {
+async fn resumable(journals: &Journals) -> Result<Option<RolloutLog>, Failure> {
+    Ok(latest(journals).await?.filter(|l| {
         matches!(
             &l.outcome,
             None | Some((Outcome::Interrupted | Outcome::Disconnected, _))
         )
-    })
+    }))
 }
 
-fn latest(state_dir: &Path) -> Option<RolloutLog> {
-    let last = log::list(state_dir).into_iter().last()?;
-    RolloutLog::read(&last).ok()
+/// The newest rollout, when it can be read. Not being able to list them is
+/// an error: a rollout cut off might be among them.
+async fn latest(journals: &Journals) -> Result<Option<RolloutLog>, Failure> {
+    Ok(journals
+        .list()
+        .await
+        .map_err(|e| Failure::Failed(format!("{e}; nothing was changed")))?
+        .pop()
+        .and_then(|l| l.log.ok()))
 }
 
 pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {
@@ -142,7 +151,8 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
     let state_dir = inv.coordinator.state_dir.clone();
     let rid = new_id("r");
     let _lock = lock::acquire(&state_dir, &rid, "upgrade").map_err(Failure::Failed)?;
-    if let Some(l) = unfinished(&state_dir) {
+    let journals = Journals::of(&inv);
+    if let Some(l) = unfinished(&journals).await? {
         return Err(Failure::Blocked(format!(
             "rollout {} was cut off; continue it with `rollgate resume` or undo it with `rollgate rollback {}`",
             l.spec.id, l.spec.id
@@ -203,7 +213,9 @@ pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Res
             a.yes,
         )?;
     }
-    let log = RolloutLog::create(&state_dir, spec)
+    let log = journals
+        .create(spec)
+        .await
         .map_err(|e| Failure::Failed(format!("cannot create the rollout journal: {e}")))?;
     drive(inv, Some(catalog), log, a.output, false, report.agents).await
 }
@@ -373,9 +385,13 @@ pub async fn resume(
     output: Output,
 ) -> Result<(), Failure> {
     let state_dir = inv.coordinator.state_dir.clone();
+    let journals = Journals::of(&inv);
     let seen = match rollout {
-        Some(id) => log::read_by_id(&state_dir, &id).map_err(Failure::Usage)?,
-        None => resumable(&state_dir).ok_or_else(|| Failure::Usage(last_ended(&state_dir)))?,
+        Some(id) => journals.read_by_id(&id).await.map_err(Failure::Usage)?,
+        None => match resumable(&journals).await? {
+            Some(l) => l,
+            None => return Err(Failure::Usage(last_ended(&journals).await)),
+        },
     };
     if let Some((o, why)) = &seen.outcome
         && !matches!(o, Outcome::Interrupted | Outcome::Disconnected)
@@ -386,7 +402,9 @@ pub async fn resume(
         )));
     }
     if seen.outcome.is_some()
-        && let Some(later) = latest(&state_dir).filter(|l| l.spec.id != seen.spec.id)
+        && let Some(later) = latest(&journals)
+            .await?
+            .filter(|l| l.spec.id != seen.spec.id)
     {
         return Err(Failure::Usage(format!(
             "rollout {} cannot be resumed: rollout {} ran after it; run `rollgate upgrade` to go on from where the hosts are",
@@ -395,7 +413,7 @@ pub async fn resume(
     }
     let _lock = lock::acquire(&state_dir, &seen.spec.id, "resume").map_err(Failure::Failed)?;
     // Only now, holding the lock, open the journal to continue it.
-    let log = RolloutLog::open(&seen.path).map_err(Failure::Failed)?;
+    let log = journals.open(&seen).await.map_err(Failure::Failed)?;
     let catalog = match &log.spec.catalog {
         Some(p) => Some(load_catalog(p)?),
         None => None,
@@ -438,16 +456,16 @@ pub async fn backup(inv: Inventory, output: Output) -> Result<(), Failure> {
         policy: PolicySnap::from_policy(&inv.policy),
         backup_id: Some(rid.clone()),
     };
-    let log = RolloutLog::create(&state_dir, spec).map_err(|e| Failure::Failed(e.to_string()))?;
+    let log = Journals::of(&inv)
+        .create(spec)
+        .await
+        .map_err(Failure::Failed)?;
     drive(inv, None, log, output, false, Vec::new()).await
 }
 
 /// Why there is nothing to resume, and what to do instead.
-fn last_ended(state_dir: &Path) -> String {
-    let Some(l) = log::list(state_dir)
-        .last()
-        .and_then(|p| RolloutLog::read(p).ok())
-    else {
+async fn last_ended(journals: &Journals) -> String {
+    let Ok(Some(l)) = latest(journals).await else {
         return "no rollout to resume: none has run with this inventory".into();
     };
     let (outcome, reason) = l

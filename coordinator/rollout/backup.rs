@@ -72,7 +72,7 @@ impl<F: FleetApi> Driver<F> {
     pub(super) fn record_or_warn(&self, rec: Record) {
         let mut log = self.ctx.log();
         if let Err(e) = log.append(rec) {
-            tracing::warn!(journal = %log.path.display(), error = %e, "cannot journal a record");
+            tracing::warn!(journal = %log.origin, error = %e, "cannot journal a record");
         }
     }
 

@@ -481,7 +481,7 @@ impl<F: FleetApi> Driver<F> {
         }) {
             // The hosts are where the report says; only the record is missing,
             // so `resume` would re-check every step against the agents.
-            tracing::error!(journal = %log.path.display(), error = %e, "cannot record how the rollout ended");
+            tracing::error!(journal = %log.origin, error = %e, "cannot record how the rollout ended");
         }
         drop(log);
         (outcome, reason)

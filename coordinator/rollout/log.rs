@@ -1,7 +1,8 @@
 //! The rollout journal: `<state_dir>/rollouts/<id>.jsonl`, one JSON record per
-//! line, fsynced before the coordinator acts on it. Replaying it tells which
-//! steps ended (never run again), which began (re-attach by operation id) and
-//! how the rollout ended.
+//! line, fsynced before the coordinator acts on it (or the same records as
+//! rows of the state database, committed before it acts: `journals.rs`).
+//! Replaying it tells which steps ended (never run again), which began
+//! (re-attach by operation id) and how the rollout ended.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -104,10 +105,30 @@ pub enum HostMark {
     LeftDrained { step: String, reason: String },
 }
 
+/// Where a rollout's journal is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file in the state directory.
+    File(PathBuf),
+    /// Rows of the state database (`db` as shown: no password).
+    Postgres { db: String, rollout: String },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Postgres { db, rollout } => {
+                write!(f, "rollout {rollout} in the state database {db}")
+            }
+        }
+    }
+}
+
 /// A rollout's journal, open for appending, and what it says so far.
 #[derive(Debug)]
 pub struct RolloutLog {
-    pub path: PathBuf,
+    pub origin: Origin,
     /// The file's single writer (group commit); None when opened to read.
     writer: Option<Writer>,
     pub spec: RolloutSpec,
@@ -146,10 +167,35 @@ impl RolloutLog {
             .append(true)
             .open(&path)?;
         rollgate::fsx::sync_dir(&dir)?;
-        let mut log = RolloutLog {
-            path,
-            writer: Some(Writer::start(file, "rollout-journal")?),
-            spec: spec.clone(),
+        RolloutLog::start(
+            Origin::File(path),
+            Writer::start(file, "rollout-journal")?,
+            spec,
+        )
+    }
+
+    /// A new rollout's journal written through `writer`, its spec first.
+    pub fn start(origin: Origin, writer: Writer, spec: RolloutSpec) -> std::io::Result<RolloutLog> {
+        let mut log = RolloutLog::empty(origin, spec.clone());
+        log.writer = Some(writer);
+        log.append(Record::Created {
+            format: FORMAT,
+            spec: Box::new(spec),
+        })?;
+        Ok(log)
+    }
+
+    /// A journal read elsewhere, continued through `writer` (`resume`).
+    pub fn continued(mut self, writer: Writer) -> RolloutLog {
+        self.writer = Some(writer);
+        self
+    }
+
+    fn empty(origin: Origin, spec: RolloutSpec) -> RolloutLog {
+        RolloutLog {
+            origin,
+            writer: None,
+            spec,
             records: Vec::new(),
             ends: HashMap::new(),
             begun: HashSet::new(),
@@ -157,12 +203,16 @@ impl RolloutLog {
             backup_copy: None,
             baselines: BTreeMap::new(),
             outcome: None,
-        };
-        log.append(Record::Created {
-            format: FORMAT,
-            spec: Box::new(spec),
-        })?;
-        Ok(log)
+        }
+    }
+
+    /// The path of a file journal (None for one in the state database).
+    #[cfg(test)]
+    pub fn file(&self) -> Option<&Path> {
+        match &self.origin {
+            Origin::File(p) => Some(p),
+            Origin::Postgres { .. } => None,
+        }
     }
 
     /// Opens an existing journal to continue it (`resume`, under the fleet
@@ -176,7 +226,7 @@ impl RolloutLog {
             .open(path)
             .map_err(err)?;
         let (records, good, torn) = read_records(path, &file)?;
-        let mut log = RolloutLog::from_records(path, records)?;
+        let mut log = RolloutLog::from_records(Origin::File(path.to_path_buf()), records)?;
         if torn {
             file.set_len(good).map_err(err)?;
         }
@@ -189,31 +239,20 @@ impl RolloutLog {
     pub fn read(path: &Path) -> Result<RolloutLog, String> {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let (records, _, _) = read_records(path, &file)?;
-        RolloutLog::from_records(path, records)
+        RolloutLog::from_records(Origin::File(path.to_path_buf()), records)
     }
 
-    fn from_records(path: &Path, records: Vec<Record>) -> Result<RolloutLog, String> {
+    /// A journal from its records, in order (read only).
+    pub fn from_records(origin: Origin, records: Vec<Record>) -> Result<RolloutLog, String> {
         let Some(Record::Created { format, spec }) = records.first().cloned() else {
-            return Err(format!("{} does not start with a rollout", path.display()));
+            return Err(format!("{origin} does not start with a rollout"));
         };
         if format != FORMAT {
             return Err(format!(
-                "{} is in journal format {format}; this rollgate reads format {FORMAT}",
-                path.display()
+                "{origin} is in journal format {format}; this rollgate reads format {FORMAT}"
             ));
         }
-        let mut log = RolloutLog {
-            path: path.to_path_buf(),
-            writer: None,
-            spec: *spec,
-            records: Vec::new(),
-            ends: HashMap::new(),
-            begun: HashSet::new(),
-            begun_hosts: HashSet::new(),
-            backup_copy: None,
-            baselines: BTreeMap::new(),
-            outcome: None,
-        };
+        let mut log = RolloutLog::empty(origin, *spec);
         for rec in records {
             log.apply(rec);
         }
@@ -331,19 +370,21 @@ fn read_records(path: &Path, file: &std::fs::File) -> Result<(Vec<Record>, u64, 
         if !line.ends_with('\n') {
             return Ok((records, good, true));
         }
-        match serde_json::from_str::<Record>(line.trim_end()) {
-            Ok(rec) => {
-                records.push(rec);
-                good += n as u64;
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{}: record at byte {good} cannot be read ({e}); written by another rollgate version? The journal is left as it is",
-                    path.display()
-                ));
-            }
-        }
+        records.push(parse_record(line.trim_end(), || {
+            format!("{}: record at byte {good}", path.display())
+        })?);
+        good += n as u64;
     }
+}
+
+/// One record; `at` names where it was, for the error.
+pub fn parse_record(text: &str, at: impl FnOnce() -> String) -> Result<Record, String> {
+    serde_json::from_str::<Record>(text).map_err(|e| {
+        format!(
+            "{} cannot be read ({e}); written by another rollgate version? The journal is left as it is",
+            at()
+        )
+    })
 }
 
 fn line_of(rec: &Record) -> std::io::Result<Vec<u8>> {

@@ -8,9 +8,11 @@ mod backup;
 mod cp;
 mod dp;
 pub mod driver;
+pub mod journals;
 pub mod lock;
 pub mod log;
 pub mod monitor;
+mod pg_journal;
 pub mod rehearse;
 #[cfg(test)]
 mod scripted;

@@ -158,6 +158,17 @@ impl PgCluster {
         run(&mut command).map(drop)
     }
 
+    /// Starts a stopped server again on its port (a database that was down
+    /// for a while and is back, its data kept).
+    pub fn start_again(&mut self) -> Result<(), PgError> {
+        if self.running {
+            return Ok(());
+        }
+        run(&mut self.start_command(self.port))?;
+        self.running = true;
+        Ok(())
+    }
+
     fn init(&self) -> Result<(), PgError> {
         let data = self.data_dir();
         let mut command = self.server_command("initdb");
@@ -191,6 +202,18 @@ impl PgCluster {
         Ok(())
     }
 
+    /// `pg_ctl start` on `port`, waiting until the server accepts.
+    fn start_command(&self, port: u16) -> Command {
+        let mut command = self.server_command("pg_ctl");
+        command
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.root.join("postgres.log"))
+            .args(["-w", "-t", "60", "-o", &format!("-p {port}"), "start"]);
+        command
+    }
+
     fn start_server(&mut self) -> Result<(), PgError> {
         let data = self.data_dir();
         let log = self.root.join("postgres.log");
@@ -200,16 +223,7 @@ impl PgCluster {
                 path: PathBuf::from(format!("{HOST}:0")),
                 source,
             })?;
-            let mut command = self.server_command("pg_ctl");
-            command.arg("-D").arg(&data).arg("-l").arg(&log).args([
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                &format!("-p {port}"),
-                "start",
-            ]);
-            match run(&mut command) {
+            match run(&mut self.start_command(port)) {
                 Ok(_) => {
                     self.port = port;
                     self.running = true;

@@ -9,6 +9,65 @@ use crate::support::fixtures::{Fleet, fleet_on_330};
 use crate::support::gateway::Db;
 use crate::support::{Sandbox, entries};
 use crate::upgrade::upgrade_to;
+use rollgate_testbed::pg::PgCluster;
+
+/// The agent journal entries of `host` that begin an operation of rollout
+/// `rid` (attempts after a crash included).
+fn agent_begins(sb: &Sandbox, host: &str, rid: &str) -> Vec<serde_json::Value> {
+    let journal = std::fs::read_to_string(sb.path().join(host).join("state/journal")).unwrap();
+    journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "begin" && e["op"].as_str().unwrap_or("").starts_with(rid))
+        .collect()
+}
+
+/// Every host's install of rollout `rid` began exactly once (no attempt 2)
+/// and the rollout's journal in the state database shows each begun.
+fn installed_once(sb: &Sandbox, rid: &str) {
+    for host in ["cp-1", "dp-1", "dp-2"] {
+        let installs: Vec<_> = agent_begins(sb, host, rid)
+            .into_iter()
+            .filter(|e| e["op"].as_str().unwrap().contains("/install-"))
+            .collect();
+        assert_eq!(installs.len(), 1, "{host}: {installs:?}");
+    }
+}
+
+/// The `begin` records of rollout `rid` in the state database's journal.
+fn journalled_begins(state: &PgCluster, rid: &str) -> Vec<String> {
+    state
+        .psql(
+            "rollgate_state",
+            &format!(
+                "SELECT record::json->>'op' FROM rollgate_journal
+                 WHERE rollout = '{rid}' AND record::json->>'t' = 'begin' ORDER BY seq"
+            ),
+        )
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `rollgate resume` on machine `dir`, JSON output, with `extra`.
+fn resume_on(sb: &Sandbox, dir: &str, extra: &[&str]) -> crate::support::RunOutput {
+    let mut args = with_state_dir(
+        ["resume", "-i", "fleet.toml", "--output", "json"]
+            .map(String::from)
+            .to_vec(),
+        dir,
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    sb.rollgate(&args)
+}
+
+fn rollout_of(line: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(line).unwrap()["rollout"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
 
 fn with_state_dir(mut args: Vec<String>, dir: &str) -> Vec<String> {
     args.extend(["--state-dir".to_string(), dir.to_string()]);
@@ -27,13 +86,18 @@ fn token_of(sb: &Sandbox, host: &str) -> u64 {
 /// state is the fleet lease in a database of its own on the test's
 /// PostgreSQL (one file, played as two machines by two `--state-dir`s).
 async fn postgres_state_fleet(sb: &Sandbox, db: &Db, policy: &str, lease: &str) -> Fleet {
+    state_in(sb, db, &db.pg, policy, lease).await
+}
+
+/// As `postgres_state_fleet`, the state database on `state`'s server.
+async fn state_in(sb: &Sandbox, db: &Db, state: &PgCluster, policy: &str, lease: &str) -> Fleet {
     let fleet = fleet_on_330(sb, db, 2, &format!("batch = 1\n{policy}")).await;
-    db.pg.createdb("rollgate_state").unwrap();
+    state.createdb("rollgate_state").unwrap();
     let inv = sb.path().join("fleet.toml");
     let text = std::fs::read_to_string(&inv).unwrap();
     let state = format!(
         "[state]\nbackend = \"postgres\"\nurl = \"{}\"\nlease = \"{lease}\"\n\n",
-        db.pg.conninfo("rollgate_state")
+        state.conninfo("rollgate_state")
     );
     std::fs::write(&inv, format!("{state}{text}")).unwrap();
     fleet
@@ -129,19 +193,23 @@ async fn a_coordinator_woken_after_another_took_the_fleet_changes_nothing_and_ex
             && l.contains("\"status\":\"succeeded\"")
     });
     a.signal(Signal::SIGSTOP);
-    let frozen_at = rollgate::clock::now_ms();
-    let rid_a = serde_json::from_str::<serde_json::Value>(&line).unwrap()["rollout"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rid_a = rollout_of(&line);
 
-    // B waits out the lease, then takes the fleet and finishes the upgrade.
+    // B waits out the lease, then takes the fleet and finishes A's rollout
+    // from the shared journal.
     let b = rollgate_testbed::wait::value(Duration::from_secs(30), "B to take the lease", || {
-        let out = sb.rollgate(&with_state_dir(upgrade_to("3.4.0"), "bastion-b"));
+        let out = resume_on(&sb, "bastion-b", &[]);
         (out.code != Some(2)).then_some(out)
     })
     .unwrap();
     assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+    assert!(
+        b.stdout.contains(&rid_a),
+        "B finished A's rollout:\n{}",
+        b.stdout
+    );
+    // From here on, anything done for the rollout is A's.
+    let b_done = rollgate::clock::now_ms();
 
     // A wakes up: it changes nothing and exits 1.
     a.signal(Signal::SIGCONT);
@@ -151,22 +219,155 @@ async fn a_coordinator_woken_after_another_took_the_fleet_changes_nothing_and_ex
     let said = std::fs::read_to_string(stderr_a).unwrap();
     assert!(
         said.contains("lost the fleet lease")
-            && said.contains("took it over, running `rollgate upgrade`"),
+            && said.contains("took it over, running `rollgate resume`"),
         "A says who took over:\n{said}"
     );
     for host in ["cp-1", "dp-1", "dp-2"] {
-        let journal = std::fs::read_to_string(sb.path().join(host).join("state/journal")).unwrap();
-        for l in journal
-            .lines()
-            .filter(|l| l.contains(&rid_a) && l.contains("\"begin\""))
-        {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        for e in agent_begins(&sb, host, &rid_a) {
             assert!(
-                e["at_ms"].as_i64().unwrap() < frozen_at,
-                "{host} began a step of the woken coordinator: {l}"
+                e["at_ms"].as_i64().unwrap() < b_done,
+                "{host} began a step of the woken coordinator: {e}"
             );
         }
     }
+    // Nor could it add to the rollout's journal in the state database.
+    let late = db
+        .pg
+        .psql(
+            "rollgate_state",
+            &format!(
+                "SELECT count(*) FROM rollgate_journal WHERE rollout = '{rid_a}'
+                 AND written_at >= to_timestamp({b_done} / 1000.0)"
+            ),
+        )
+        .unwrap();
+    assert_eq!(late.trim(), "0", "A journalled after it was frozen");
+}
+
+/// The machine that ran a rollout is lost mid-batch (kill -9, its lease
+/// still live): from another machine, `resume --take-over` asks for the
+/// holder's name (no terminal: refused, naming it), then with `--yes`
+/// takes the fleet at once and finishes the same rollout from the shared
+/// journal, re-attaching by operation id: every install ran once. Both
+/// machines' `history` show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_whose_machine_was_lost_is_taken_over_and_finished_from_another() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let _fleet = postgres_state_fleet(&sb, &db, "min_healthy = \"2s\"", "60s").await;
+
+    let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
+    let line = a.wait_line(Duration::from_secs(120), "dp-1's install", |l| {
+        l.contains("\"host\":\"dp-1\"") && l.contains("\"step\":\"install\"")
+    });
+    a.kill9();
+    let rid = rollout_of(&line);
+
+    let resume = |extra: &[&str]| {
+        let mut args = with_state_dir(
+            [
+                "resume",
+                "-i",
+                "fleet.toml",
+                "--output",
+                "json",
+                "--take-over",
+            ]
+            .map(String::from)
+            .to_vec(),
+            "bastion-b",
+        );
+        args.extend(extra.iter().map(|s| s.to_string()));
+        sb.rollgate(&args)
+    };
+    // Without a terminal to type the holder's name on, nothing happens.
+    let asked = resume(&[]);
+    assert_eq!(asked.code, Some(2), "{}\n{}", asked.stdout, asked.stderr);
+    assert!(
+        asked.stderr.contains("fleet lease is held by")
+            && asked.stderr.contains("--yes")
+            && asked.stderr.contains("Nothing was changed"),
+        "{}",
+        asked.stderr
+    );
+    let took = resume_on(&sb, "bastion-b", &["--take-over", "--yes"]);
+    assert_eq!(took.code, Some(0), "{}\n{}", took.stdout, took.stderr);
+    assert!(
+        took.stderr.contains("took the fleet lease over from"),
+        "{}",
+        took.stderr
+    );
+    assert!(
+        took.stdout.contains(&rid),
+        "B finished A's rollout {rid}:\n{}",
+        took.stdout
+    );
+    installed_once(&sb, &rid);
+    assert!(!journalled_begins(&db.pg, &rid).is_empty());
+
+    // Either machine's history shows it, succeeded.
+    for dir in ["bastion-a", "bastion-b"] {
+        let h = sb.rollgate(&with_state_dir(
+            ["history", "-i", "fleet.toml", "--output", "json"]
+                .map(String::from)
+                .to_vec(),
+            dir,
+        ));
+        let doc = crate::support::json(&h);
+        let rows = doc["rollouts"].as_array().unwrap();
+        assert!(
+            rows.iter()
+                .any(|r| r["id"] == rid.as_str() && r["outcome"] == "succeeded"),
+            "{dir}: {doc}"
+        );
+    }
+}
+
+/// The state database goes away mid-rollout: the coordinator halts, and no
+/// agent ran a step the journal does not show begun. Once the database is
+/// back, `resume` (from another machine, after the dead holder's lease
+/// lapsed) finishes the rollout, each install run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_database_lost_mid_rollout_halts_it_and_resume_finishes_once_it_is_back() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let mut state = PgCluster::start().unwrap();
+    let _fleet = state_in(&sb, &db, &state, "min_healthy = \"2s\"", "3s").await;
+
+    let mut a = sb.rollgate_bg(&with_state_dir(upgrade_to("3.4.0"), "bastion-a"));
+    let line = a.wait_line(Duration::from_secs(120), "dp-1's drain", |l| {
+        l.contains("\"host\":\"dp-1\"") && l.contains("\"step\":\"drain\"")
+    });
+    let rid = rollout_of(&line);
+    state.stop().unwrap();
+    let stderr_a = a.stderr_path();
+    let (code, lines) = a.finish(Duration::from_secs(120));
+    assert_eq!(code, Some(1), "{}", lines.join("\n"));
+    let said = std::fs::read_to_string(stderr_a).unwrap();
+    assert!(
+        said.contains("state database"),
+        "A says why it stopped:\n{said}"
+    );
+
+    state.start_again().unwrap();
+    // Never acted on a step it could not journal.
+    let journalled = journalled_begins(&state, &rid);
+    for host in ["cp-1", "dp-1", "dp-2"] {
+        for e in agent_begins(&sb, host, &rid) {
+            let op = e["op"].as_str().unwrap();
+            assert!(
+                journalled.iter().any(|j| j == op),
+                "{host} ran {op}, which the journal does not show begun"
+            );
+        }
+    }
+    let b = rollgate_testbed::wait::value(Duration::from_secs(30), "the lease to lapse", || {
+        let out = resume_on(&sb, "bastion-b", &[]);
+        (out.code != Some(2)).then_some(out)
+    })
+    .unwrap();
+    assert_eq!(b.code, Some(0), "{}\n{}", b.stdout, b.stderr);
+    installed_once(&sb, &rid);
 }
 
 /// `rollgate demo --keep --no-upgrade --state postgres`: a fleet to try the
@@ -205,4 +406,52 @@ fn the_demo_can_keep_a_fleet_whose_state_is_in_postgres() {
     );
     assert_eq!(st.code, Some(0), "{}", st.stderr);
     assert!(st.stdout.contains("fleet lease: free"), "{}", st.stdout);
+
+    // `rollback --restore-db` rewinds the gateway's database, never
+    // rollgate's own history, kept in a database of its own.
+    let run = |args: &[&str]| {
+        let out = proc::run(ROLLGATE, args, sb.path(), Duration::from_secs(300));
+        assert_eq!(
+            out.code,
+            Some(0),
+            "{args:?}\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+        out
+    };
+    let catalog = doc["catalog"].as_str().unwrap();
+    let up = run(&[
+        "upgrade", "-i", inv, "-c", catalog, "--to", "3.5.0", "--yes", "--output", "json",
+    ]);
+    let rid = up
+        .stdout
+        .lines()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["rollout"]
+                .as_str()
+                .map(String::from)
+        })
+        .expect("the upgrade's rollout id");
+    let show = |id: &str| run(&["show", id, "-i", inv, "--output", "json"]).stdout;
+    let before = show(&rid);
+    run(&[
+        "rollback",
+        "-i",
+        inv,
+        "--restore-db",
+        "--yes",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(show(&rid), before, "the upgrade's journal is unchanged");
+    let h = run(&["history", "-i", inv, "--output", "json"]);
+    let doc = crate::support::json(&h);
+    let kinds: Vec<&str> = doc["rollouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"]["kind"].as_str().unwrap_or("-"))
+        .collect();
+    assert_eq!(kinds, ["upgrade", "rollback"], "{doc}");
 }

@@ -236,7 +236,7 @@ pub(super) async fn drive(
     // is ready at once and the driver's select loops would spin.
     (_keep, interrupt): (watch::Sender<bool>, watch::Receiver<bool>),
 ) -> Ran {
-    let journal = log.path.clone();
+    let journal = log.file().expect("a file journal").to_path_buf();
     let ctx = Arc::new(Ctx::new(
         Arc::new(fleet.clone()),
         log,

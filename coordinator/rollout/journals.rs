@@ -1,0 +1,171 @@
+//! Where the rollout journals live, as `[state]` says: files in the state
+//! directory (`backend = "file"`), or rows of the state database shared by
+//! every machine that runs rollgate on the fleet (`backend = "postgres"`),
+//! so any of them can list, show, resume or roll back any rollout.
+
+use std::path::PathBuf;
+
+use rollgate::journal_writer::Writer;
+
+use crate::inventory::{Inventory, StateBackend};
+use crate::state_db;
+
+use super::log::{self, Origin, RolloutLog};
+use super::pg_journal::{self, PgSink};
+use super::spec::RolloutSpec;
+
+/// One rollout found: its id and its journal, or why it cannot be read.
+pub struct Listed {
+    pub id: String,
+    pub log: Result<RolloutLog, String>,
+}
+
+pub enum Journals {
+    Files(PathBuf),
+    Postgres {
+        url: String,
+        fleet: String,
+        /// The lease's fencing token: writes are fenced by it.
+        token: Option<i64>,
+    },
+}
+
+impl Journals {
+    pub fn of(inv: &Inventory) -> Journals {
+        match inv.state.backend {
+            StateBackend::File => Journals::Files(inv.coordinator.state_dir.clone()),
+            StateBackend::Postgres => Journals::Postgres {
+                url: inv.state.url.clone().unwrap_or_default(),
+                fleet: crate::lease::fleet_name(inv),
+                token: inv.fencing_token.map(|t| t as i64),
+            },
+        }
+    }
+
+    /// Where they are, for messages.
+    pub fn place(&self) -> String {
+        match self {
+            Journals::Files(dir) => log::rollouts_dir(dir).display().to_string(),
+            Journals::Postgres { url, fleet, .. } => {
+                format!(
+                    "the state database {} (fleet {fleet})",
+                    state_db::shown(url)
+                )
+            }
+        }
+    }
+
+    /// Every rollout, oldest first.
+    pub async fn list(&self) -> Result<Vec<Listed>, String> {
+        let mut all = match self {
+            Journals::Files(dir) => log::list(dir)
+                .into_iter()
+                .map(|p| Listed {
+                    id: p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    log: RolloutLog::read(&p),
+                })
+                .collect(),
+            Journals::Postgres { url, fleet, .. } => {
+                let client = self.client(url).await?;
+                pg_journal::read(&client, fleet, None)
+                    .await
+                    .map_err(|e| self.db_error(e))?
+                    .into_iter()
+                    .map(|(id, records)| Listed {
+                        log: records.and_then(|r| RolloutLog::from_records(self.origin(&id), r)),
+                        id,
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        if matches!(self, Journals::Postgres { .. }) {
+            // Files come sorted by creation; rows by id.
+            all.sort_by_key(|l| l.log.as_ref().map(|l| l.spec.created_ms).unwrap_or(0));
+        }
+        Ok(all)
+    }
+
+    /// Rollout `id`, read without changing it. The id is checked first (it
+    /// names a file: nothing outside the state directory is read).
+    pub async fn read_by_id(&self, id: &str) -> Result<RolloutLog, String> {
+        match self {
+            Journals::Files(dir) => log::read_by_id(dir, id),
+            Journals::Postgres { url, fleet, .. } => {
+                rollgate::ids::check_rollout_id(id)?;
+                let client = self.client(url).await?;
+                let found = pg_journal::read(&client, fleet, Some(id))
+                    .await
+                    .map_err(|e| self.db_error(e))?;
+                match found.into_iter().next() {
+                    Some((_, records)) => RolloutLog::from_records(self.origin(id), records?)
+                        .map_err(|e| format!("no rollout {id}: {e}")),
+                    None => Err(format!("no rollout {id} in {}", self.place())),
+                }
+            }
+        }
+    }
+
+    /// Starts the journal of a new rollout.
+    pub async fn create(&self, spec: RolloutSpec) -> Result<RolloutLog, String> {
+        match self {
+            Journals::Files(dir) => RolloutLog::create(dir, spec).map_err(|e| e.to_string()),
+            Journals::Postgres { url, fleet, token } => {
+                // The tables exist before the first write.
+                self.client(url).await?;
+                let id = spec.id.clone();
+                let writer =
+                    Writer::start_sink(PgSink::new(url, fleet, &id, *token), "rollout-journal")
+                        .map_err(|e| e.to_string())?;
+                let origin = self.origin(&id);
+                tokio::task::spawn_blocking(move || RolloutLog::start(origin, writer, spec))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// Opens rollout `seen` to continue it (`resume`, holding the fleet):
+    /// read again now, so it holds every record written before.
+    pub async fn open(&self, seen: &RolloutLog) -> Result<RolloutLog, String> {
+        match (self, &seen.origin) {
+            (Journals::Files(_), Origin::File(p)) => RolloutLog::open(p),
+            (Journals::Postgres { url, fleet, token }, Origin::Postgres { rollout, .. }) => {
+                let log = self.read_by_id(rollout).await?;
+                let writer =
+                    Writer::start_sink(PgSink::new(url, fleet, rollout, *token), "rollout-journal")
+                        .map_err(|e| e.to_string())?;
+                Ok(log.continued(writer))
+            }
+            (_, origin) => Err(format!("{origin} is not in {}", self.place())),
+        }
+    }
+
+    fn origin(&self, id: &str) -> Origin {
+        match self {
+            Journals::Files(dir) => {
+                Origin::File(log::rollouts_dir(dir).join(format!("{id}.jsonl")))
+            }
+            Journals::Postgres { url, .. } => Origin::Postgres {
+                db: state_db::shown(url),
+                rollout: id.to_string(),
+            },
+        }
+    }
+
+    async fn client(&self, url: &str) -> Result<tokio_postgres::Client, String> {
+        let mut client = state_db::open(url).await.map_err(|e| self.db_error(e))?;
+        state_db::migrate(&mut client)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        Ok(client)
+    }
+
+    fn db_error(&self, e: tokio_postgres::Error) -> String {
+        tracing::error!(journals = %self.place(), error = %e, "cannot read the rollout journals");
+        format!("{}: {e}", self.place())
+    }
+}

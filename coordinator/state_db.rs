@@ -1,0 +1,116 @@
+//! rollgate's own state database (`[state] backend = "postgres"`): the
+//! connection and the schema, created and versioned here (`rollgate_schema`)
+//! under an advisory lock so two coordinators starting at once do not race.
+//! It holds the fleet lease (`lease.rs`) and the rollout journals
+//! (`rollout/journals.rs`). It is never the gateway's database: that one is
+//! backed up and may be restored, which must not rewind rollgate's history.
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::Failure;
+
+/// The schema version this build writes: 1 the lease, 2 the journals.
+const SCHEMA: i32 = 2;
+
+/// The URL without its password, for messages.
+pub fn shown(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(c) => format!(
+            "{}{}",
+            c.get_hosts()
+                .first()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_default(),
+            c.get_dbname().map(|d| format!("/{d}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparsable URL)".into(),
+    }
+}
+
+/// Opens a connection whose driving task runs on the current runtime. A
+/// server that does not answer fails within `CONNECT_TIMEOUT`. Commits are
+/// synchronous whatever the server's default: a journal record counts once
+/// its commit returns, so the commit must not be one a server crash can
+/// take back.
+pub async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let options = match config.get_options() {
+        Some(o) => format!("{o} -c synchronous_commit=on"),
+        None => "-c synchronous_commit=on".to_string(),
+    };
+    config.options(&options);
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "the state database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a connection for a command about to change the fleet: failing, it
+/// has changed nothing yet.
+pub async fn connect(url: &str) -> Result<Client, Failure> {
+    open(url).await.map_err(|e| {
+        tracing::error!(db = %shown(url), error = %e, "cannot reach the state database");
+        Failure::Failed(format!(
+            "cannot reach the state database {}: {e}; nothing was changed",
+            shown(url)
+        ))
+    })
+}
+
+/// Creates or upgrades rollgate's tables; every statement is idempotent.
+pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock(7301730173)", &[])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS rollgate_schema (version integer NOT NULL);
+         CREATE TABLE IF NOT EXISTS rollgate_lease (
+             fleet text PRIMARY KEY,
+             holder text NOT NULL,
+             pid integer NOT NULL,
+             command text NOT NULL,
+             token bigint NOT NULL,
+             acquired_at timestamptz NOT NULL,
+             renewed_at timestamptz NOT NULL,
+             expires_at timestamptz NOT NULL);
+         CREATE SEQUENCE IF NOT EXISTS rollgate_fencing_token;
+         CREATE TABLE IF NOT EXISTS rollgate_journal (
+             fleet text NOT NULL,
+             rollout text NOT NULL,
+             seq bigint NOT NULL,
+             record text NOT NULL,
+             written_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (fleet, rollout, seq));",
+    )
+    .await?;
+    let version: Option<i32> = tx
+        .query_opt("SELECT max(version) FROM rollgate_schema", &[])
+        .await?
+        .and_then(|r| r.get(0));
+    if version.is_none_or(|v| v < SCHEMA) {
+        tx.execute("INSERT INTO rollgate_schema VALUES ($1)", &[&SCHEMA])
+            .await?;
+    }
+    tx.commit().await?;
+    if let Some(v) = version
+        && v > SCHEMA
+    {
+        tracing::warn!(
+            version = v,
+            ours = SCHEMA,
+            "the state database was written by a newer rollgate"
+        );
+    }
+    Ok(())
+}
