@@ -29,9 +29,16 @@
 //! * the coordinator's CPU time (utime + stime of the finished process,
 //!   read while it is a zombie) and peak RSS (VmHWM, sampled every 10 ms).
 //!
+//! Each rollout runs twice: with the rollout journal and lease in files
+//! (`[state] backend = "file"`, the default) and in PostgreSQL (`backend =
+//! "postgres"`, a throwaway cluster on loopback started by the bench, its
+//! commits synchronous as rollgate asks): the difference is what the shared
+//! state costs.
+//!
 //! `cargo bench --bench rollout_overhead`; ROLLGATE_BENCH_HOSTS=20,200,1000
 //! picks the fleet sizes, ROLLGATE_BENCH_RESTART_MS=0,150 the gateway's
-//! start → ready delays, ROLLGATE_BENCH_KEEP=1 keeps the sandboxes.
+//! start → ready delays, ROLLGATE_BENCH_STATE=file,postgres the state
+//! backends, ROLLGATE_BENCH_KEEP=1 keeps the sandboxes.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -71,11 +78,30 @@ fn main() {
         .filter(|&n| n > 0 && n <= 62_500)
         .collect();
     let restarts = list("ROLLGATE_BENCH_RESTART_MS", "0,150");
+    let states: Vec<String> = std::env::var("ROLLGATE_BENCH_STATE")
+        .unwrap_or_else(|_| "file,postgres".into())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| s == "file" || s == "postgres")
+        .collect();
+    let pg = states.iter().any(|s| s == "postgres").then(|| {
+        rollgate_testbed::pg::PgCluster::start().expect("a PostgreSQL cluster for the state")
+    });
     let mut runs = Vec::new();
     for &restart_ms in &restarts {
         for &n in &sizes {
-            eprintln!("bench: rollout of {n} hosts, gateway ready {restart_ms} ms after its start");
-            runs.push(run_once(n, restart_ms));
+            for state in &states {
+                eprintln!(
+                    "bench: rollout of {n} hosts, gateway ready {restart_ms} ms after its start, {state} state"
+                );
+                let db = (state == "postgres").then(|| {
+                    let cluster = pg.as_ref().expect("started above");
+                    let name = format!("rollgate_state_{}", runs.len());
+                    cluster.createdb(&name).expect("a state database");
+                    (cluster, name)
+                });
+                runs.push(run_once(n, restart_ms, db));
+            }
         }
     }
     report(&runs);
@@ -83,6 +109,8 @@ fn main() {
 
 /// What one rollout showed.
 struct Run {
+    /// "file" or "pg": where the journal and lease were.
+    state: &'static str,
     n: usize,
     restart_ms: u64,
     batches: usize,
@@ -136,7 +164,11 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     s[((s.len() - 1) as f64 * q).round() as usize]
 }
 
-fn run_once(n: usize, restart_ms: u64) -> Run {
+fn run_once(
+    n: usize,
+    restart_ms: u64,
+    state_db: Option<(&rollgate_testbed::pg::PgCluster, String)>,
+) -> Run {
     let coordinator::Prepared {
         sb,
         names,
@@ -183,6 +215,14 @@ fn run_once(n: usize, restart_ms: u64) -> Run {
             .map(|h| (h.name.clone(), h.addr))
             .collect::<Vec<_>>(),
     );
+    if let Some((cluster, name)) = &state_db {
+        let text = std::fs::read_to_string(&fleet).expect("fleet.toml");
+        let state = format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"{}\"\n\n",
+            cluster.conninfo(name)
+        );
+        std::fs::write(&fleet, format!("{state}{text}")).expect("fleet.toml");
+    }
     // Let the agents' start-up work (TLS set-up, first probes) finish
     // before anything is measured: a real fleet's agents are long idle.
     std::thread::sleep(Duration::from_secs(1));
@@ -248,7 +288,17 @@ fn run_once(n: usize, restart_ms: u64) -> Run {
                 .fold(0.0, f64::max)
         })
         .sum();
+    let journal_records = match &state_db {
+        None => coordinator::journal_records(&sb.path().join("state/rollouts")),
+        Some((cluster, name)) => cluster
+            .psql(name, "SELECT count(*) FROM rollgate_journal")
+            .expect("count the journal rows")
+            .trim()
+            .parse()
+            .expect("a count"),
+    };
     Run {
+        state: if state_db.is_some() { "pg" } else { "file" },
         n,
         restart_ms,
         batches: ev.batches.len(),
@@ -268,7 +318,7 @@ fn run_once(n: usize, restart_ms: u64) -> Run {
         phase_cpu_ms,
         coord_hwm: m.peak_rss,
         agents_cpu_ms: (agents_after - agents_before) as f64 / tck * 1000.0,
-        journal_records: coordinator::journal_records(&sb.path().join("state/rollouts")),
+        journal_records,
     }
 }
 
@@ -365,7 +415,8 @@ fn report(runs: &[Run]) {
     );
     println!();
     println!(
-        "  {:>7} {:>5} {:>7} | {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>8} {:>7} | {:>10} {:>10} | {:>11} {:>9} {:>8} | {:>10}",
+        "  {:>5} {:>7} {:>5} {:>7} | {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>8} {:>7} | {:>10} {:>10} | {:>11} {:>9} {:>8} | {:>10}",
+        "state",
         "restart",
         "hosts",
         "batches",
@@ -385,7 +436,8 @@ fn report(runs: &[Run]) {
     );
     for r in runs {
         println!(
-            "  {:>4} ms {:>5} {:>7} | {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>8} {:>7} | {:>7.0} ms {:>7.0} ms | {:>11} {:>6.2} ms {:>4.1} MiB | {:>10}",
+            "  {:>5} {:>4} ms {:>5} {:>7} | {:>7} | {:>6} {:>6} {:>6} {:>6} | {:>8} {:>7} | {:>7.0} ms {:>7.0} ms | {:>11} {:>6.2} ms {:>4.1} MiB | {:>10}",
+            r.state,
             r.restart_ms,
             r.n,
             r.batches,
@@ -412,7 +464,8 @@ fn report(runs: &[Run]) {
     for r in runs {
         let per = |ms: f64| format!("{:.2}", ms / r.n as f64);
         println!(
-            "  {:>4} ms {:>5} hosts (ms/host)       {:>6} {:>6} {:>6} {:>6} {:>7}",
+            "  {:>4} {:>4} ms {:>5} hosts (ms/host)  {:>6} {:>6} {:>6} {:>6} {:>7}",
+            r.state,
             r.restart_ms,
             r.n,
             per(r.phase_cpu_ms[0]),
@@ -424,15 +477,36 @@ fn report(runs: &[Run]) {
     }
     if let Some(r) = runs.last() {
         println!(
-            "  journal records (each batch of them fsynced once) at N = {}: {} ({:.1} per host)",
+            "  journal records (each batch of them fsynced once, or one transaction) at N = {}: {} ({:.1} per host)",
             r.n,
             r.journal_records,
             r.journal_records as f64 / r.n as f64
         );
     }
     println!();
+    println!("  the shared state's cost (postgres − file, same hosts and gateway):");
+    for p in runs.iter().filter(|r| r.state == "pg") {
+        let Some(f) = runs
+            .iter()
+            .find(|f| f.state == "file" && f.n == p.n && f.restart_ms == p.restart_ms)
+        else {
+            continue;
+        };
+        println!(
+            "    {:>5} hosts, restart {:>3} ms: wall {} vs {} ({:+.0} ms, {:+.1} %), coordinator CPU {:+.2} ms/host",
+            p.n,
+            p.restart_ms,
+            s(p.wall_ms),
+            s(f.wall_ms),
+            p.wall_ms - f.wall_ms,
+            (p.wall_ms - f.wall_ms) / f.wall_ms * 100.0,
+            (p.coord_cpu_ms - f.coord_cpu_ms) / p.n as f64,
+        );
+    }
+    println!();
     println!("  how to read it:");
     for l in [
+        "    state       = where the rollout journal and lease were: files, or PostgreSQL (pg)",
         "    restart     = how long the fake gateway takes from its start to listening (its stop is immediate)",
         "    WALL        = coordinator start → exit: what the user waits for. Phases: plan = until the rollout starts",
         "                  (connect, Hello and preflight of every agent, lock, journal); stage = every host's first health",
@@ -451,7 +525,7 @@ fn report(runs: &[Run]) {
     }
     println!();
     println!("  compared with the targets (200 hosts, batch 10%):");
-    for r in runs.iter().filter(|r| r.n == 200) {
+    for r in runs.iter().filter(|r| r.n == 200 && r.state == "file") {
         let verdict = |ok: bool| if ok { "meets" } else { "MISSES" };
         if let Some(t) = r.target_wall_ms() {
             println!(

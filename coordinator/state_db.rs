@@ -57,15 +57,54 @@ pub async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a connection for a command about to change the fleet: failing, it
-/// has changed nothing yet.
+/// has changed nothing yet. A database that is not rollgate's own is
+/// refused (exit 64) before anything is written to it.
 pub async fn connect(url: &str) -> Result<Client, Failure> {
-    open(url).await.map_err(|e| {
+    let client = open(url).await.map_err(|e| {
         tracing::error!(db = %shown(url), error = %e, "cannot reach the state database");
         Failure::Failed(format!(
             "cannot reach the state database {}: {e}; nothing was changed",
             shown(url)
         ))
-    })
+    })?;
+    own(&client, url).await.map_err(Failure::Usage)?;
+    Ok(client)
+}
+
+/// The state database must be rollgate's own: one holding tables of anything
+/// else is most likely the gateway's — the database backups and `rollback
+/// --restore-db` rewind, which would rewind rollgate's history and lease
+/// with it. Checked before rollgate creates or writes anything there.
+pub async fn own(client: &Client, url: &str) -> Result<(), String> {
+    let foreign: Vec<String> = client
+        .query(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND c.relname NOT LIKE 'rollgate\\_%'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+               AND n.nspname NOT LIKE 'pg\\_%'
+             ORDER BY 1 LIMIT 5",
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "the state database {}: {e}; nothing was changed",
+                shown(url)
+            )
+        })?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(db = %shown(url), tables = ?foreign, "the state database is not rollgate's own");
+    Err(format!(
+        "[state] url: {} is not a database of rollgate's own: it holds {} — the gateway's database? Backups and `rollback --restore-db` rewind that one, and must never rewind rollgate's history. Create an empty database for rollgate (CREATE DATABASE rollgate_state) and name it in the url. Nothing was changed",
+        shown(url),
+        foreign.join(", ")
+    ))
 }
 
 /// Creates or upgrades rollgate's tables; every statement is idempotent.

@@ -158,6 +158,7 @@ impl Journals {
 
     async fn client(&self, url: &str) -> Result<tokio_postgres::Client, String> {
         let mut client = state_db::open(url).await.map_err(|e| self.db_error(e))?;
+        state_db::own(&client, url).await?;
         state_db::migrate(&mut client)
             .await
             .map_err(|e| self.db_error(e))?;

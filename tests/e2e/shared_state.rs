@@ -161,6 +161,44 @@ async fn a_second_coordinator_on_the_fleet_exits_2_naming_the_holder_and_agents_
     assert_eq!(lease_rows.trim(), "0", "released at the end");
 }
 
+/// A `[state] url` naming the gateway's own database (the one backups and
+/// `rollback --restore-db` rewind) is refused before anything is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_url_naming_the_gateways_database_is_refused_changing_nothing() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let _fleet = fleet_on_330(&sb, &db, 1, "batch = 1").await;
+    let inv = sb.path().join("fleet.toml");
+    let text = std::fs::read_to_string(&inv).unwrap();
+    std::fs::write(
+        &inv,
+        format!(
+            "[state]\nbackend = \"postgres\"\nurl = \"{}\"\n\n{text}",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let out = sb.rollgate(&upgrade_to("3.4.0"));
+    assert_eq!(out.code, Some(64), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("not a database of rollgate's own")
+            && out.stderr.contains("Nothing was changed"),
+        "{}",
+        out.stderr
+    );
+    let ours = db.psql("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'rollgate%'");
+    assert_eq!(ours.trim(), "0", "nothing of rollgate's was created there");
+    for host in ["cp-1", "dp-1"] {
+        let journal =
+            std::fs::read_to_string(sb.path().join(host).join("state/journal")).unwrap_or_default();
+        // The fixture's own set-up steps are "t/…"; a rollout's are "r-…".
+        assert!(
+            !journal.lines().any(|l| l.contains("\"op\":\"r-")),
+            "{host} ran a step of a rollout:\n{journal}"
+        );
+    }
+}
+
 #[test]
 fn a_postgres_backend_without_a_url_is_refused_naming_the_key() {
     let sb = Sandbox::new();
