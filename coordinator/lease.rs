@@ -293,6 +293,9 @@ async fn try_take(
     // otherwise both see it free and both insert.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&fleet])
         .await?;
+    // A journal write of the old holder in progress holds its row: wait
+    // for it (the server ends one left idle), not forever.
+    tx.batch_execute("SET LOCAL lock_timeout = '30s'").await?;
     let held = tx
         .query_opt(LIVE_HOLDER, &[&fleet])
         .await?

@@ -34,15 +34,19 @@ pub fn shown(url: &str) -> String {
 /// server that does not answer fails within `CONNECT_TIMEOUT`. Commits are
 /// synchronous whatever the server's default: a journal record counts once
 /// its commit returns, so the commit must not be one a server crash can
-/// take back.
+/// take back. A transaction left idle for 15 s is ended by the server.
 pub async fn open(url: &str) -> Result<Client, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A coordinator frozen or cut off inside a journal transaction would
+    // hold the lease row's share lock until TCP gives up (hours), and a
+    // take-over would wait on it: the server ends such a transaction.
+    let ours = "-c synchronous_commit=on -c idle_in_transaction_session_timeout=15s";
     let options = match config.get_options() {
-        Some(o) => format!("{o} -c synchronous_commit=on"),
-        None => "-c synchronous_commit=on".to_string(),
+        Some(o) => format!("{o} {ours}"),
+        None => ours.to_string(),
     };
     config.options(&options);
     let (client, conn) = config.connect(NoTls).await?;

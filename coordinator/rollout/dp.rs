@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use rollgate::outcome::Failure;
+use rollgate::outcome::{Failure, FailureCode};
 use rollgate::role::Role;
 use rollgate::version::Version;
 
@@ -208,6 +208,22 @@ impl<F: FleetApi> Driver<F> {
     ) -> Result<(), Halt> {
         if failed.is_empty() {
             return Ok(());
+        }
+        // A record that could not be journalled is not the host's failure:
+        // the rollout cannot go on without its journal, whatever the budget.
+        if let Some((host, step, failure, _)) = failed
+            .iter()
+            .find(|(_, _, f, _)| f.code == FailureCode::Journal)
+            .cloned()
+        {
+            for (h, ..) in &failed {
+                self.monitor.ignore(h.clone());
+            }
+            return Err(Halt::Step {
+                host,
+                step,
+                failure: Box::new(failure),
+            });
         }
         let budget = self.ctx.policy.max_failures;
         if self.quarantined().len() + failed.len() > budget {

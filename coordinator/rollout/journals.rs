@@ -57,7 +57,7 @@ impl Journals {
 
     /// Every rollout, oldest first.
     pub async fn list(&self) -> Result<Vec<Listed>, String> {
-        let mut all = match self {
+        let all = match self {
             Journals::Files(dir) => log::list(dir)
                 .into_iter()
                 .map(|p| Listed {
@@ -81,10 +81,8 @@ impl Journals {
                     .collect::<Vec<_>>()
             }
         };
-        if matches!(self, Journals::Postgres { .. }) {
-            // Files come sorted by creation; rows by id.
-            all.sort_by_key(|l| l.log.as_ref().map(|l| l.spec.created_ms).unwrap_or(0));
-        }
+        // Files come sorted by creation time, rows by when the server first
+        // wrote them.
         Ok(all)
     }
 
@@ -116,9 +114,11 @@ impl Journals {
                 // The tables exist before the first write.
                 self.client(url).await?;
                 let id = spec.id.clone();
-                let writer =
-                    Writer::start_sink(PgSink::new(url, fleet, &id, *token), "rollout-journal")
-                        .map_err(|e| e.to_string())?;
+                let writer = Writer::start_sink(
+                    PgSink::new(url, fleet, &id, *token, true),
+                    "rollout-journal",
+                )
+                .map_err(|e| e.to_string())?;
                 let origin = self.origin(&id);
                 tokio::task::spawn_blocking(move || RolloutLog::start(origin, writer, spec))
                     .await
@@ -135,9 +135,11 @@ impl Journals {
             (Journals::Files(_), Origin::File(p)) => RolloutLog::open(p),
             (Journals::Postgres { url, fleet, token }, Origin::Postgres { rollout, .. }) => {
                 let log = self.read_by_id(rollout).await?;
-                let writer =
-                    Writer::start_sink(PgSink::new(url, fleet, rollout, *token), "rollout-journal")
-                        .map_err(|e| e.to_string())?;
+                let writer = Writer::start_sink(
+                    PgSink::new(url, fleet, rollout, *token, false),
+                    "rollout-journal",
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(log.continued(writer))
             }
             (_, origin) => Err(format!("{origin} is not in {}", self.place())),

@@ -37,10 +37,14 @@ pub struct PgSink {
     /// the next write reconnects and reads the seq again (a commit whose
     /// answer was lost may have landed).
     conn: Option<(Client, i64)>,
+    /// A new rollout's journal: its id must not have rows yet.
+    fresh: bool,
 }
 
 impl PgSink {
-    pub fn new(url: &str, fleet: &str, rollout: &str, token: Option<i64>) -> PgSink {
+    /// The sink of rollout `rollout`; `fresh` for a new one (refused if its
+    /// id already has records).
+    pub fn new(url: &str, fleet: &str, rollout: &str, token: Option<i64>, fresh: bool) -> PgSink {
         PgSink {
             url: url.to_string(),
             fleet: fleet.to_string(),
@@ -49,6 +53,7 @@ impl PgSink {
             timeout: Duration::from_secs(10),
             rt: None,
             conn: None,
+            fresh,
         }
     }
 
@@ -66,6 +71,12 @@ impl PgSink {
                 .await
                 .map_err(|e| e.to_string())?
                 .get(0);
+            if std::mem::take(&mut self.fresh) && next != 0 {
+                return Err(format!(
+                    "rollout {} already has a journal; nothing was written",
+                    self.rollout
+                ));
+            }
             self.conn = Some((client, next));
         }
         let Some((client, next)) = self.conn.as_mut() else {
@@ -141,7 +152,9 @@ impl rollgate::journal_writer::Sink for PgSink {
 }
 
 /// Every rollout's records of `fleet` (or of one rollout), each rollout's in
-/// order: (rollout id, its records or why they cannot be read).
+/// order, rollouts in the order the server first wrote them (machines'
+/// clocks may disagree): (rollout id, its records or why they cannot be
+/// read).
 pub async fn read(
     client: &Client,
     fleet: &str,
@@ -151,7 +164,7 @@ pub async fn read(
         .query(
             "SELECT rollout, seq, record FROM rollgate_journal
              WHERE fleet = $1 AND ($2::text IS NULL OR rollout = $2)
-             ORDER BY rollout, seq",
+             ORDER BY min(written_at) OVER (PARTITION BY rollout), rollout, seq",
             &[&fleet, &rollout],
         )
         .await?;
@@ -170,4 +183,52 @@ pub async fn read(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollgate::journal_writer::Sink;
+
+    /// A writer whose token is no longer the lease's commits nothing; the
+    /// holder's does; a new rollout's id that has records is refused.
+    #[test]
+    fn only_the_lease_holders_token_commits_and_a_reused_id_is_refused() {
+        let pg = rollgate_testbed::pg::PgCluster::start().expect("PostgreSQL");
+        pg.createdb("state").unwrap();
+        let url = pg.conninfo("state");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = state_db::open(&url).await.unwrap();
+            state_db::migrate(&mut c).await.unwrap();
+            c.execute(
+                "INSERT INTO rollgate_lease VALUES ('f', 'b@two', 7, 'resume', 5, now(), now(), now() + interval '1 minute')",
+                &[],
+            )
+            .await
+            .unwrap();
+        });
+        drop(rt);
+        let rows = || {
+            pg.psql("state", "SELECT count(*) FROM rollgate_journal")
+                .unwrap()
+        };
+
+        let mut stale = PgSink::new(&url, "f", "r-1", Some(4), true);
+        let e = stale.write(&[b"{}\n"]).unwrap_err().to_string();
+        assert!(e.contains("lost the fleet lease: b@two (pid 7)"), "{e}");
+        assert_eq!(rows().trim(), "0");
+
+        let mut holder = PgSink::new(&url, "f", "r-1", Some(5), true);
+        holder.write(&[b"{\"a\":1}\n", b"{\"a\":2}\n"]).unwrap();
+        assert_eq!(rows().trim(), "2", "one batch, both records");
+
+        let mut again = PgSink::new(&url, "f", "r-1", Some(5), true);
+        let e = again.write(&[b"{}\n"]).unwrap_err().to_string();
+        assert!(e.contains("already has a journal"), "{e}");
+        assert_eq!(rows().trim(), "2");
+    }
 }

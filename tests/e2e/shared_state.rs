@@ -22,8 +22,7 @@ fn agent_begins(sb: &Sandbox, host: &str, rid: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Every host's install of rollout `rid` began exactly once (no attempt 2)
-/// and the rollout's journal in the state database shows each begun.
+/// Every host's install of rollout `rid` began exactly once (no attempt 2).
 fn installed_once(sb: &Sandbox, rid: &str) {
     for host in ["cp-1", "dp-1", "dp-2"] {
         let installs: Vec<_> = agent_begins(sb, host, rid)
