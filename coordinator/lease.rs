@@ -73,12 +73,14 @@ async fn superseded_by(client: &Client, fleet: &str) -> String {
         )
         .await
     {
-        Ok(Some(r)) => {
-            let (h, p, c): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
-            format!("{h} (pid {p}) took it over, running `rollgate {c}`")
-        }
+        Ok(Some(r)) => took_over(&r.get::<_, String>(0), r.get(1), &r.get::<_, String>(2)),
         _ => "it lapsed and was taken".to_string(),
     }
+}
+
+/// Who took the fleet from a holder, as every message says it.
+pub fn took_over(holder: &str, pid: i32, command: &str) -> String {
+    format!("{holder} (pid {pid}) took it over, running `rollgate {command}`")
 }
 
 /// The fleet's name in the state database.
@@ -189,7 +191,7 @@ pub async fn acquire(
             shown(url)
         ))
     };
-    migrate(&mut client).await.map_err(db_err)?;
+    migrate(&mut client, url).await.map_err(db_err)?;
     let ttl = inv.state.lease.as_secs_f64();
     let token = match try_take(&mut client, &fleet, command, ttl, None)
         .await

@@ -112,7 +112,20 @@ pub async fn own(client: &Client, url: &str) -> Result<(), String> {
 }
 
 /// Creates or upgrades rollgate's tables; every statement is idempotent.
-pub async fn migrate(client: &mut Client) -> Result<(), tokio_postgres::Error> {
+/// Done once per database (`url`) in a process: a command connects more than
+/// once (the lease, then its journal), and the schema does not go back.
+pub async fn migrate(client: &mut Client, url: &str) -> Result<(), tokio_postgres::Error> {
+    static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let done = || DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if done().iter().any(|u| u == url) {
+        return Ok(());
+    }
+    migrate_now(client).await?;
+    done().push(url.to_string());
+    Ok(())
+}
+
+async fn migrate_now(client: &mut Client) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(7301730173)", &[])
         .await?;

@@ -136,12 +136,10 @@ async fn resumable(journals: &Journals) -> Result<Option<RolloutLog>, Failure> {
 /// The newest rollout, when it can be read. Not being able to list them is
 /// an error: a rollout cut off might be among them.
 async fn latest(journals: &Journals) -> Result<Option<RolloutLog>, Failure> {
-    Ok(journals
-        .list()
+    journals
+        .latest()
         .await
-        .map_err(|e| Failure::Failed(format!("{e}; nothing was changed")))?
-        .pop()
-        .and_then(|l| l.log.ok()))
+        .map_err(|e| Failure::Failed(format!("{e}; nothing was changed")))
 }
 
 pub async fn upgrade(inv: Inventory, catalog_path: &Path, a: UpgradeArgs) -> Result<(), Failure> {

@@ -57,7 +57,9 @@ impl Journals {
 
     /// Every rollout, oldest first.
     pub async fn list(&self) -> Result<Vec<Listed>, String> {
-        let all = match self {
+        // Files come sorted by creation time, rows by when the server first
+        // wrote them.
+        Ok(match self {
             Journals::Files(dir) => log::list(dir)
                 .into_iter()
                 .map(|p| Listed {
@@ -75,15 +77,22 @@ impl Journals {
                     .map_err(|e| self.db_error(e))?
                     .into_iter()
                     .map(|(id, records)| Listed {
-                        log: records.and_then(|r| RolloutLog::from_records(self.origin(&id), r)),
+                        log: records
+                            .and_then(|r| RolloutLog::from_records(row_origin(url, &id), r)),
                         id,
                     })
-                    .collect::<Vec<_>>()
+                    .collect()
             }
-        };
-        // Files come sorted by creation time, rows by when the server first
-        // wrote them.
-        Ok(all)
+        })
+    }
+
+    /// The newest rollout, when it can be read. With files only the newest
+    /// file is read, not every journal.
+    pub async fn latest(&self) -> Result<Option<RolloutLog>, String> {
+        Ok(match self {
+            Journals::Files(dir) => log::list(dir).last().and_then(|p| RolloutLog::read(p).ok()),
+            Journals::Postgres { .. } => self.list().await?.pop().and_then(|l| l.log.ok()),
+        })
     }
 
     /// Rollout `id`, read without changing it. The id is checked first (it
@@ -98,7 +107,7 @@ impl Journals {
                     .await
                     .map_err(|e| self.db_error(e))?;
                 match found.into_iter().next() {
-                    Some((_, records)) => RolloutLog::from_records(self.origin(id), records?)
+                    Some((_, records)) => RolloutLog::from_records(row_origin(url, id), records?)
                         .map_err(|e| format!("no rollout {id}: {e}")),
                     None => Err(format!("no rollout {id} in {}", self.place())),
                 }
@@ -119,7 +128,7 @@ impl Journals {
                     "rollout-journal",
                 )
                 .map_err(|e| e.to_string())?;
-                let origin = self.origin(&id);
+                let origin = row_origin(url, &id);
                 tokio::task::spawn_blocking(move || RolloutLog::start(origin, writer, spec))
                     .await
                     .map_err(|e| e.to_string())?
@@ -146,22 +155,11 @@ impl Journals {
         }
     }
 
-    fn origin(&self, id: &str) -> Origin {
-        match self {
-            Journals::Files(dir) => {
-                Origin::File(log::rollouts_dir(dir).join(format!("{id}.jsonl")))
-            }
-            Journals::Postgres { url, .. } => Origin::Postgres {
-                db: state_db::shown(url),
-                rollout: id.to_string(),
-            },
-        }
-    }
-
+    /// A connection to the state database, checked and migrated.
     async fn client(&self, url: &str) -> Result<tokio_postgres::Client, String> {
         let mut client = state_db::open(url).await.map_err(|e| self.db_error(e))?;
         state_db::own(&client, url).await?;
-        state_db::migrate(&mut client)
+        state_db::migrate(&mut client, url)
             .await
             .map_err(|e| self.db_error(e))?;
         Ok(client)
@@ -170,5 +168,13 @@ impl Journals {
     fn db_error(&self, e: tokio_postgres::Error) -> String {
         tracing::error!(journals = %self.place(), error = %e, "cannot read the rollout journals");
         format!("{}: {e}", self.place())
+    }
+}
+
+/// Where rollout `id`'s rows are, for messages.
+fn row_origin(url: &str, id: &str) -> Origin {
+    Origin::Postgres {
+        db: state_db::shown(url),
+        rollout: id.to_string(),
     }
 }

@@ -95,9 +95,13 @@ impl PgSink {
             match holder {
                 Some(r) if r.get::<_, i64>(0) == ours => {}
                 Some(r) => {
-                    let (h, p, c): (String, i32, String) = (r.get(1), r.get(2), r.get(3));
+                    let by = crate::lease::took_over(
+                        &r.get::<_, String>(1),
+                        r.get(2),
+                        &r.get::<_, String>(3),
+                    );
                     return Err(format!(
-                        "lost the fleet lease: {h} (pid {p}) took it over, running `rollgate {c}`; this record was not written"
+                        "lost the fleet lease: {by}; this record was not written"
                     ));
                 }
                 None => {
@@ -203,7 +207,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let mut c = state_db::open(&url).await.unwrap();
-            state_db::migrate(&mut c).await.unwrap();
+            state_db::migrate(&mut c, &url).await.unwrap();
             c.execute(
                 "INSERT INTO rollgate_lease VALUES ('f', 'b@two', 7, 'resume', 5, now(), now(), now() + interval '1 minute')",
                 &[],

@@ -448,13 +448,7 @@ fn the_demo_can_keep_a_fleet_whose_state_is_in_postgres() {
     // rollgate's own history, kept in a database of its own.
     let run = |args: &[&str]| {
         let out = proc::run(ROLLGATE, args, sb.path(), Duration::from_secs(300));
-        assert_eq!(
-            out.code,
-            Some(0),
-            "{args:?}\n{}\n{}",
-            out.stdout,
-            out.stderr
-        );
+        crate::zero_downtime::expect_exit(&out, 0);
         out
     };
     let catalog = doc["catalog"].as_str().unwrap();
