@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Fuzzes rollgate's parsers of untrusted bytes with cargo-fuzz (libFuzzer):
-#   deploy/fuzz.sh [--seconds N] [TARGET...]
+#   deploy/fuzz.sh [--seconds N] [--build-only] [TARGET...]
 # Targets (fuzz/targets/fuzz_targets/): catalog, inventory, agent_config,
-# agent_journal, rollout_journal, archive, ansible_inventory; all by default, N seconds each
-# (default 60). Each run starts from the committed seeds (fuzz/corpus/) and
+# agent_journal, rollout_journal, archive, ansible_inventory; all by default,
+# N seconds each (default 60); --build-only installs cargo-fuzz and builds
+# them without a run. Each run starts from the committed seeds (fuzz/corpus/) and
 # grows a scratch corpus under target/fuzz-corpus/. A crash stops the script
 # with libFuzzer's report; its input is in fuzz/targets/artifacts/<target>/.
 # Fix it, then commit the input under fuzz/regressions/<target>/: the test
@@ -17,12 +18,14 @@ cd "$(dirname "$0")/.."
 
 seconds=60
 require=0
+build_only=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="${2:?--seconds needs a number}"; shift 2 ;;
     --require) require=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --build-only) build_only=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "deploy/fuzz.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -45,6 +48,7 @@ fi
 
 cd fuzz/targets
 cargo +nightly fuzz build --fuzz-dir .
+[ "$build_only" -eq 0 ] || { echo "fuzz targets built"; exit 0; }
 for t in "${targets[@]}"; do
   scratch="../../target/fuzz-corpus/$t"
   mkdir -p "$scratch"
