@@ -28,6 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // by every host's Stage stream instead of copied per host.
         .bytes(".rollgate.v1.StageRequest.chunk")
         .bytes(".rollgate.v1.FileChunk.data")
+        // prost with 1 KiB first buffers instead of 8 KiB (`src/codec.rs`):
+        // the coordinator keeps a health stream open to every host.
+        .codec_path("crate::codec::SmallBufferCodec")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -20,7 +20,10 @@
 //! CPU ≤ 1 ms per host, peak RSS ≤ 256 MiB, wall ≤ 60 s, no protocol errors.
 //!
 //! `cargo bench --bench fleet_scale`; ROLLGATE_BENCH_HOSTS=1000,5000,10000
-//! picks the sizes, ROLLGATE_BENCH_KEEP=1 keeps the sandboxes.
+//! picks the sizes, ROLLGATE_BENCH_KEEP=1 keeps the sandboxes,
+//! ROLLGATE_BENCH_WRAP="heaptrack -o /tmp/ht" (or `perf record -o …`) runs
+//! the coordinator under a profiler, whose process the CPU and RSS columns
+//! then measure instead.
 
 #[path = "support/mod.rs"]
 mod support;

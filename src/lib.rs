@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod clock;
+pub mod codec;
 pub mod compat;
 pub mod convert;
 pub mod exit;

@@ -74,7 +74,18 @@ pub fn upgrade(dir: &Path, fleet: &Path, catalog: &Path, to: &str, extra: &[&str
     let (out, err) = (dir.join("events.jsonl"), dir.join("coordinator.log"));
     let started_ms = now_ms();
     let t0 = Instant::now();
-    let mut child = super::with_raised_nofile(super::ROLLGATE)
+    // ROLLGATE_BENCH_WRAP (e.g. `heaptrack -o /tmp/ht`) runs the coordinator
+    // under a profiler; the figures printed are then the profiler's process.
+    let mut cmd = match std::env::var("ROLLGATE_BENCH_WRAP") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut words = w.split_whitespace();
+            let mut c = super::with_raised_nofile(words.next().unwrap_or_default());
+            c.args(words).arg(super::ROLLGATE);
+            c
+        }
+        _ => super::with_raised_nofile(super::ROLLGATE),
+    };
+    let mut child = cmd
         .args(["upgrade", "-i"])
         .arg(fleet)
         .arg("-c")

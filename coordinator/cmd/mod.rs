@@ -14,7 +14,6 @@ pub mod upgrade;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use futures::StreamExt;
 use rollgate::version::Version;
@@ -164,35 +163,31 @@ pub async fn installed_versions(inv: &Inventory) -> Result<BTreeMap<String, Vers
     Ok(out)
 }
 
-/// Prints how a rollout ended and where every host stands; maps the outcome
-/// to the exit code.
-pub async fn finish(
+/// Where every host stands once a rollout has ended: a survey over the
+/// channels still open (`fleet_state_over`), with each host's last step from
+/// the rollout's journal (unreachable hosts included).
+pub async fn ended_state(
     inv: &Inventory,
     open: &HashMap<String, Agent>,
-    reporter: &Arc<Reporter>,
+    mut last: BTreeMap<String, LastStep>,
+) -> Vec<HostState> {
+    let mut hosts = fleet_state_over(inv, open).await;
+    for h in &mut hosts {
+        h.last_step = last.remove(&h.name);
+    }
+    hosts
+}
+
+/// Prints how a rollout ended and where every host stands; maps the outcome
+/// to the exit code.
+pub fn finish(
     output: Output,
+    reporter: &Reporter,
     rid: &str,
     outcome: Outcome,
     reason: String,
+    hosts: Vec<HostState>,
 ) -> Result<(), Failure> {
-    reporter.finish();
-    let mut hosts = fleet_state_over(inv, open).await;
-    // Where each host's steps stand, from the journal: unreachable hosts
-    // included.
-    match crate::rollout::journals::Journals::of(inv)
-        .read_by_id(rid)
-        .await
-    {
-        Ok(l) => {
-            let mut last = l.last_steps();
-            for h in &mut hosts {
-                h.last_step = last.remove(&h.name);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(rollout = rid, error = %e, "cannot read the journal for the report")
-        }
-    }
     let status = serde_json::to_value(outcome)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))

@@ -9,7 +9,7 @@ use rollgate::role::Role;
 use rollgate::version::Version;
 
 use super::plan::{self, PlanReport};
-use super::{confirm, finish, interrupt_signal};
+use super::{confirm, ended_state, finish, interrupt_signal};
 use crate::Failure;
 use crate::batch::{BatchSize, InService};
 use crate::fleet::GrpcFleet;
@@ -356,8 +356,15 @@ pub async fn drive(
             ended
         }
     };
-    let open = fleet.channels().await;
-    finish(&inv, &open, &reporter, output, &spec.id, outcome, reason).await
+    // The rollout's memory (journal, health watches) goes before the survey
+    // opens what it needs: at 10,000 hosts both at once set the peak.
+    let last = driver.ctx.log().last_steps();
+    drop(driver);
+    reporter.finish();
+    let open = fleet.take_channels().await;
+    let hosts = ended_state(&inv, &open, last).await;
+    drop(open);
+    finish(output, &reporter, &spec.id, outcome, reason, hosts)
 }
 
 fn total_steps(spec: &RolloutSpec) -> u64 {

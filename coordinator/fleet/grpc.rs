@@ -74,9 +74,10 @@ impl GrpcFleet {
         }
     }
 
-    /// The open channels, for a last survey of the fleet.
-    pub async fn channels(&self) -> HashMap<String, Agent> {
-        self.agents.lock().await.clone()
+    /// The open channels, handed over for a last survey of the fleet once
+    /// the rollout is done with them.
+    pub async fn take_channels(&self) -> HashMap<String, Agent> {
+        std::mem::take(&mut *self.agents.lock().await)
     }
 
     async fn forget(&self, host: &str) {

@@ -51,23 +51,27 @@ impl Watcher {
     }
 
     /// One stream, forwarded until it breaks or nobody listens.
+    ///
+    /// The connect and the call are boxed: a task is as large as its
+    /// largest state, and these two (a TLS handshake, a gRPC call being
+    /// set up) are far larger than the loop that then runs for the whole
+    /// rollout. Inline, they made every host's watcher ~8 KiB.
     async fn stream(&mut self) -> Result<Ended, String> {
         let agent = match self.reuse.take() {
             Some(a) => a,
-            None => Agent::connect(&self.host, &self.inv, &self.policy)
+            None => Box::pin(Agent::connect(&self.host, &self.inv, &self.policy))
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let mut s = agent
-            .client
-            .clone()
-            .watch_health(pb::WatchHealthRequest {
-                interval_ms: self.interval.as_millis() as u32,
-                heartbeat_ms: self.heartbeat.as_millis() as u32,
-            })
-            .await
-            .map_err(|e| e.message().to_string())?
-            .into_inner();
+        let mut client = agent.client.clone();
+        drop(agent);
+        let mut s = Box::pin(client.watch_health(pb::WatchHealthRequest {
+            interval_ms: self.interval.as_millis() as u32,
+            heartbeat_ms: self.heartbeat.as_millis() as u32,
+        }))
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
         loop {
             let r = match s.message().await {
                 Ok(Some(r)) => r,
