@@ -17,10 +17,12 @@ const POLL: Duration = Duration::from_millis(200);
 /// The first pause after a start. Until the gateway is healthy the pause
 /// doubles from here up to `FAST_POLL` for the first `FAST_WINDOW`, then up
 /// to `POLL`: a gateway ready within a couple of seconds (most restarts) is
-/// seen within 20 ms of it, and a slow one is not probed more than every
-/// `POLL` after that.
+/// seen within 10 ms of it, and a slow one is not probed more than every
+/// `POLL` after that. A batch waits for its slowest host, which is seen
+/// late by up to the cap; a look at a gateway not yet listening is one
+/// refused connect.
 const FIRST_POLL: Duration = Duration::from_millis(5);
-const FAST_POLL: Duration = Duration::from_millis(20);
+const FAST_POLL: Duration = Duration::from_millis(10);
 const FAST_WINDOW: Duration = Duration::from_secs(2);
 /// A stopped process counts as "exited" only after this long, so a service
 /// manager that shows the new process a moment after the start (a container
