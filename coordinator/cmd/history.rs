@@ -129,10 +129,7 @@ struct StepLine {
 }
 
 pub async fn show(inv: &Inventory, id: &str, output: Output) -> Result<(), Failure> {
-    let l = Journals::of(inv)
-        .read_by_id(id)
-        .await
-        .map_err(Failure::Usage)?;
+    let l = Journals::of(inv).read_by_id(id).await?;
     let mut hosts: BTreeMap<String, Vec<StepLine>> = BTreeMap::new();
     let mut begun: BTreeMap<String, i64> = BTreeMap::new();
     for r in &l.records {

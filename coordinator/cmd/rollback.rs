@@ -25,7 +25,7 @@ pub struct RollbackArgs {
 /// The upgrade to undo: the one named, or the latest upgrade.
 async fn target_rollout(journals: &Journals, id: Option<&str>) -> Result<RolloutLog, Failure> {
     if let Some(id) = id {
-        return journals.read_by_id(id).await.map_err(Failure::Usage);
+        return Ok(journals.read_by_id(id).await?);
     }
     journals
         .list()

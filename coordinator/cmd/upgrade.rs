@@ -392,7 +392,7 @@ pub async fn resume(
     let state_dir = inv.coordinator.state_dir.clone();
     let journals = Journals::of(&inv);
     let seen = match rollout {
-        Some(id) => journals.read_by_id(&id).await.map_err(Failure::Usage)?,
+        Some(id) => journals.read_by_id(&id).await?,
         None => match resumable(&journals).await? {
             Some(l) => l,
             None => return Err(Failure::Usage(last_ended(&journals).await)),

@@ -97,19 +97,23 @@ impl Journals {
 
     /// Rollout `id`, read without changing it. The id is checked first (it
     /// names a file: nothing outside the state directory is read).
-    pub async fn read_by_id(&self, id: &str) -> Result<RolloutLog, String> {
+    pub async fn read_by_id(&self, id: &str) -> Result<RolloutLog, ReadError> {
         match self {
-            Journals::Files(dir) => log::read_by_id(dir, id),
+            Journals::Files(dir) => log::read_by_id(dir, id).map_err(ReadError::Missing),
             Journals::Postgres { url, fleet, .. } => {
-                rollgate::ids::check_rollout_id(id)?;
-                let client = self.client(url).await?;
+                rollgate::ids::check_rollout_id(id).map_err(ReadError::Missing)?;
+                let client = self.client(url).await.map_err(ReadError::Database)?;
                 let found = pg_journal::read(&client, fleet, Some(id))
                     .await
-                    .map_err(|e| self.db_error(e))?;
+                    .map_err(|e| ReadError::Database(self.db_error(e)))?;
                 match found.into_iter().next() {
-                    Some((_, records)) => RolloutLog::from_records(row_origin(url, id), records?)
-                        .map_err(|e| format!("no rollout {id}: {e}")),
-                    None => Err(format!("no rollout {id} in {}", self.place())),
+                    Some((_, records)) => records
+                        .and_then(|r| RolloutLog::from_records(row_origin(url, id), r))
+                        .map_err(|e| ReadError::Missing(format!("no rollout {id}: {e}"))),
+                    None => Err(ReadError::Missing(format!(
+                        "no rollout {id} in {}",
+                        self.place()
+                    ))),
                 }
             }
         }
@@ -143,7 +147,7 @@ impl Journals {
         match (self, &seen.origin) {
             (Journals::Files(_), Origin::File(p)) => RolloutLog::open(p),
             (Journals::Postgres { url, fleet, token }, Origin::Postgres { rollout, .. }) => {
-                let log = self.read_by_id(rollout).await?;
+                let log = self.read_by_id(rollout).await.map_err(|e| e.to_string())?;
                 let writer = Writer::start_sink(
                     PgSink::new(url, fleet, rollout, *token, false),
                     "rollout-journal",
@@ -168,6 +172,28 @@ impl Journals {
     fn db_error(&self, e: tokio_postgres::Error) -> String {
         tracing::error!(journals = %self.place(), error = %e, "cannot read the rollout journals");
         format!("{}: {e}", self.place())
+    }
+}
+
+/// Why a rollout named by id could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// No such rollout, an id not of the generated form, or a journal that
+    /// does not parse: what the operator named is not there (exit 64).
+    #[error("{0}")]
+    Missing(String),
+    /// The state database could not be asked: the rollout may well be there
+    /// (exit 1, like any failure to reach what the command needs).
+    #[error("{0}")]
+    Database(String),
+}
+
+impl From<ReadError> for crate::Failure {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Missing(m) => crate::Failure::Usage(m),
+            ReadError::Database(m) => crate::Failure::Failed(m),
+        }
     }
 }
 

@@ -212,6 +212,52 @@ fn a_postgres_backend_without_a_url_is_refused_naming_the_key() {
     assert!(out.stderr.contains("state.url"), "{}", out.stderr);
 }
 
+/// `show`/`resume`/`rollback` of a rollout by id: a rollout that is not
+/// there is the operator's input (exit 64); a state database that cannot be
+/// asked is a failure (exit 1) naming it — the rollout may well be there.
+#[test]
+fn a_rollout_read_by_id_is_64_when_missing_and_1_when_the_state_database_is_down() {
+    let sb = Sandbox::new();
+    let mut state = PgCluster::start().unwrap();
+    state.createdb("rollgate_state").unwrap();
+    sb.certs(&[("cp-1", 1)]);
+    let addr = "127.0.0.1:1".parse().unwrap();
+    sb.inventory(
+        &[("cp-1", "cp", addr)],
+        &format!(
+            "\n[state]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+            state.conninfo("rollgate_state")
+        ),
+    );
+    let id = "r-20260101T000000Z-abcd";
+    for cmd in [
+        vec!["show", id, "-i", "fleet.toml"],
+        vec!["resume", id, "-i", "fleet.toml"],
+        vec!["rollback", id, "-i", "fleet.toml", "--yes"],
+    ] {
+        let out = sb.rollgate(&cmd);
+        assert_eq!(out.code, Some(64), "{cmd:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("no rollout {id}")),
+            "{cmd:?}: {}",
+            out.stderr
+        );
+    }
+    state.stop().unwrap();
+    for cmd in [
+        vec!["show", id, "-i", "fleet.toml"],
+        vec!["rollback", id, "-i", "fleet.toml", "--yes"],
+    ] {
+        let out = sb.rollgate(&cmd);
+        assert_eq!(out.code, Some(1), "{cmd:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("rollgate_state") && !out.stderr.contains("no rollout"),
+            "{cmd:?} names the state database: {}",
+            out.stderr
+        );
+    }
+}
+
 /// A frozen coordinator (SIGSTOP: a VM freeze, a laptop lid) whose lease
 /// lapsed while another machine took the fleet: woken, it changes nothing
 /// — every agent refuses its calls, as their journals show — and exits 1.
