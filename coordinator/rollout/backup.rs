@@ -161,13 +161,13 @@ impl<F: FleetApi> Driver<F> {
         match r {
             Some(Ok(r)) => self
                 .ctx
-                .log()
-                .append(Record::Baseline {
+                .journal(Record::Baseline {
                     hop: next,
                     fingerprint: r.current,
                     at_ms: now_ms(),
                 })
-                .map_err(|e| Halt::Other(format!("cannot write the journal: {e}"))),
+                .await
+                .map_err(|f| Halt::Other(f.message)),
             Some(Err(e)) => Err(Halt::Other(format!(
                 "{cp}: cannot record the next hop's DB baseline: {e}"
             ))),

@@ -405,7 +405,7 @@ impl<F: FleetApi> Driver<F> {
             Ok(()) => self.every_dp_in_rotation().await,
             halted => halted,
         };
-        self.conclude(r)
+        self.conclude(r).await
     }
 
     /// Finds where every DP stands towards the load balancer; any host out
@@ -455,7 +455,7 @@ impl<F: FleetApi> Driver<F> {
         )))
     }
 
-    pub fn conclude(&mut self, r: Result<(), Halt>) -> (Outcome, String) {
+    pub async fn conclude(&mut self, r: Result<(), Halt>) -> (Outcome, String) {
         let quarantined = self.quarantined();
         let (outcome, reason) = match r {
             Ok(()) if quarantined.is_empty() => (
@@ -473,17 +473,17 @@ impl<F: FleetApi> Driver<F> {
             Err(h) if h.is_lost() => (Outcome::Disconnected, h.to_string()),
             Err(h) => (Outcome::Halted, h.to_string()),
         };
-        let mut log = self.ctx.log();
-        if let Err(e) = log.append(Record::Ended {
+        let ended = Record::Ended {
             outcome,
             reason: reason.clone(),
             at_ms: now_ms(),
-        }) {
+        };
+        if let Err(e) = self.ctx.journal(ended).await {
             // The hosts are where the report says; only the record is missing,
             // so `resume` would re-check every step against the agents.
-            tracing::error!(journal = %log.origin, error = %e, "cannot record how the rollout ended");
+            let journal = self.ctx.log().origin.to_string();
+            tracing::error!(%journal, error = %e, "cannot record how the rollout ended");
         }
-        drop(log);
         (outcome, reason)
     }
 
@@ -546,7 +546,7 @@ impl<F: FleetApi> Driver<F> {
                 None => self.backup(&cp).await,
             },
         };
-        self.conclude(r)
+        self.conclude(r).await
     }
 
     /// Runs one sequence per host concurrently, watching health. A host whose

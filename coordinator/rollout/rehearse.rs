@@ -200,7 +200,7 @@ impl<F: FleetApi> Driver<F> {
             ..Default::default()
         };
         let r = self.rehearse_only_inner(&mut report).await;
-        (self.conclude(r), report)
+        (self.conclude(r).await, report)
     }
 
     async fn rehearse_only_inner(&mut self, report: &mut RehearsalReport) -> Result<(), Halt> {

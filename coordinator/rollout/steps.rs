@@ -73,7 +73,10 @@ impl<F: FleetApi> Ctx<F> {
 
     /// Journals a record and waits until it is on disk (group commit: the
     /// lock is not held while waiting).
-    async fn journal(&self, rec: Record) -> Result<(), Failure> {
+    /// Writes `rec` and waits until it is durable, without holding the
+    /// journal's lock meanwhile (a state database that hangs holds only
+    /// this task, up to the writer's timeout).
+    pub(super) async fn journal(&self, rec: Record) -> Result<(), Failure> {
         let failed = |e: std::io::Error| {
             Failure::new(
                 FailureCode::Journal,

@@ -20,7 +20,7 @@ impl<F: FleetApi> Driver<F> {
         current: &std::collections::BTreeMap<String, Version>,
     ) -> (super::log::Outcome, String) {
         let r = self.rollback_inner(current).await;
-        self.conclude(r)
+        self.conclude(r).await
     }
 
     async fn rollback_inner(
