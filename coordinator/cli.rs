@@ -228,6 +228,12 @@ pub struct ResumeArgs {
     /// With --take-over: take it without asking.
     #[arg(long, requires = "take_over")]
     pub yes: bool,
+    /// The release catalog (default: the one the rollout was started with,
+    /// at the path it had there). For a resume on another machine, where
+    /// the catalog is elsewhere; it must list the rollout's releases, with
+    /// the same artifacts.
+    #[arg(long, short = 'c')]
+    pub catalog: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -108,7 +108,7 @@ pub fn verify_artifacts(catalog: &Catalog, versions: &[Version]) -> Result<(), F
     Ok(())
 }
 
-fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
+pub fn load_catalog(path: &Path) -> Result<Catalog, Failure> {
     Catalog::load(path).map_err(|e| Failure::Usage(format!("bad catalog: {e}")))
 }
 
@@ -388,6 +388,7 @@ pub async fn resume(
     inv: Inventory,
     rollout: Option<String>,
     output: Output,
+    catalog: Option<Catalog>,
 ) -> Result<(), Failure> {
     let state_dir = inv.coordinator.state_dir.clone();
     let journals = Journals::of(&inv);
@@ -416,14 +417,39 @@ pub async fn resume(
             seen.spec.id, later.spec.id
         )));
     }
+    let catalog = resume_catalog(&seen.spec, catalog)?;
     let _lock = lock::acquire(&state_dir, &seen.spec.id, "resume").map_err(Failure::Failed)?;
     // Only now, holding the lock, open the journal to continue it.
     let log = journals.open(&seen).await.map_err(Failure::Failed)?;
-    let catalog = match &log.spec.catalog {
-        Some(p) => Some(load_catalog(p)?),
-        None => None,
-    };
     drive(inv, catalog, log, output, true, Vec::new()).await
+}
+
+/// The catalog a resumed rollout goes on with: the one given (`--catalog`),
+/// else the one it was started with, read from the path recorded then. It
+/// must list every release of the rollout, with artifacts that check out.
+fn resume_catalog(spec: &RolloutSpec, given: Option<Catalog>) -> Result<Option<Catalog>, Failure> {
+    let catalog = match (given, &spec.catalog) {
+        (Some(c), _) => c,
+        (None, Some(p)) => load_catalog(p).map_err(|f| {
+            Failure::Usage(format!(
+                "{f} (the catalog rollout {} was started with); on another machine, name it with --catalog",
+                spec.id
+            ))
+        })?,
+        // Backups and rehearsals need no catalog.
+        (None, None) => return Ok(None),
+    };
+    for v in &spec.hops {
+        if catalog.get(v).is_none() {
+            return Err(Failure::Usage(format!(
+                "the catalog {} does not list {v}, a release of rollout {}; nothing was changed",
+                catalog.path.display(),
+                spec.id
+            )));
+        }
+    }
+    verify_artifacts(&catalog, &spec.hops)?;
+    Ok(Some(catalog))
 }
 
 /// `rollgate backup`: the upgrade's backup phase alone.

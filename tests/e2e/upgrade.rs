@@ -278,6 +278,77 @@ async fn a_killed_coordinator_resumes_and_installs_every_host_exactly_once() {
     );
 }
 
+/// A rollout resumed where its catalog is no longer at the path it was
+/// started with (another bastion): `resume` says to name it, `--catalog`
+/// names it, and one that lacks the rollout's release is refused; none of
+/// these changes anything, and the named catalog finishes the rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_with_its_catalog_named_where_the_recorded_path_is_gone() {
+    let sb = Sandbox::new();
+    let db = Db::start();
+    let fleet = fleet_on_330(&sb, &db, 2, "batch = 1").await;
+    // The catalog in a directory of the test's own (hard links: the same
+    // files, so the artifacts stay inside the catalog's directory).
+    let (here, there) = (sb.path().join("cat-a"), sb.path().join("cat-b"));
+    std::fs::create_dir(&here).unwrap();
+    for e in std::fs::read_dir(gateway::artifacts()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::hard_link(&p, here.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut args = upgrade_to("3.4.0");
+    let at = args.iter().position(|a| a == "-c").unwrap() + 1;
+    args[at] = here.join("releases.toml").display().to_string();
+    let mut run = sb.rollgate_bg(&args);
+    run.wait_line(std::time::Duration::from_secs(180), "dp-1 installed", |l| {
+        l.contains("\"host\":\"dp-1\"")
+            && l.contains("\"step\":\"install\"")
+            && l.contains("\"status\":\"succeeded\"")
+    });
+    run.kill9();
+    std::fs::rename(&here, &there).unwrap();
+
+    let out = sb.rollgate(&["resume", "-i", "fleet.toml"]);
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("--catalog"), "{}", out.stderr);
+    // Beside the artifacts, every release but the rollout's own.
+    let lacking = there.join("lacking.toml");
+    let text = std::fs::read_to_string(there.join("releases.toml")).unwrap();
+    let without_340: Vec<&str> = text
+        .split("[[releases]]")
+        .filter(|r| !r.contains("version = \"3.4.0\""))
+        .collect();
+    std::fs::write(&lacking, without_340.join("[[releases]]")).unwrap();
+    let lacking = lacking.display().to_string();
+    let out = sb.rollgate(&["resume", "-i", "fleet.toml", "-c", &lacking]);
+    assert_eq!(out.code, Some(64), "{}", out.stderr);
+    assert!(out.stderr.contains("does not list 3.4.0"), "{}", out.stderr);
+    for (h, v) in hosts_running(&fleet) {
+        if h != "dp-2" {
+            continue;
+        }
+        assert_eq!(
+            v.as_deref(),
+            Some("3.3.0"),
+            "{h} was not touched by a refused resume"
+        );
+    }
+
+    let named = there.join("releases.toml").display().to_string();
+    let out = sb.rollgate(&[
+        "resume",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &named,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for (h, v) in hosts_running(&fleet) {
+        assert_eq!(v.as_deref(), Some("3.4.0"), "{h}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_db_write_between_backup_and_cp_swap_aborts_before_the_cp_is_touched() {
     let sb = Sandbox::new();
