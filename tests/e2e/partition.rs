@@ -128,6 +128,14 @@ async fn an_agent_cut_off_mid_install_halts_the_rollout_and_resume_completes_it(
     let policy = "batch = 1\nmin_healthy = \"4s\"\nagent_silence = \"2s\"";
     let (fleet, run, rid, ()) = upgrading(&sb, &db, 2, policy, "install", |_| ()).await;
     let dp1 = &fleet.dps[0].0;
+    // The coordinator says "started" before its call reaches the agent: cut
+    // only once the agent has begun the install (on a loaded machine the
+    // cut could otherwise come first, and there is no step to finish).
+    wait_until(Duration::from_secs(30), "dp-1 begins its install", || {
+        journal(dp1, "/dp-1/install-3.4.0")
+            .iter()
+            .any(|(_, e)| e == "begin")
+    });
     let cut = Cut::link(dp1.agent_addr).unwrap();
     let cut_at = Instant::now();
     let (code, lines) = run.finish(Duration::from_secs(60));
