@@ -230,8 +230,8 @@ pub struct ResumeArgs {
     pub yes: bool,
     /// The release catalog (default: the one the rollout was started with,
     /// at the path it had there). For a resume on another machine, where
-    /// the catalog is elsewhere; it must list the rollout's releases, with
-    /// the same artifacts.
+    /// the catalog is elsewhere; it must list the rollout's releases, whose
+    /// artifacts are checked against it (size, SHA-256) before anything.
     #[arg(long, short = 'c')]
     pub catalog: Option<PathBuf>,
 }

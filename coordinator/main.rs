@@ -125,15 +125,16 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Resume(a) => {
             let (rollout, output) = (a.rollout, a.inv.output);
             let take_over = a.take_over.then_some(lease::TakeOver { yes: a.yes });
-            // A catalog named here is read before the fleet lease is taken:
-            // a wrong path changes nothing, not even the lease.
-            let catalog = a
+            let given = a
                 .catalog
                 .as_deref()
                 .map(cmd::upgrade::load_catalog)
                 .transpose()?;
-            lease::holding_or_taking(a.inv.load()?, "resume", take_over, |inv| {
-                cmd::upgrade::resume(inv, rollout, output, catalog)
+            let inv = a.inv.load()?;
+            let (id, catalog) =
+                cmd::upgrade::resume_target(&inv, rollout.as_deref(), given).await?;
+            lease::holding_or_taking(inv, "resume", take_over, |inv| {
+                cmd::upgrade::resume(inv, id, output, catalog)
             })
             .await
         }

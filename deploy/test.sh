@@ -39,6 +39,7 @@ if [ -n "$fuzz_build" ]; then
     exit 1
   fi
   fuzz_build=
-  # Says so and goes on when no nightly toolchain (the build step said it too).
+  # Says so and goes on when no nightly toolchain (as the build step did, in
+  # its log).
   deploy/fuzz.sh --seconds "${ROLLGATE_FUZZ_SECONDS:-10}"
 fi

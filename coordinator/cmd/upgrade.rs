@@ -357,10 +357,18 @@ pub async fn drive(
         }
     };
     // The rollout's memory (journal, health watches) goes before the survey
-    // opens what it needs: at 10,000 hosts both at once set the peak.
-    let last = driver.ctx.log().last_steps();
+    // opens what it needs: at 10,000 hosts both at once set the peak. Each
+    // host's last step is read back from the stored journal: what `resume`
+    // will see (a record whose write failed is in memory only).
     drop(driver);
     reporter.finish();
+    let last = match Journals::of(&inv).read_by_id(&spec.id).await {
+        Ok(l) => l.last_steps(),
+        Err(e) => {
+            tracing::warn!(rollout = %spec.id, error = %e, "cannot read the journal for the report");
+            Default::default()
+        }
+    };
     let open = fleet.take_channels().await;
     let hosts = ended_state(&inv, &open, last).await;
     drop(open);
@@ -383,22 +391,32 @@ fn total_steps(spec: &RolloutSpec) -> u64 {
     n + u64::from(!spec.cps().is_empty())
 }
 
-/// `rollgate resume`: continues a rollout cut off by a crash or Ctrl-C.
-pub async fn resume(
-    inv: Inventory,
-    rollout: Option<String>,
-    output: Output,
-    catalog: Option<Catalog>,
-) -> Result<(), Failure> {
-    let state_dir = inv.coordinator.state_dir.clone();
-    let journals = Journals::of(&inv);
+/// Which rollout `rollgate resume` continues, and with which catalog: found
+/// and checked before the fleet lease is taken (a take-over fences the
+/// holder off), so a wrong id or catalog changes nothing, not even the
+/// lease. Returns the rollout's id, which `resume` reads again once it
+/// holds the fleet.
+pub async fn resume_target(
+    inv: &Inventory,
+    rollout: Option<&str>,
+    given: Option<Catalog>,
+) -> Result<(String, Option<Catalog>), Failure> {
+    let journals = Journals::of(inv);
     let seen = match rollout {
-        Some(id) => journals.read_by_id(&id).await?,
+        Some(id) => journals.read_by_id(id).await?,
         None => match resumable(&journals).await? {
             Some(l) => l,
             None => return Err(Failure::Usage(last_ended(&journals).await)),
         },
     };
+    still_resumable(&journals, &seen).await?;
+    let catalog = resume_catalog(&seen.spec, given)?;
+    Ok((seen.spec.id, catalog))
+}
+
+/// A rollout can be resumed while it has not ended, or ended cut off
+/// (interrupted, an agent lost) with no rollout run after it.
+async fn still_resumable(journals: &Journals, seen: &RolloutLog) -> Result<(), Failure> {
     if let Some((o, why)) = &seen.outcome
         && !matches!(o, Outcome::Interrupted | Outcome::Disconnected)
     {
@@ -408,7 +426,7 @@ pub async fn resume(
         )));
     }
     if seen.outcome.is_some()
-        && let Some(later) = latest(&journals)
+        && let Some(later) = latest(journals)
             .await?
             .filter(|l| l.spec.id != seen.spec.id)
     {
@@ -417,7 +435,22 @@ pub async fn resume(
             seen.spec.id, later.spec.id
         )));
     }
-    let catalog = resume_catalog(&seen.spec, catalog)?;
+    Ok(())
+}
+
+/// `rollgate resume`: continues rollout `id` (from `resume_target`), cut
+/// off by a crash or Ctrl-C.
+pub async fn resume(
+    inv: Inventory,
+    id: String,
+    output: Output,
+    catalog: Option<Catalog>,
+) -> Result<(), Failure> {
+    let state_dir = inv.coordinator.state_dir.clone();
+    let journals = Journals::of(&inv);
+    // Read again, holding the fleet: what it says now is what counts.
+    let seen = journals.read_by_id(&id).await?;
+    still_resumable(&journals, &seen).await?;
     let _lock = lock::acquire(&state_dir, &seen.spec.id, "resume").map_err(Failure::Failed)?;
     // Only now, holding the lock, open the journal to continue it.
     let log = journals.open(&seen).await.map_err(Failure::Failed)?;
@@ -439,7 +472,14 @@ fn resume_catalog(spec: &RolloutSpec, given: Option<Catalog>) -> Result<Option<C
         // Backups and rehearsals need no catalog.
         (None, None) => return Ok(None),
     };
-    for v in &spec.hops {
+    // The hops, and the releases hosts stage again first (`stage_from`).
+    let mut needed = spec.hops.clone();
+    for h in &spec.hosts {
+        if h.stage_from && spec.hops.iter().any(|hop| h.from < *hop) && !needed.contains(&h.from) {
+            needed.push(h.from.clone());
+        }
+    }
+    for v in &needed {
         if catalog.get(v).is_none() {
             return Err(Failure::Usage(format!(
                 "the catalog {} does not list {v}, a release of rollout {}; nothing was changed",
@@ -448,7 +488,7 @@ fn resume_catalog(spec: &RolloutSpec, given: Option<Catalog>) -> Result<Option<C
             )));
         }
     }
-    verify_artifacts(&catalog, &spec.hops)?;
+    verify_artifacts(&catalog, &needed)?;
     Ok(Some(catalog))
 }
 

@@ -71,7 +71,7 @@ impl Journals {
                 })
                 .collect(),
             Journals::Postgres { url, fleet, .. } => {
-                let client = self.client(url).await?;
+                let client = self.client(url).await.map_err(|e| e.to_string())?;
                 pg_journal::read(&client, fleet, None)
                     .await
                     .map_err(|e| self.db_error(e))?
@@ -99,18 +99,20 @@ impl Journals {
     /// names a file: nothing outside the state directory is read).
     pub async fn read_by_id(&self, id: &str) -> Result<RolloutLog, ReadError> {
         match self {
-            Journals::Files(dir) => log::read_by_id(dir, id).map_err(ReadError::Missing),
+            Journals::Files(dir) => log::read_by_id(dir, id).map_err(ReadError::Refused),
             Journals::Postgres { url, fleet, .. } => {
-                rollgate::ids::check_rollout_id(id).map_err(ReadError::Missing)?;
-                let client = self.client(url).await.map_err(ReadError::Database)?;
+                rollgate::ids::check_rollout_id(id).map_err(ReadError::Refused)?;
+                let client = self.client(url).await?;
                 let found = pg_journal::read(&client, fleet, Some(id))
                     .await
-                    .map_err(|e| ReadError::Database(self.db_error(e)))?;
+                    .map_err(|e| ReadError::Failed(self.db_error(e)))?;
                 match found.into_iter().next() {
                     Some((_, records)) => records
                         .and_then(|r| RolloutLog::from_records(row_origin(url, id), r))
-                        .map_err(|e| ReadError::Missing(format!("no rollout {id}: {e}"))),
-                    None => Err(ReadError::Missing(format!(
+                        .map_err(|e| {
+                            ReadError::Failed(format!("rollout {id} cannot be read: {e}"))
+                        }),
+                    None => Err(ReadError::Refused(format!(
                         "no rollout {id} in {}",
                         self.place()
                     ))),
@@ -125,7 +127,7 @@ impl Journals {
             Journals::Files(dir) => RolloutLog::create(dir, spec).map_err(|e| e.to_string()),
             Journals::Postgres { url, fleet, token } => {
                 // The tables exist before the first write.
-                self.client(url).await?;
+                self.client(url).await.map_err(|e| e.to_string())?;
                 let id = spec.id.clone();
                 let writer = Writer::start_sink(
                     PgSink::new(url, fleet, &id, *token, true),
@@ -160,12 +162,13 @@ impl Journals {
     }
 
     /// A connection to the state database, checked and migrated.
-    async fn client(&self, url: &str) -> Result<tokio_postgres::Client, String> {
-        let mut client = state_db::open(url).await.map_err(|e| self.db_error(e))?;
-        state_db::own(&client, url).await?;
-        state_db::migrate(&mut client, url)
+    async fn client(&self, url: &str) -> Result<tokio_postgres::Client, ReadError> {
+        let failed = |e| ReadError::Failed(self.db_error(e));
+        let mut client = state_db::open(url).await.map_err(failed)?;
+        state_db::own(&client, url)
             .await
-            .map_err(|e| self.db_error(e))?;
+            .map_err(ReadError::Refused)?;
+        state_db::migrate(&mut client, url).await.map_err(failed)?;
         Ok(client)
     }
 
@@ -178,21 +181,22 @@ impl Journals {
 /// Why a rollout named by id could not be read.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReadError {
-    /// No such rollout, an id not of the generated form, or a journal that
-    /// does not parse: what the operator named is not there (exit 64).
+    /// No such rollout, an id not of the generated form, a journal file
+    /// that does not parse, a state database that is not rollgate's own:
+    /// what the operator named is not there as named (exit 64).
     #[error("{0}")]
-    Missing(String),
-    /// The state database could not be asked: the rollout may well be there
-    /// (exit 1, like any failure to reach what the command needs).
+    Refused(String),
+    /// The state database could not be asked, or holds rows of the rollout
+    /// it cannot read: the rollout may well be there (exit 1).
     #[error("{0}")]
-    Database(String),
+    Failed(String),
 }
 
 impl From<ReadError> for crate::Failure {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::Missing(m) => crate::Failure::Usage(m),
-            ReadError::Database(m) => crate::Failure::Failed(m),
+            ReadError::Refused(m) => crate::Failure::Usage(m),
+            ReadError::Failed(m) => crate::Failure::Failed(m),
         }
     }
 }
