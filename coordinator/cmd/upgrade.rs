@@ -472,13 +472,7 @@ fn resume_catalog(spec: &RolloutSpec, given: Option<Catalog>) -> Result<Option<C
         // Backups and rehearsals need no catalog.
         (None, None) => return Ok(None),
     };
-    // The hops, and the releases hosts stage again first (`stage_from`).
-    let mut needed = spec.hops.clone();
-    for h in &spec.hosts {
-        if h.stage_from && spec.hops.iter().any(|hop| h.from < *hop) && !needed.contains(&h.from) {
-            needed.push(h.from.clone());
-        }
-    }
+    let needed = spec.catalog_versions();
     for v in &needed {
         if catalog.get(v).is_none() {
             return Err(Failure::Usage(format!(

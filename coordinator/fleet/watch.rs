@@ -63,8 +63,8 @@ impl Watcher {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let mut client = agent.client.clone();
-        drop(agent);
+        // Only the client lives on with the stream, not the rest of `Agent`.
+        let mut client = agent.client;
         let mut s = Box::pin(client.watch_health(pb::WatchHealthRequest {
             interval_ms: self.interval.as_millis() as u32,
             heartbeat_ms: self.heartbeat.as_millis() as u32,

@@ -495,7 +495,7 @@ impl<F: FleetApi> Driver<F> {
             return Err(h);
         }
         self.restore_rotation().await?;
-        self.stage_all(&spec.hops).await?;
+        self.stage_all().await?;
         let cps: Vec<String> = spec.cps().iter().map(|h| h.name.clone()).collect();
         if let Some(cp) = cps.first() {
             self.backup(cp).await?;

@@ -222,7 +222,7 @@ impl<F: FleetApi> Driver<F> {
         {
             return Err(h);
         }
-        self.stage_all(&spec.hops).await?;
+        self.stage_all().await?;
         if spec.backup_id.as_deref() == Some(spec.id.as_str()) {
             self.backup(&cp).await?;
         }

@@ -148,6 +148,29 @@ impl RolloutSpec {
         self.hosts.iter().filter(|h| h.role == Role::Dp).collect()
     }
 
+    /// The releases host `h` is sent, in order: its own release first when
+    /// it keeps none as an artifact (`stage_from`: a failed gate's revert and
+    /// a rollback switch back to it), then every hop above where it started.
+    pub fn staged_for<'a>(&'a self, h: &'a HostPlan) -> Vec<&'a Version> {
+        let above: Vec<&Version> = self.hops.iter().filter(|hop| h.from < **hop).collect();
+        let own = (h.stage_from && !above.is_empty()).then_some(&h.from);
+        own.into_iter().chain(above).collect()
+    }
+
+    /// Every release the rollout needs from its catalog: the hops, and the
+    /// own releases hosts stage first.
+    pub fn catalog_versions(&self) -> Vec<Version> {
+        let mut v = self.hops.clone();
+        for h in &self.hosts {
+            for r in self.staged_for(h) {
+                if !v.contains(r) {
+                    v.push(r.clone());
+                }
+            }
+        }
+        v
+    }
+
     /// Hosts of `role` that still need `hop` (they started below it).
     pub fn needing(&self, role: Role, hop: &Version) -> Vec<&HostPlan> {
         self.hosts

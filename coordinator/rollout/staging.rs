@@ -13,15 +13,14 @@ use crate::fleet::FleetApi;
 
 impl<F: FleetApi> Driver<F> {
     /// Puts every hop's artifact on every host that needs it, in parallel.
-    pub(super) async fn stage_all(&mut self, hops: &[Version]) -> Result<(), Halt> {
+    pub(super) async fn stage_all(&mut self) -> Result<(), Halt> {
         let spec = self.ctx.log().spec.clone();
         let Some(catalog) = self.catalog.clone() else {
             return Err(Halt::Other("no release catalog to stage from".into()));
         };
-        // One list per host: an agent runs one step at a time, so a host's
-        // hops are staged in turn while hosts go in parallel. A host that
-        // does not keep its own release as an artifact (stage_from) gets it
-        // first: a failed gate's revert and a rollback switch back to it.
+        // One list per host (`RolloutSpec::staged_for`): an agent runs one
+        // step at a time, so a host's releases are staged in turn while
+        // hosts go in parallel.
         let release = |v: &Version| {
             catalog.get(v).cloned().ok_or_else(|| {
                 Halt::Other(format!(
@@ -32,13 +31,11 @@ impl<F: FleetApi> Driver<F> {
         };
         let mut jobs: Vec<(String, Method, Vec<rollgate::catalog::Release>)> = Vec::new();
         for h in &spec.hosts {
-            let mut list = Vec::new();
-            if h.stage_from && hops.iter().any(|hop| h.from < *hop) {
-                list.push(release(&h.from)?);
-            }
-            for hop in hops.iter().filter(|hop| h.from < **hop) {
-                list.push(release(hop)?);
-            }
+            let list = spec
+                .staged_for(h)
+                .into_iter()
+                .map(release)
+                .collect::<Result<Vec<_>, _>>()?;
             jobs.push((h.name.clone(), h.method, list));
         }
         let ctx = self.ctx.clone();
