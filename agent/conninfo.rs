@@ -11,7 +11,7 @@ pub const SCRATCH_PREFIX: &str = "rollgate_rehearsal_";
 pub fn with_dbname(conninfo: &str, db: &str) -> Result<String, String> {
     let t = conninfo.trim();
     if t.starts_with("postgres://") || t.starts_with("postgresql://") {
-        let mut url = reqwest::Url::parse(t).map_err(|e| format!("not a connection URI: {e}"))?;
+        let mut url = url::Url::parse(t).map_err(|e| format!("not a connection URI: {e}"))?;
         url.set_path(&format!("/{db}"));
         // A `dbname=` query parameter would win over the path: drop it.
         let query: Vec<(String, String)> = url
@@ -39,7 +39,7 @@ pub fn with_dbname(conninfo: &str, db: &str) -> Result<String, String> {
 pub fn dbname(conninfo: &str) -> Option<String> {
     let t = conninfo.trim();
     if t.starts_with("postgres://") || t.starts_with("postgresql://") {
-        let url = reqwest::Url::parse(t).ok()?;
+        let url = url::Url::parse(t).ok()?;
         if let Some((_, v)) = url.query_pairs().find(|(k, _)| k == "dbname") {
             return Some(v.into_owned());
         }

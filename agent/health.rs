@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use std::sync::Mutex;
 
 use crate::config::{HealthSection, VersionSource};
+use crate::http::HttpClient;
 use crate::install::Installer;
 use crate::procfs;
 use crate::service::{ProcessStatus, Service};
@@ -75,7 +76,7 @@ impl Observation {
 /// Runs the configured probes.
 #[derive(Debug)]
 pub struct Prober {
-    client: reqwest::Client,
+    client: HttpClient,
     status_url: Option<String>,
     ready_url: Option<String>,
     version: VersionSource,
@@ -87,24 +88,18 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(cfg: &HealthSection) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(cfg.probe_timeout)
-            .connect_timeout(cfg.probe_timeout)
-            // Probes go to the gateway on this host, never through a proxy.
-            .no_proxy()
-            // A fresh connection per probe: a kept-alive connection to a gateway
-            // that is draining would delay its stop.
-            .pool_max_idle_per_host(0)
-            .build()?;
-        Ok(Prober {
+    pub fn new(cfg: &HealthSection) -> Self {
+        // Probes go to the gateway on this host, never through a proxy, on a
+        // fresh connection each (HttpClient keeps none).
+        let client = HttpClient::new(cfg.probe_timeout, Some(cfg.probe_timeout));
+        Prober {
             client,
             status_url: cfg.status_url.clone(),
             ready_url: cfg.ready_url.clone(),
             version: cfg.version.clone(),
             revision_pointer: cfg.revision_pointer.clone(),
             command_cache: Mutex::new(None),
-        })
+        }
     }
 
     /// Whether a version is read at all (the JSON and header sources need
@@ -228,14 +223,14 @@ impl Prober {
         }
         let mut body = None;
         let mut header_value = None;
-        match self.client.get(url).send().await {
+        match self.client.get(url).await {
             Ok(resp) => {
                 header_value = header
-                    .and_then(|h| resp.headers().get(h))
+                    .and_then(|h| resp.headers.get(h))
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string);
-                p.http_status = resp.status().as_u16();
-                p.ok = resp.status().is_success();
+                p.http_status = resp.status.as_u16();
+                p.ok = resp.status.is_success();
                 match resp.bytes().await {
                     Ok(b) => {
                         p.body_excerpt = excerpt(&b);
@@ -259,7 +254,8 @@ fn excerpt(b: &[u8]) -> String {
     s.trim().to_string()
 }
 
-/// reqwest's top-level message hides the cause ("error sending request");
+/// An HTTP client's top-level message hides the cause ("client error
+/// (Connect)");
 /// the chain says "connection refused".
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

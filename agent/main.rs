@@ -12,6 +12,7 @@ mod facts;
 mod failpoint;
 mod fence;
 mod health;
+mod http;
 mod install;
 mod journal;
 mod kind;

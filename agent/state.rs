@@ -33,8 +33,6 @@ pub struct AgentState {
 /// Why the agent's state cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("cannot build the HTTP probe client: {0}")]
-    Probe(String),
     #[error("cannot open the journal: {0}")]
     Journal(#[from] JournalError),
     #[error("{0}")]
@@ -55,7 +53,7 @@ impl OpenError {
 impl AgentState {
     /// Opens the journal and the saved drain state in the (existing) state dir.
     pub fn open(config: Config) -> Result<Self, OpenError> {
-        let prober = Prober::new(&config.health).map_err(|e| OpenError::Probe(e.to_string()))?;
+        let prober = Prober::new(&config.health);
         let (journal, states) = Journal::open(&config.agent.state_dir)?;
         let fence = crate::fence::Fence::load(&config.agent.state_dir)?;
         Ok(AgentState {

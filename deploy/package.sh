@@ -54,6 +54,11 @@ arch="$(dpkg --print-architecture)"
 # The newest glibc symbol version either binary needs.
 glibc="$( (objdump -T "$bin_dir/rollgate" "$bin_dir/rollgate-agent" 2>/dev/null || true) |
   { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | sed 's/GLIBC_//' | sort -uV | tail -1)"
+# A binary linked with packed relocations (build.rs: the agent) needs the
+# loader that reads them, glibc 2.36, whatever its symbols say.
+if objdump -p "$bin_dir/rollgate-agent" 2>/dev/null | grep -q GLIBC_ABI_DT_RELR; then
+  glibc="$(printf '%s\n2.36\n' "$glibc" | sed '/^$/d' | sort -uV | tail -1)"
+fi
 depends="libc6${glibc:+ (>= $glibc)}"
 
 work="$(mktemp -d)"

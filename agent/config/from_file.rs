@@ -555,7 +555,7 @@ fn backup(b: file::BackupFile, base: &Path, role: Role) -> Result<BackupSection,
 }
 
 pub(super) fn check_http_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match parsed.scheme() {
         "http" | "https" => Ok(()),
         s => Err(format!("{url:?}: scheme {s:?} is not http or https")),

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::snapshot::Snapshot;
 use crate::command::{self, CommandError};
 use crate::config::{BackupSection, Export};
+use crate::http::HttpClient;
 use crate::op::StepError;
 use crate::state::AgentState;
 
@@ -67,13 +68,8 @@ pub fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
 pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
     let fail = |m: String| StepError::new(FailureCode::CommandFailed, m);
     if let Some(Export::Url(url)) = &cfg.export {
-        let resp = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|e| StepError::internal(e.to_string()))?
+        let resp = HttpClient::new(Duration::from_secs(60), Some(Duration::from_secs(60)))
             .get(url)
-            .send()
             .await
             .map_err(|e| {
                 fail(format!(
@@ -81,11 +77,13 @@ pub async fn export(cfg: &BackupSection) -> Result<Option<Vec<u8>>, StepError> {
                     crate::health::error_chain(&e)
                 ))
             })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| fail(format!("declarative export from {url} broke: {e}")))?;
+        let status = resp.status;
+        let body = resp.bytes().await.map_err(|e| {
+            fail(format!(
+                "declarative export from {url} broke: {}",
+                crate::health::error_chain(&e)
+            ))
+        })?;
         if !status.is_success() {
             return Err(
                 fail(format!("declarative export from {url} answered {status}"))

@@ -20,6 +20,7 @@ use rollgate::version::Version;
 
 use super::{StepRun, pg, scratch};
 use crate::config::{BackupSection, RehearsalSection};
+use crate::http::HttpClient;
 use crate::kind::Phase;
 use crate::op::{OpCtx, StepError};
 use crate::procfs::PidRecord;
@@ -346,11 +347,7 @@ impl Hop<'_> {
         before: i64,
     ) -> Result<RehearsedHop, StepError> {
         let v = self.version;
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()
-            .map_err(|e| StepError::internal(e.to_string()))?;
+        let client = HttpClient::new(Duration::from_secs(5), Some(Duration::from_secs(5)));
         let vars = BTreeMap::from([
             ("listen", listen.to_string()),
             (
@@ -378,9 +375,8 @@ impl Hop<'_> {
             }
             if client
                 .get(&ready_url)
-                .send()
                 .await
-                .is_ok_and(|r| r.status().is_success())
+                .is_ok_and(|r| r.status.is_success())
             {
                 break start.elapsed().as_millis() as u64;
             }
@@ -407,7 +403,7 @@ impl Hop<'_> {
         }
         let mut reported = String::new();
         if let Some(u) = &self.rc.status_url {
-            let body: Option<serde_json::Value> = match client.get(render(u, &vars)).send().await {
+            let body: Option<serde_json::Value> = match client.get(&render(u, &vars)).await {
                 Ok(r) => r
                     .bytes()
                     .await
@@ -429,8 +425,8 @@ impl Hop<'_> {
         }
         let (mut export_ok, mut export_bytes) = (false, 0);
         if let Some(u) = &self.rc.export_url {
-            let body = match client.get(render(u, &vars)).send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.ok(),
+            let body = match client.get(&render(u, &vars)).await {
+                Ok(r) if r.status.is_success() => r.bytes().await.ok(),
                 _ => None,
             };
             let Some(body) = body else {
@@ -487,14 +483,34 @@ impl Hop<'_> {
     }
 }
 
-/// A declarative export is JSON or YAML that parses.
+/// A declarative export is JSON or YAML that parses to at least one node.
+///
+/// YAML is read as granit-parser's event stream (the parser under
+/// serde-saphyr, which the reference gateway writes its exports with), not
+/// deserialised: validity is all the rehearsal asks, and the serde layer
+/// (≈ 430 KiB of code with its error renderer) would be resident in every
+/// agent for this one check.
 fn valid_export(body: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(body) else {
         return false;
     };
-    !text.trim().is_empty()
-        && (serde_json::from_str::<serde_json::Value>(text).is_ok()
-            || serde_saphyr::from_str::<serde_json::Value>(text).is_ok())
+    if serde_json::from_str::<serde_json::Value>(text).is_ok() {
+        return true;
+    }
+    let mut nodes = 0usize;
+    for event in granit_parser::Parser::new_from_str(text) {
+        match event {
+            Ok((
+                granit_parser::Event::Scalar(..)
+                | granit_parser::Event::MappingStart(..)
+                | granit_parser::Event::SequenceStart(..),
+                _,
+            )) => nodes += 1,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    nodes > 0
 }
 
 /// The last lines the rehearsal CP wrote.
@@ -526,6 +542,8 @@ mod tests {
         assert!(valid_export(b"routes:\n- id: a\n  path_prefix: /a\n"));
         assert!(valid_export(br#"{"routes":[]}"#));
         assert!(!valid_export(b""));
+        assert!(!valid_export(b"# a comment, no document\n"));
+        assert!(!valid_export(b"routes:\n  - id: a\n bad: indent\n"));
         assert!(!valid_export(b"routes: [unclosed"));
         assert!(!valid_export(&[0xff, 0xfe]));
     }

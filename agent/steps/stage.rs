@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -17,6 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::StepRun;
+use crate::health::error_chain;
+use crate::http::HttpClient;
 use crate::install::tarball::Cleanup;
 use crate::install::{Marker, archive};
 use crate::kind::Phase;
@@ -30,7 +33,7 @@ pub enum Source {
     /// The coordinator streams them after the request.
     Coordinator,
     File(PathBuf),
-    Url(reqwest::Url),
+    Url(url::Url),
 }
 
 /// The artifact's bytes as the coordinator streams them; an error says why
@@ -110,7 +113,7 @@ pub fn source_of_location(loc: &str) -> Result<Source, String> {
     if loc.starts_with('/') {
         return Ok(Source::File(PathBuf::from(loc)));
     }
-    let url = reqwest::Url::parse(loc)
+    let url = url::Url::parse(loc)
         .map_err(|e| format!("location {loc:?} is neither an absolute path nor a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("location {loc:?}: only http and https URLs"));
@@ -386,29 +389,24 @@ async fn receive(
             }
         }
         (Source::Url(u), _) => {
+            let client = HttpClient::new(Duration::from_secs(10), None);
+            let mut resp = client
+                .get(u.as_str())
+                .await
+                .map_err(|e| fetch(format!("cannot download {u}: {}", error_chain(&e))))?;
+            if !resp.status.is_success() {
+                return Err(fetch(format!(
+                    "cannot download {u}: it answered {}",
+                    resp.status
+                )));
+            }
             // Bounded: a stalled download must end the step, not hold the
             // host's only operation slot forever.
-            let client = reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(10))
-                .read_timeout(std::time::Duration::from_secs(60))
-                .build()
-                .map_err(|e| {
-                    StepError::internal(format!("cannot build the download client: {e}"))
-                })?;
-            let resp = client
-                .get(u.clone())
-                .send()
+            while let Some(chunk) = resp
+                .chunk(Duration::from_secs(60))
                 .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| {
-                    fetch(format!(
-                        "cannot download {u}: {}",
-                        crate::health::error_chain(&e)
-                    ))
-                })?;
-            let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| fetch(format!("download of {u} broke: {e}")))?;
+                .map_err(|e| fetch(format!("download of {u} broke: {}", error_chain(&e))))?
+            {
                 write(&chunk, &mut got).await?;
                 if got - last_report >= 4 << 20 {
                     last_report = got;

@@ -1,0 +1,350 @@
+//! The agent's HTTP client: GETs to its own gateway (health probes, the
+//! declarative export, a rehearsal CP) and artifact downloads from http(s)
+//! locations.
+//!
+//! Built on hyper-util's client, which the agent already links for the
+//! Docker socket (bollard), with hyper-rustls for https: reqwest did the
+//! same on top of them, and its own layer (≈ 330 KiB of code) was resident
+//! in every idle agent for a handful of plain GETs (benches/agent_idle).
+//! What reqwest gave that these calls rely on is kept: redirects are
+//! followed (up to 10, as reqwest did), https verifies against the host's
+//! native roots, and a request has connect and overall timeouts.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::LOCATION;
+use http::{HeaderMap, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use url::Url;
+
+/// Redirects followed before a GET gives up (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
+/// Why a GET gave no response, or its body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{0:?} is not an http or https URL")]
+    BadUrl(String),
+    #[error(transparent)]
+    Request(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Body(#[from] hyper::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("more than {MAX_REDIRECTS} redirects")]
+    TooManyRedirects,
+}
+
+/// A client with its timeouts.
+#[derive(Debug)]
+pub struct HttpClient {
+    plain: Client<HttpConnector, Empty<Bytes>>,
+    /// Made at the first https GET: most agents only ever speak plain http
+    /// to their own gateway, and the host's trusted roots, once loaded,
+    /// stay in memory.
+    tls: OnceLock<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+    connect_timeout: Duration,
+    /// Bound on a whole GET, body included; None: unbounded.
+    timeout: Option<Duration>,
+}
+
+impl HttpClient {
+    /// A client whose connections are never kept for another request: a
+    /// kept-alive connection to a gateway that is draining would delay its
+    /// stop.
+    pub fn new(connect_timeout: Duration, timeout: Option<Duration>) -> Self {
+        HttpClient {
+            plain: client(connector(connect_timeout)),
+            tls: OnceLock::new(),
+            connect_timeout,
+            timeout,
+        }
+    }
+
+    fn tls(&self) -> &Client<HttpsConnector<HttpConnector>, Empty<Bytes>> {
+        self.tls.get_or_init(|| {
+            let mut http = connector(self.connect_timeout);
+            // The https connector hands its plain connector https URLs.
+            http.enforce_http(false);
+            client(
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls_config())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(http),
+            )
+        })
+    }
+
+    /// GETs `url`, following redirects, within the client's timeout; the
+    /// response's body is read with [`Response::bytes`] or
+    /// [`Response::chunk`] under the same deadline.
+    pub async fn get(&self, url: &str) -> Result<Response, HttpError> {
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let fetch = self.follow(url);
+        let mut resp = match (deadline, self.timeout) {
+            (Some(d), Some(t)) => tokio::time::timeout_at(d, fetch)
+                .await
+                .map_err(|_| HttpError::Timeout(t))??,
+            _ => fetch.await?,
+        };
+        resp.deadline = deadline.zip(self.timeout);
+        Ok(resp)
+    }
+
+    async fn follow(&self, url: &str) -> Result<Response, HttpError> {
+        let mut at = http_url(url)?;
+        for _ in 0..=MAX_REDIRECTS {
+            let uri: Uri = at
+                .as_str()
+                .parse()
+                .map_err(|_| HttpError::BadUrl(at.to_string()))?;
+            let resp = if at.scheme() == "https" {
+                self.tls().get(uri).await?
+            } else {
+                self.plain.get(uri).await?
+            };
+            let next = resp
+                .status()
+                .is_redirection()
+                .then(|| resp.headers().get(LOCATION))
+                .flatten()
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| at.join(l).ok());
+            match next {
+                Some(n) => at = http_url(n.as_str())?,
+                None => {
+                    let (parts, body) = resp.into_parts();
+                    return Ok(Response {
+                        status: parts.status,
+                        headers: parts.headers,
+                        body,
+                        deadline: None,
+                    });
+                }
+            }
+        }
+        Err(HttpError::TooManyRedirects)
+    }
+}
+
+/// A response whose body has not been read yet.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    /// The GET's deadline and the timeout it came from.
+    deadline: Option<(Instant, Duration)>,
+}
+
+impl Response {
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, HttpError> {
+        let collect = self.body.collect();
+        let collected = match self.deadline {
+            Some((d, t)) => tokio::time::timeout_at(d, collect)
+                .await
+                .map_err(|_| HttpError::Timeout(t))??,
+            None => collect.await?,
+        };
+        Ok(collected.to_bytes())
+    }
+
+    /// The body's next piece, None at its end; a piece that takes longer
+    /// than `stall` (or runs past the GET's deadline) is a timeout.
+    pub async fn chunk(&mut self, stall: Duration) -> Result<Option<Bytes>, HttpError> {
+        let (until, t) = match self.deadline {
+            Some((d, t)) if d < Instant::now() + stall => (d, t),
+            _ => (Instant::now() + stall, stall),
+        };
+        loop {
+            let frame = tokio::time::timeout_at(until, self.body.frame())
+                .await
+                .map_err(|_| HttpError::Timeout(t))?;
+            match frame {
+                None => return Ok(None),
+                Some(f) => {
+                    // Trailers carry no content.
+                    if let Ok(data) = f?.into_data() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http
+}
+
+/// A hyper-util client over `connector` that keeps no idle connection.
+fn client<C>(connector: C) -> Client<C, Empty<Bytes>>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector)
+}
+
+/// `url` parsed, if it is http or https.
+fn http_url(url: &str) -> Result<Url, HttpError> {
+    match Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+        _ => Err(HttpError::BadUrl(url.to_string())),
+    }
+}
+
+/// TLS for https locations: the host's own trusted roots (as a browser or
+/// curl on it would trust), with the process's crypto provider.
+fn tls_config() -> rustls::ClientConfig {
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "cannot read some of the host's trusted certificates");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "trusted roots for https downloads");
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// Serves, on a loopback port, what `answer` gives for each request's
+    /// path: the raw response to write, then whether to keep the
+    /// connection open afterwards without closing it (a stalled body).
+    async fn serve(answer: fn(&str) -> (String, bool)) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (resp, stall) = answer(&path);
+                    let _ = c.write_all(resp.as_bytes()).await;
+                    if stall {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-gw: demo/3.4.1\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn redirect(to: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n")
+    }
+
+    #[test]
+    fn only_http_and_https_urls_are_fetched() {
+        assert!(http_url("http://127.0.0.1:9/x").is_ok());
+        assert!(http_url("https://example.invalid/a.tar.gz").is_ok());
+        for bad in ["ftp://h/x", "file:///etc/passwd", "/abs/path", "not a url"] {
+            assert!(matches!(http_url(bad), Err(HttpError::BadUrl(_))), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_relative_and_absolute() {
+        let addr = serve(|p| match p {
+            "/dl/a.tar.gz" => (redirect("../store/a.tar.gz"), false),
+            "/store/a.tar.gz" => (redirect("/final"), false),
+            "/final" => (ok("artifact"), false),
+            _ => (
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into(),
+                false,
+            ),
+        })
+        .await;
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5)));
+        let r = c.get(&format!("http://{addr}/dl/a.tar.gz")).await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers.get("x-gw").unwrap(), "demo/3.4.1");
+        assert_eq!(r.bytes().await.unwrap(), "artifact");
+        let missing = c.get(&format!("http://{addr}/nothing")).await.unwrap();
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_ends() {
+        let addr = serve(|_| (redirect("/again"), false)).await;
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5)));
+        let e = c.get(&format!("http://{addr}/start")).await.unwrap_err();
+        assert!(matches!(e, HttpError::TooManyRedirects), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_a_timeout_not_a_hang() {
+        let addr = serve(|_| {
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npart".into(),
+                true,
+            )
+        })
+        .await;
+        let c = HttpClient::new(Duration::from_secs(2), None);
+        let mut r = c.get(&format!("http://{addr}/big")).await.unwrap();
+        assert_eq!(
+            r.chunk(Duration::from_secs(5)).await.unwrap().unwrap(),
+            "part"
+        );
+        let e = r.chunk(Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(e, HttpError::Timeout(_)), "{e}");
+        // The overall timeout bounds reading the whole body too.
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_millis(300)));
+        let e = c
+            .get(&format!("http://{addr}/big"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, HttpError::Timeout(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so() {
+        // Bound then dropped: nothing listens there now.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5)));
+        let e = c.get(&format!("http://{addr}/status")).await.unwrap_err();
+        let chain = crate::health::error_chain(&e);
+        assert!(chain.to_lowercase().contains("refused"), "{chain}");
+    }
+}
