@@ -268,6 +268,69 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
     );
 }
 
+/// An https location is fetched trusting the host's roots — here a root
+/// named by `SSL_CERT_FILE`, as on a host whose trust store lists the
+/// artifact server's CA — and refused by an agent that does not trust it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_fetches_over_https_only_from_a_server_its_host_trusts() {
+    let sb = Sandbox::new();
+    sb.certs(&[("dp-1", 2), ("dp-2", 3), ("artifacts", 50)]);
+    let ca = sb.certs_dir().join("ca.pem");
+    let trusting = Host::create(&sb, "dp-1", "dp", 2, &[], None, "");
+    let _a1 = trusting.start_agent_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    // Its roots are an empty directory's: nothing is trusted.
+    let empty = sb.path().join("no-roots");
+    std::fs::create_dir_all(&empty).unwrap();
+    let wary = Host::create(&sb, "dp-2", "dp", 3, &[], None, "");
+    let _a2 = wary.start_agent_env(&[("SSL_CERT_DIR", empty.to_str().unwrap())]);
+    let good = release("3.4.1");
+    let path = gateway::artifact_path(&good);
+    let at = crate::support::files::serve_dir_tls(
+        sb.ip(50),
+        path.parent().unwrap().to_path_buf(),
+        &sb.certs_dir().join("artifacts.pem"),
+        &sb.certs_dir().join("artifacts.key"),
+    );
+    let stage = pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+            operation_id: "t/https".into(),
+            version: "3.4.1".into(),
+            sha256: good.sha256.clone(),
+            size: good.size,
+            source: Some(pb::stage_header::Source::Location(format!(
+                "https://{at}/demo-gateway-3.4.1.tar.gz"
+            ))),
+            unpacked_size: 0,
+            image_id: String::new(),
+        })),
+    };
+    let mut c = connect(&sb, &wary).await;
+    let refused =
+        crate::support::client::drive(c.stage(futures::stream::iter([stage.clone()])).await)
+            .await
+            .1
+            .unwrap();
+    let f = failure(&refused);
+    assert_eq!(f.code(), pb::FailureCode::FetchFailed, "{f:?}");
+    assert!(f.message.contains("certificate"), "{f:?}");
+    assert!(leftovers(&wary).is_empty(), "{:?}", leftovers(&wary));
+    let mut c = connect(&sb, &trusting).await;
+    let ok = crate::support::client::drive(c.stage(futures::stream::iter([stage])).await)
+        .await
+        .1
+        .unwrap();
+    match success(&ok) {
+        pb::success::Detail::Stage(s) => assert_eq!(s.bytes, good.size),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        trusting
+            .dir
+            .join("root/releases/3.4.1/bin/demo-gateway")
+            .is_file()
+    );
+}
+
 /// A gzip bomb: `content` bytes of zeros in one file, a few hundred KB packed.
 fn bomb(content: u64) -> Vec<u8> {
     use std::io::Read;
