@@ -111,6 +111,15 @@ pub async fn own(client: &Client, url: &str) -> Result<(), String> {
     ))
 }
 
+/// True when rollgate's journal table is there (a command that only reads
+/// does not create it).
+pub async fn has_journal(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT to_regclass('rollgate_journal') IS NOT NULL", &[])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Creates or upgrades rollgate's tables; every statement is idempotent.
 /// Done once per database (`url`) in a process: a command connects more than
 /// once (the lease, then its journal), and the schema does not go back.

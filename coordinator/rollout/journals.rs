@@ -71,7 +71,13 @@ impl Journals {
                 })
                 .collect(),
             Journals::Postgres { url, fleet, .. } => {
-                let client = self.client(url).await.map_err(|e| e.to_string())?;
+                let Some(client) = self
+                    .reader_with_tables(url)
+                    .await
+                    .map_err(|e| e.to_string())?
+                else {
+                    return Ok(Vec::new());
+                };
                 pg_journal::read(&client, fleet, None)
                     .await
                     .map_err(|e| self.db_error(e))?
@@ -102,10 +108,12 @@ impl Journals {
             Journals::Files(dir) => log::read_by_id(dir, id).map_err(ReadError::Refused),
             Journals::Postgres { url, fleet, .. } => {
                 rollgate::ids::check_rollout_id(id).map_err(ReadError::Refused)?;
-                let client = self.client(url).await?;
-                let found = pg_journal::read(&client, fleet, Some(id))
-                    .await
-                    .map_err(|e| ReadError::Failed(self.db_error(e)))?;
+                let found = match self.reader_with_tables(url).await? {
+                    Some(client) => pg_journal::read(&client, fleet, Some(id))
+                        .await
+                        .map_err(|e| ReadError::Failed(self.db_error(e)))?,
+                    None => Vec::new(),
+                };
                 match found.into_iter().next() {
                     Some((_, records)) => records
                         .and_then(|r| RolloutLog::from_records(row_origin(url, id), r))
@@ -161,14 +169,38 @@ impl Journals {
         }
     }
 
-    /// A connection to the state database, checked and migrated.
+    /// A connection to the state database, checked and migrated: for a
+    /// command about to write there.
     async fn client(&self, url: &str) -> Result<tokio_postgres::Client, ReadError> {
         let failed = |e| ReadError::Failed(self.db_error(e));
-        let mut client = state_db::open(url).await.map_err(failed)?;
+        let mut client = self.reader(url).await?;
+        state_db::migrate(&mut client, url).await.map_err(failed)?;
+        Ok(client)
+    }
+
+    /// A connection to the state database, checked, for reading only: it
+    /// creates nothing, so `history`, `show` and `status` work with rights
+    /// to read (an auditor's), and on a database rollgate has not written
+    /// yet. None when rollgate's tables are not there: no rollout was
+    /// recorded.
+    async fn reader_with_tables(
+        &self,
+        url: &str,
+    ) -> Result<Option<tokio_postgres::Client>, ReadError> {
+        let client = self.reader(url).await?;
+        let journal = state_db::has_journal(&client)
+            .await
+            .map_err(|e| ReadError::Failed(self.db_error(e)))?;
+        Ok(journal.then_some(client))
+    }
+
+    async fn reader(&self, url: &str) -> Result<tokio_postgres::Client, ReadError> {
+        let client = state_db::open(url)
+            .await
+            .map_err(|e| ReadError::Failed(self.db_error(e)))?;
         state_db::own(&client, url)
             .await
             .map_err(ReadError::Refused)?;
-        state_db::migrate(&mut client, url).await.map_err(failed)?;
         Ok(client)
     }
 

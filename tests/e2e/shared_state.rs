@@ -258,6 +258,83 @@ fn a_rollout_read_by_id_is_64_when_missing_and_1_when_the_state_database_is_down
     }
 }
 
+/// `history`, `show` and `status` only read the state database: they work
+/// for a role that may read and not create (an auditor's; PostgreSQL 15
+/// lets no ordinary role create in `public`), and on a database rollgate
+/// has not written yet they find nothing and create nothing.
+#[test]
+fn reading_commands_need_only_the_right_to_read_and_create_nothing() {
+    let sb = Sandbox::new();
+    let state = PgCluster::start().unwrap();
+    state.createdb("rollgate_state").unwrap();
+    state.psql("postgres", "CREATE ROLE auditor LOGIN").unwrap();
+    sb.certs(&[("cp-1", 1)]);
+    let owner = state.conninfo("rollgate_state");
+    let auditor = owner.replace("user=postgres", "user=auditor");
+    assert_ne!(auditor, owner);
+    let inventory = |url: &str| {
+        sb.inventory(
+            &[("cp-1", "cp", "127.0.0.1:1".parse().unwrap())],
+            &format!("\n[state]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+        )
+    };
+    let tables = || {
+        state
+            .psql(
+                "rollgate_state",
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'rollgate%'",
+            )
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let id = "r-20260101T000000Z-abcd";
+    let read_all = |when: &str| {
+        let out = sb.rollgate(&["history", "-i", "fleet.toml"]);
+        assert_eq!(out.code, Some(0), "history, {when}: {}", out.stderr);
+        let out = sb.rollgate(&["show", id, "-i", "fleet.toml"]);
+        assert_eq!(out.code, Some(64), "show, {when}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("no rollout {id}")),
+            "{when}: {}",
+            out.stderr
+        );
+        let out = sb.rollgate(&["status", "-i", "fleet.toml", "--output", "json"]);
+        assert!(
+            !out.stderr.contains("permission denied") && !out.stdout.is_empty(),
+            "status, {when}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+    };
+    inventory(&auditor);
+    read_all("a database rollgate never wrote, read by the auditor");
+    assert_eq!(tables(), "0", "a reading command created tables");
+    // Once a command that writes has made the tables (as the owner), the
+    // auditor, granted SELECT, reads them.
+    inventory(&owner);
+    let catalog = crate::support::gateway::artifacts().join("releases.toml");
+    let out = sb.rollgate(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        catalog.to_str().unwrap(),
+        "--to",
+        "3.4.0",
+        "--yes",
+    ]);
+    assert_ne!(tables(), "0", "the upgrade took no lease: {}", out.stderr);
+    state
+        .psql(
+            "rollgate_state",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO auditor",
+        )
+        .unwrap();
+    inventory(&auditor);
+    read_all("rollgate's tables, read by the auditor");
+}
+
 /// A frozen coordinator (SIGSTOP: a VM freeze, a laptop lid) whose lease
 /// lapsed while another machine took the fleet: woken, it changes nothing
 /// — every agent refuses its calls, as their journals show — and exits 1.
