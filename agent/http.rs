@@ -54,6 +54,9 @@ pub struct HttpClient {
     connect_timeout: Duration,
     /// Bound on a whole GET, body included; None: unbounded.
     timeout: Option<Duration>,
+    /// Bound on each wait for the server: for an answer (each redirect's
+    /// too) and for each piece of the body. None: unbounded.
+    stall: Option<Duration>,
 }
 
 impl HttpClient {
@@ -66,7 +69,15 @@ impl HttpClient {
             tls: OnceLock::new(),
             connect_timeout,
             timeout,
+            stall: None,
         }
+    }
+
+    /// Bounds each wait for the server by `stall`: a download may take long
+    /// in all, but a server that stops sending must end it.
+    pub fn stalling_after(mut self, stall: Duration) -> Self {
+        self.stall = Some(stall);
+        self
     }
 
     fn tls(&self) -> &Client<HttpsConnector<HttpConnector>, Empty<Bytes>> {
@@ -84,9 +95,9 @@ impl HttpClient {
         })
     }
 
-    /// GETs `url`, following redirects, within the client's timeout; the
-    /// response's body is read with [`Response::bytes`] or
-    /// [`Response::chunk`] under the same deadline.
+    /// GETs `url`, following redirects, within the client's timeout and
+    /// stall bound; the response's body is read with [`Response::bytes`] or
+    /// [`Response::chunk`] under the same bounds.
     pub async fn get(&self, url: &str) -> Result<Response, HttpError> {
         let deadline = self.timeout.map(|t| Instant::now() + t);
         let fetch = self.follow(url);
@@ -97,6 +108,7 @@ impl HttpClient {
             _ => fetch.await?,
         };
         resp.deadline = deadline.zip(self.timeout);
+        resp.stall = self.stall;
         Ok(resp)
     }
 
@@ -107,10 +119,16 @@ impl HttpClient {
                 .as_str()
                 .parse()
                 .map_err(|_| HttpError::BadUrl(at.to_string()))?;
-            let resp = if at.scheme() == "https" {
-                self.tls().get(uri).await?
+            let answer = if at.scheme() == "https" {
+                self.tls().get(uri)
             } else {
-                self.plain.get(uri).await?
+                self.plain.get(uri)
+            };
+            let resp = match self.stall {
+                Some(s) => tokio::time::timeout(s, answer)
+                    .await
+                    .map_err(|_| HttpError::Timeout(s))??,
+                None => answer.await?,
             };
             let next = resp
                 .status()
@@ -128,6 +146,7 @@ impl HttpClient {
                         headers: parts.headers,
                         body,
                         deadline: None,
+                        stall: None,
                     });
                 }
             }
@@ -144,6 +163,8 @@ pub struct Response {
     body: Incoming,
     /// The GET's deadline and the timeout it came from.
     deadline: Option<(Instant, Duration)>,
+    /// The client's bound on each wait for a piece of the body.
+    stall: Option<Duration>,
 }
 
 impl Response {
@@ -160,16 +181,22 @@ impl Response {
     }
 
     /// The body's next piece, None at its end; a piece that takes longer
-    /// than `stall` (or runs past the GET's deadline) is a timeout.
-    pub async fn chunk(&mut self, stall: Duration) -> Result<Option<Bytes>, HttpError> {
-        let (until, t) = match self.deadline {
-            Some((d, t)) if d < Instant::now() + stall => (d, t),
-            _ => (Instant::now() + stall, stall),
+    /// than the client's stall bound, or runs past the GET's deadline, is a
+    /// timeout.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, HttpError> {
+        let stalled = self.stall.map(|s| (Instant::now() + s, s));
+        let bound = match (self.deadline, stalled) {
+            (Some(d), Some(s)) => Some(if d.0 < s.0 { d } else { s }),
+            (d, s) => d.or(s),
         };
         loop {
-            let frame = tokio::time::timeout_at(until, self.body.frame())
-                .await
-                .map_err(|_| HttpError::Timeout(t))?;
+            let next = self.body.frame();
+            let frame = match bound {
+                Some((until, t)) => tokio::time::timeout_at(until, next)
+                    .await
+                    .map_err(|_| HttpError::Timeout(t))?,
+                None => next.await,
+            };
             match frame {
                 None => return Ok(None),
                 Some(f) => {
@@ -314,13 +341,11 @@ mod tests {
             )
         })
         .await;
-        let c = HttpClient::new(Duration::from_secs(2), None);
+        let c = HttpClient::new(Duration::from_secs(2), None)
+            .stalling_after(Duration::from_millis(300));
         let mut r = c.get(&format!("http://{addr}/big")).await.unwrap();
-        assert_eq!(
-            r.chunk(Duration::from_secs(5)).await.unwrap().unwrap(),
-            "part"
-        );
-        let e = r.chunk(Duration::from_millis(200)).await.unwrap_err();
+        assert_eq!(r.chunk().await.unwrap().unwrap(), "part");
+        let e = r.chunk().await.unwrap_err();
         assert!(matches!(e, HttpError::Timeout(_)), "{e}");
         // The overall timeout bounds reading the whole body too.
         let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_millis(300)));
@@ -331,6 +356,19 @@ mod tests {
             .bytes()
             .await
             .unwrap_err();
+        assert!(matches!(e, HttpError::Timeout(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_is_a_timeout_not_a_hang() {
+        // Accepts, reads the request, sends nothing.
+        let addr = serve(|_| (String::new(), true)).await;
+        let c = HttpClient::new(Duration::from_secs(2), None)
+            .stalling_after(Duration::from_millis(300));
+        let e = c.get(&format!("http://{addr}/a.tar.gz")).await.unwrap_err();
+        assert!(matches!(e, HttpError::Timeout(_)), "{e}");
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_millis(300)));
+        let e = c.get(&format!("http://{addr}/status")).await.unwrap_err();
         assert!(matches!(e, HttpError::Timeout(_)), "{e}");
     }
 

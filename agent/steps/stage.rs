@@ -389,7 +389,10 @@ async fn receive(
             }
         }
         (Source::Url(u), _) => {
-            let client = HttpClient::new(Duration::from_secs(10), None);
+            // Bounded: a stalled download must end the step, not hold the
+            // host's only operation slot forever.
+            let client = HttpClient::new(Duration::from_secs(10), None)
+                .stalling_after(Duration::from_secs(60));
             let mut resp = client
                 .get(u.as_str())
                 .await
@@ -400,10 +403,8 @@ async fn receive(
                     resp.status
                 )));
             }
-            // Bounded: a stalled download must end the step, not hold the
-            // host's only operation slot forever.
             while let Some(chunk) = resp
-                .chunk(Duration::from_secs(60))
+                .chunk()
                 .await
                 .map_err(|e| fetch(format!("download of {u} broke: {}", error_chain(&e))))?
             {
