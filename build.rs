@@ -43,10 +43,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// are a few KiB. The agent runs on every host and idles (benches/agent_idle),
 /// so its resident size is a product figure. The binary then needs glibc
 /// 2.36 (`GLIBC_ABI_DT_RELR`); `deploy/package.sh` writes that into the
-/// package's dependency.
+/// package's dependency. `ROLLGATE_NO_PACKED_RELOCS=1` links without, for
+/// hosts with an older glibc than the build machine checks.
 fn pack_agent_relocations() {
+    println!("cargo:rerun-if-env-changed=ROLLGATE_NO_PACKED_RELOCS");
     let target = std::env::var("TARGET").unwrap_or_default();
-    if !(target.ends_with("-linux-gnu") && linker_packs_relocations()) {
+    let host = std::env::var("HOST").unwrap_or_default();
+    if std::env::var_os("ROLLGATE_NO_PACKED_RELOCS").is_some()
+        || !target.ends_with("-linux-gnu")
+        || !linker_packs_relocations()
+        // A binary built for this machine must start on it: its glibc must
+        // read packed relocations (a cross build is the packager's call).
+        || (target == host && !glibc_reads_packed_relocations())
+    {
         return;
     }
     println!("cargo:rustc-link-arg-bin=rollgate-agent=-Wl,-z,pack-relative-relocs");
@@ -60,4 +69,23 @@ fn linker_packs_relocations() -> bool {
         .arg("--help")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("pack-relative-relocs"))
+}
+
+/// This machine's glibc is 2.36 or newer (`getconf GNU_LIBC_VERSION`
+/// prints `glibc 2.36`).
+fn glibc_reads_packed_relocations() -> bool {
+    let Ok(out) = std::process::Command::new("getconf")
+        .arg("GNU_LIBC_VERSION")
+        .output()
+    else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut v = text
+        .trim()
+        .trim_start_matches("glibc ")
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    (major, minor) >= (2, 36)
 }

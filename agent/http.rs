@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::LOCATION;
-use http::{HeaderMap, StatusCode, Uri};
+use http::header::{AUTHORIZATION, LOCATION};
+use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -114,15 +114,27 @@ impl HttpClient {
 
     async fn follow(&self, url: &str) -> Result<Response, HttpError> {
         let mut at = http_url(url)?;
+        // Credentials in the URL go as basic auth (as reqwest sent them), and
+        // only to where they were given: a redirect to another origin drops
+        // them unless it names its own.
+        let origin = at.origin();
+        let given = basic_auth(&at);
         for _ in 0..=MAX_REDIRECTS {
-            let uri: Uri = at
-                .as_str()
-                .parse()
-                .map_err(|_| HttpError::BadUrl(at.to_string()))?;
+            let auth = basic_auth(&at).or_else(|| given.clone().filter(|_| at.origin() == origin));
+            let mut bare = at.clone();
+            let _ = bare.set_username("");
+            let _ = bare.set_password(None);
+            let mut req = Request::get(bare.as_str());
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let req = req
+                .body(Empty::new())
+                .map_err(|_| HttpError::BadUrl(bare.to_string()))?;
             let answer = if at.scheme() == "https" {
-                self.tls().get(uri)
+                self.tls().request(req)
             } else {
-                self.plain.get(uri)
+                self.plain.request(req)
             };
             let resp = match self.stall {
                 Some(s) => tokio::time::timeout(s, answer)
@@ -130,9 +142,9 @@ impl HttpClient {
                     .map_err(|_| HttpError::Timeout(s))??,
                 None => answer.await?,
             };
-            let next = resp
-                .status()
-                .is_redirection()
+            // The redirects reqwest followed; 300, 304 and 305 are answers.
+            let redirect = matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308);
+            let next = redirect
                 .then(|| resp.headers().get(LOCATION))
                 .flatten()
                 .and_then(|l| l.to_str().ok())
@@ -224,6 +236,31 @@ where
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector)
+}
+
+/// `Authorization: Basic` for the credentials in `url`, if any.
+fn basic_auth(url: &Url) -> Option<HeaderValue> {
+    use base64::Engine;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let pair = format!(
+        "{}:{}",
+        decode(url.username()),
+        decode(url.password().unwrap_or_default())
+    );
+    let mut v = HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+    .ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// `url` parsed, if it is http or https.
@@ -322,6 +359,54 @@ mod tests {
         assert_eq!(r.bytes().await.unwrap(), "artifact");
         let missing = c.get(&format!("http://{addr}/nothing")).await.unwrap();
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn credentials_in_the_url_go_as_basic_auth_to_their_origin_only() {
+        // Answers with the Authorization header it got (or "none").
+        async fn echo_auth() -> SocketAddr {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let (mut c, _) = l.accept().await.unwrap();
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let auth = req
+                        .lines()
+                        .find_map(|l| l.strip_prefix("authorization: "))
+                        .unwrap_or("none")
+                        .to_string();
+                    let _ = c.write_all(ok(&auth).as_bytes()).await;
+                }
+            });
+            addr
+        }
+        let addr = echo_auth().await;
+        let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5)));
+        let r = c
+            .get(&format!("http://ops:s%40cret@{addr}/a"))
+            .await
+            .unwrap();
+        // base64("ops:s@cret")
+        assert_eq!(r.bytes().await.unwrap(), "Basic b3BzOnNAY3JldA==");
+        let r = c.get(&format!("http://{addr}/a")).await.unwrap();
+        assert_eq!(r.bytes().await.unwrap(), "none");
+        // Redirected to another origin (another port), the credentials stay behind.
+        let other = echo_auth().await;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hop = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c
+                .write_all(redirect(&format!("http://{other}/b")).as_bytes())
+                .await;
+        });
+        let r = c.get(&format!("http://ops:pw@{hop}/a")).await.unwrap();
+        assert_eq!(r.bytes().await.unwrap(), "none");
     }
 
     #[tokio::test]

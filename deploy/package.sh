@@ -51,15 +51,21 @@ for b in rollgate rollgate-agent; do
 done
 arch="$(dpkg --print-architecture)"
 
-# The newest glibc symbol version either binary needs.
-glibc="$( (objdump -T "$bin_dir/rollgate" "$bin_dir/rollgate-agent" 2>/dev/null || true) |
-  { grep -o 'GLIBC_[0-9][0-9.]*' || true; } | sed 's/GLIBC_//' | sort -uV | tail -1)"
-# A binary linked with packed relocations (build.rs: the agent) needs the
-# loader that reads them, glibc 2.36, whatever its symbols say.
-if objdump -p "$bin_dir/rollgate-agent" 2>/dev/null | grep -q GLIBC_ABI_DT_RELR; then
-  glibc="$(printf '%s\n2.36\n' "$glibc" | sed '/^$/d' | sort -uV | tail -1)"
-fi
-depends="libc6${glibc:+ (>= $glibc)}"
+# The libc6 a binary needs: its newest glibc symbol version, and 2.36 when
+# it is linked with packed relocations (build.rs: the agent), which only
+# that loader reads, whatever its symbols say.
+libc_of() {
+  local dyn syms v
+  dyn="$(objdump -p "$1")" && syms="$(objdump -T "$1")" ||
+    { echo "package.sh: cannot read $1 with objdump (apt-get install binutils)" >&2; exit 64; }
+  v="$({ grep -o 'GLIBC_[0-9][0-9.]*' <<<"$syms" || true; } | sed 's/GLIBC_//' | sort -uV | tail -1)"
+  if [[ $dyn == *GLIBC_ABI_DT_RELR* ]]; then
+    v="$(printf '%s\n2.36\n' "$v" | sed '/^$/d' | sort -uV | tail -1)"
+  fi
+  echo "libc6${v:+ (>= $v)}"
+}
+depends_rollgate="$(libc_of "$bin_dir/rollgate")"
+depends_agent="$(libc_of "$bin_dir/rollgate-agent")"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -76,6 +82,8 @@ build() {
     sed "s| $root/| |" >"$root/DEBIAN/md5sums"
   local size
   size="$(du -sk --exclude=DEBIAN "$root" | cut -f1)"
+  local depends="$depends_rollgate"
+  [ "$pkg" != rollgate-agent ] || depends="$depends_agent"
   sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@DEPENDS@/$depends/" -e "s/@SIZE@/$size/" \
     "$here/debian/$pkg.control" >"$root/DEBIAN/control"
   chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/md5sums"

@@ -483,7 +483,9 @@ impl Hop<'_> {
     }
 }
 
-/// A declarative export is JSON or YAML that parses to at least one node.
+/// A declarative export is JSON or YAML that parses to one document with at
+/// least one node. (Duplicate keys, which the reference gateway's loader
+/// also refuses, are not looked for.)
 ///
 /// YAML is read as granit-parser's event stream (the parser under
 /// serde-saphyr, which the reference gateway writes its exports with), not
@@ -497,9 +499,16 @@ fn valid_export(body: &[u8]) -> bool {
     if serde_json::from_str::<serde_json::Value>(text).is_ok() {
         return true;
     }
-    let mut nodes = 0usize;
+    let (mut nodes, mut documents) = (0usize, 0usize);
     for event in granit_parser::Parser::new_from_str(text) {
         match event {
+            // One export is one document (the gateway's loader refuses more).
+            Ok((granit_parser::Event::DocumentStart(..), _)) => {
+                documents += 1;
+                if documents > 1 {
+                    return false;
+                }
+            }
             Ok((
                 granit_parser::Event::Scalar(..)
                 | granit_parser::Event::MappingStart(..)
@@ -543,6 +552,7 @@ mod tests {
         assert!(valid_export(br#"{"routes":[]}"#));
         assert!(!valid_export(b""));
         assert!(!valid_export(b"# a comment, no document\n"));
+        assert!(!valid_export(b"routes: []\n---\nroutes: []\n"));
         assert!(!valid_export(b"routes:\n  - id: a\n bad: indent\n"));
         assert!(!valid_export(b"routes: [unclosed"));
         assert!(!valid_export(&[0xff, 0xfe]));
