@@ -14,13 +14,15 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, LOCATION};
+use http::header::{AUTHORIZATION, HOST, LOCATION, PROXY_AUTHORIZATION};
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use url::Url;
@@ -41,6 +43,8 @@ pub enum HttpError {
     Timeout(Duration),
     #[error("more than {MAX_REDIRECTS} redirects")]
     TooManyRedirects,
+    #[error("{0}")]
+    Proxy(String),
 }
 
 /// A client with its timeouts.
@@ -57,6 +61,9 @@ pub struct HttpClient {
     /// Bound on each wait for the server: for an answer (each redirect's
     /// too) and for each piece of the body. None: unbounded.
     stall: Option<Duration>,
+    /// Proxies to go through (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`);
+    /// None: always direct.
+    proxies: Option<Matcher>,
 }
 
 impl HttpClient {
@@ -70,7 +77,73 @@ impl HttpClient {
             connect_timeout,
             timeout,
             stall: None,
+            proxies: None,
         }
+    }
+
+    /// Goes through the proxies `proxies` names for each URL: an `http://`
+    /// URL as an absolute-form request to the proxy, an `https://` one
+    /// through a CONNECT tunnel (TLS end to end with the server).
+    pub fn through(mut self, proxies: Matcher) -> Self {
+        self.proxies = Some(proxies);
+        self
+    }
+
+    /// Sends `req` for `at`: directly, or through the proxy for it.
+    async fn send(
+        &self,
+        at: &Url,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<http::Response<Incoming>, HttpError> {
+        let proxy = self.proxies.as_ref().and_then(|m| m.intercept(req.uri()));
+        let Some(proxy) = proxy else {
+            return Ok(if at.scheme() == "https" {
+                self.tls().request(req).await?
+            } else {
+                self.plain.request(req).await?
+            });
+        };
+        let via = proxy.uri().clone();
+        if via.scheme_str() != Some("http") {
+            return Err(HttpError::Proxy(format!(
+                "the proxy {via} for {at}: only http:// proxies are supported"
+            )));
+        }
+        if at.scheme() == "https" {
+            let mut tunnel = Tunnel::new(via, connector(self.connect_timeout));
+            if let Some(a) = proxy.basic_auth() {
+                tunnel = tunnel.with_auth(a.clone());
+            }
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls_config())
+                .https_only()
+                .enable_http1()
+                .wrap_connector(tunnel);
+            return Ok(client(https).request(req).await?);
+        }
+        // Plain http: the request, in absolute form, to the proxy itself.
+        let host = via.host().unwrap_or_default().to_string();
+        let port = via.port_u16().unwrap_or(80);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| HttpError::Timeout(self.connect_timeout))?
+        .map_err(|e| HttpError::Proxy(format!("cannot connect to the proxy {via}: {e}")))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let mut req = req;
+        if let Some(a) = proxy.basic_auth() {
+            req.headers_mut().insert(PROXY_AUTHORIZATION, a.clone());
+        }
+        if let Some(h) = req.uri().authority().map(|a| a.as_str().to_string())
+            && let Ok(v) = HeaderValue::from_str(&h)
+        {
+            req.headers_mut().insert(HOST, v);
+        }
+        Ok(send.send_request(req).await?)
     }
 
     /// Bounds each wait for the server by `stall`: a download may take long
@@ -131,11 +204,7 @@ impl HttpClient {
             let req = req
                 .body(Empty::new())
                 .map_err(|_| HttpError::BadUrl(bare.to_string()))?;
-            let answer = if at.scheme() == "https" {
-                self.tls().request(req)
-            } else {
-                self.plain.request(req)
-            };
+            let answer = self.send(&at, req);
             let resp = match self.stall {
                 Some(s) => tokio::time::timeout(s, answer)
                     .await
@@ -407,6 +476,77 @@ mod tests {
         });
         let r = c.get(&format!("http://ops:pw@{hop}/a")).await.unwrap();
         assert_eq!(r.bytes().await.unwrap(), "none");
+    }
+
+    /// A forward proxy on loopback: refuses (403) the one CONNECT the test
+    /// expects, and answers anything else itself with the request line and
+    /// its Proxy-Authorization (a wrong CONNECT thus "succeeds" and the TLS
+    /// handshake that follows fails differently).
+    async fn proxy() -> SocketAddr {
+        serve_raw(|head| {
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let auth = head
+                .lines()
+                .find_map(|l| l.strip_prefix("proxy-authorization: "))
+                .unwrap_or("none");
+            if line == "connect artifacts.invalid:443 http/1.1" {
+                "HTTP/1.1 403 Forbidden\r\n\r\n".to_string()
+            } else {
+                ok(&format!("{line} | {auth}"))
+            }
+        })
+        .await
+    }
+
+    /// As `serve`, with the whole request head given to `answer`.
+    async fn serve_raw(answer: fn(&str) -> String) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut c, _) = l.accept().await.unwrap();
+                let mut buf = vec![0u8; 4096];
+                let n = c.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let _ = c.write_all(answer(&head).as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn downloads_go_through_the_proxy_named_for_them() {
+        let via = proxy().await;
+        let proxies = Matcher::builder()
+            .all(format!("http://ops:pw@{via}"))
+            .no("127.0.0.9")
+            .build();
+        let c =
+            HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5))).through(proxies);
+        // http: the request, absolute, to the proxy, with its credentials
+        // (the proxy reports what it saw in lower case).
+        let r = c
+            .get("http://artifacts.invalid:8080/a.tar.gz")
+            .await
+            .unwrap();
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            "get http://artifacts.invalid:8080/a.tar.gz http/1.1 | basic b3bzonb3"
+        );
+        // https: a CONNECT to the server through the proxy (refused here).
+        let e = c
+            .get("https://artifacts.invalid/a.tar.gz")
+            .await
+            .unwrap_err();
+        let chain = crate::health::error_chain(&e);
+        assert!(chain.contains("tunnel error: unsuccessful"), "{chain}");
+        // NO_PROXY hosts go direct: nothing listens there.
+        let e = c.get("http://127.0.0.9:9/x").await.unwrap_err();
+        assert!(
+            crate::health::error_chain(&e)
+                .to_lowercase()
+                .contains("refused")
+        );
     }
 
     #[tokio::test]

@@ -391,8 +391,12 @@ async fn receive(
         (Source::Url(u), _) => {
             // Bounded: a stalled download must end the step, not hold the
             // host's only operation slot forever.
+            // Through the proxy the environment names, if any
+            // (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); probes of the agent's own
+            // gateway never go through one.
             let client = HttpClient::new(Duration::from_secs(10), None)
-                .stalling_after(Duration::from_secs(60));
+                .stalling_after(Duration::from_secs(60))
+                .through(hyper_util::client::proxy::matcher::Matcher::from_env());
             let mut resp = client
                 .get(u.as_str())
                 .await
