@@ -37,8 +37,9 @@ pub enum HttpError {
     BadUrl(String),
     #[error(transparent)]
     Request(#[from] hyper_util::client::legacy::Error),
+    /// hyper's own: a broken body, or the exchange with a proxy.
     #[error(transparent)]
-    Body(#[from] hyper::Error),
+    Hyper(#[from] hyper::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("more than {MAX_REDIRECTS} redirects")]
@@ -55,6 +56,9 @@ pub struct HttpClient {
     /// to their own gateway, and the host's trusted roots, once loaded,
     /// stay in memory.
     tls: OnceLock<Client<HttpsConnector<HttpConnector>, Empty<Bytes>>>,
+    /// The host's trusted roots, read once, at the first https GET (direct
+    /// or through a proxy's tunnel).
+    tls_config: OnceLock<rustls::ClientConfig>,
     connect_timeout: Duration,
     /// Bound on a whole GET, body included; None: unbounded.
     timeout: Option<Duration>,
@@ -74,6 +78,7 @@ impl HttpClient {
         HttpClient {
             plain: client(connector(connect_timeout)),
             tls: OnceLock::new(),
+            tls_config: OnceLock::new(),
             connect_timeout,
             timeout,
             stall: None,
@@ -115,7 +120,7 @@ impl HttpClient {
                 tunnel = tunnel.with_auth(a.clone());
             }
             let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls_config())
+                .with_tls_config(self.tls_config())
                 .https_only()
                 .enable_http1()
                 .wrap_connector(tunnel);
@@ -153,6 +158,10 @@ impl HttpClient {
         self
     }
 
+    fn tls_config(&self) -> rustls::ClientConfig {
+        self.tls_config.get_or_init(native_roots_config).clone()
+    }
+
     fn tls(&self) -> &Client<HttpsConnector<HttpConnector>, Empty<Bytes>> {
         self.tls.get_or_init(|| {
             let mut http = connector(self.connect_timeout);
@@ -160,7 +169,7 @@ impl HttpClient {
             http.enforce_http(false);
             client(
                 hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls_config())
+                    .with_tls_config(self.tls_config())
                     .https_only()
                     .enable_http1()
                     .wrap_connector(http),
@@ -342,7 +351,7 @@ fn http_url(url: &str) -> Result<Url, HttpError> {
 
 /// TLS for https locations: the host's own trusted roots (as a browser or
 /// curl on it would trust), with the process's crypto provider.
-fn tls_config() -> rustls::ClientConfig {
+fn native_roots_config() -> rustls::ClientConfig {
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
         tracing::warn!(error = %e, "cannot read some of the host's trusted certificates");
@@ -365,20 +374,23 @@ mod tests {
     use super::*;
 
     /// Serves, on a loopback port, what `answer` gives for each request's
-    /// path: the raw response to write, then whether to keep the
+    /// head (as sent): the raw response to write, then whether to keep the
     /// connection open afterwards without closing it (a stalled body).
-    async fn serve(answer: fn(&str) -> (String, bool)) -> SocketAddr {
+    async fn listen<F>(answer: F) -> SocketAddr
+    where
+        F: Fn(&str) -> (String, bool) + Clone + Send + 'static,
+    {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             loop {
                 let (mut c, _) = l.accept().await.unwrap();
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
                     let n = c.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let path = req.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let (resp, stall) = answer(&path);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let (resp, stall) = answer(&head);
                     let _ = c.write_all(resp.as_bytes()).await;
                     if stall {
                         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -387,6 +399,11 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// As `listen`, answering by the request's path.
+    async fn serve(answer: fn(&str) -> (String, bool)) -> SocketAddr {
+        listen(move |head: &str| answer(head.split_whitespace().nth(1).unwrap_or("/"))).await
     }
 
     fn ok(body: &str) -> String {
@@ -434,23 +451,14 @@ mod tests {
     async fn credentials_in_the_url_go_as_basic_auth_to_their_origin_only() {
         // Answers with the Authorization header it got (or "none").
         async fn echo_auth() -> SocketAddr {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = l.local_addr().unwrap();
-            tokio::spawn(async move {
-                loop {
-                    let (mut c, _) = l.accept().await.unwrap();
-                    let mut buf = vec![0u8; 4096];
-                    let n = c.read(&mut buf).await.unwrap_or(0);
-                    let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                    let auth = req
-                        .lines()
-                        .find_map(|l| l.strip_prefix("authorization: "))
-                        .unwrap_or("none")
-                        .to_string();
-                    let _ = c.write_all(ok(&auth).as_bytes()).await;
-                }
-            });
-            addr
+            listen(|head: &str| {
+                let auth = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .unwrap_or("none");
+                (ok(auth), false)
+            })
+            .await
         }
         let addr = echo_auth().await;
         let c = HttpClient::new(Duration::from_secs(2), Some(Duration::from_secs(5)));
@@ -464,16 +472,7 @@ mod tests {
         assert_eq!(r.bytes().await.unwrap(), "none");
         // Redirected to another origin (another port), the credentials stay behind.
         let other = echo_auth().await;
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let hop = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut c, _) = l.accept().await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let _ = c.read(&mut buf).await;
-            let _ = c
-                .write_all(redirect(&format!("http://{other}/b")).as_bytes())
-                .await;
-        });
+        let hop = listen(move |_: &str| (redirect(&format!("http://{other}/b")), false)).await;
         let r = c.get(&format!("http://ops:pw@{hop}/a")).await.unwrap();
         assert_eq!(r.bytes().await.unwrap(), "none");
     }
@@ -483,35 +482,21 @@ mod tests {
     /// its Proxy-Authorization (a wrong CONNECT thus "succeeds" and the TLS
     /// handshake that follows fails differently).
     async fn proxy() -> SocketAddr {
-        serve_raw(|head| {
-            let line = head.lines().next().unwrap_or_default().to_string();
+        listen(|head: &str| {
+            let head = head.to_lowercase();
+            let line = head.lines().next().unwrap_or_default();
             let auth = head
                 .lines()
                 .find_map(|l| l.strip_prefix("proxy-authorization: "))
                 .unwrap_or("none");
-            if line == "connect artifacts.invalid:443 http/1.1" {
+            let resp = if line == "connect artifacts.invalid:443 http/1.1" {
                 "HTTP/1.1 403 Forbidden\r\n\r\n".to_string()
             } else {
                 ok(&format!("{line} | {auth}"))
-            }
+            };
+            (resp, false)
         })
         .await
-    }
-
-    /// As `serve`, with the whole request head given to `answer`.
-    async fn serve_raw(answer: fn(&str) -> String) -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut c, _) = l.accept().await.unwrap();
-                let mut buf = vec![0u8; 4096];
-                let n = c.read(&mut buf).await.unwrap_or(0);
-                let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-                let _ = c.write_all(answer(&head).as_bytes()).await;
-            }
-        });
-        addr
     }
 
     #[tokio::test]
