@@ -34,6 +34,21 @@ fn sha(b: &[u8]) -> String {
 
 /// Everything under the install root and the staging dir, for "nothing left
 /// behind" checks.
+/// A stage request whose artifact the agent reads itself from `location`.
+fn located(op: &str, version: &str, sha256: &str, size: u64, location: &str) -> pb::StageRequest {
+    pb::StageRequest {
+        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
+            operation_id: op.into(),
+            version: version.into(),
+            sha256: sha256.into(),
+            size,
+            source: Some(pb::stage_header::Source::Location(location.into())),
+            unpacked_size: 0,
+            image_id: String::new(),
+        })),
+    }
+}
+
 fn leftovers(host: &Host) -> Vec<String> {
     let mut out = Vec::new();
     for dir in [
@@ -225,19 +240,8 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
         path.parent().unwrap().to_path_buf(),
         std::time::Duration::ZERO,
     );
-    let stage = |op: &str, sha: &str| pb::StageRequest {
-        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
-            operation_id: op.into(),
-            version: "3.4.1".into(),
-            sha256: sha.into(),
-            size: good.size,
-            source: Some(pb::stage_header::Source::Location(format!(
-                "http://{at}/demo-gateway-3.4.1.tar.gz"
-            ))),
-            unpacked_size: 0,
-            image_id: String::new(),
-        })),
-    };
+    let url = format!("http://{at}/demo-gateway-3.4.1.tar.gz");
+    let stage = |op: &str, sha: &str| located(op, "3.4.1", sha, good.size, &url);
     let bad = crate::support::client::drive(
         c.stage(futures::stream::iter([stage(
             "t/dp-1/url-bad",
@@ -291,19 +295,8 @@ async fn the_agent_fetches_over_https_only_from_a_server_its_host_trusts() {
         &sb.certs_dir().join("artifacts.pem"),
         &sb.certs_dir().join("artifacts.key"),
     );
-    let stage = pb::StageRequest {
-        msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
-            operation_id: "t/https".into(),
-            version: "3.4.1".into(),
-            sha256: good.sha256.clone(),
-            size: good.size,
-            source: Some(pb::stage_header::Source::Location(format!(
-                "https://{at}/demo-gateway-3.4.1.tar.gz"
-            ))),
-            unpacked_size: 0,
-            image_id: String::new(),
-        })),
-    };
+    let url = format!("https://{at}/demo-gateway-3.4.1.tar.gz");
+    let stage = located("t/https", "3.4.1", &good.sha256, good.size, &url);
     let mut c = connect(&sb, &wary).await;
     let refused =
         crate::support::client::drive(c.stage(futures::stream::iter([stage.clone()])).await)
