@@ -395,12 +395,10 @@ pub async fn current(inv: &Inventory) -> Result<Option<Holder>, String> {
     let url = inv.state.url.as_deref().unwrap_or_default();
     let client = connect(url).await.map_err(|f| f.to_string())?;
     let fleet = fleet_name(inv);
-    let exists: bool = client
-        .query_one("SELECT to_regclass('rollgate_lease') IS NOT NULL", &[])
+    if !crate::state_db::has_table(&client, "rollgate_lease")
         .await
         .map_err(|e| e.to_string())?
-        .get(0);
-    if !exists {
+    {
         return Ok(None);
     }
     let row = client

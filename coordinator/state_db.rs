@@ -111,11 +111,12 @@ pub async fn own(client: &Client, url: &str) -> Result<(), String> {
     ))
 }
 
-/// True when rollgate's journal table is there (a command that only reads
-/// does not create it).
-pub async fn has_journal(client: &Client) -> Result<bool, tokio_postgres::Error> {
+/// True when rollgate's table `table` is there: a command that only reads
+/// (`history`, `show`, `status`) does not create it, and finds nothing
+/// recorded when it is missing.
+pub async fn has_table(client: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("SELECT to_regclass('rollgate_journal') IS NOT NULL", &[])
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?;
     Ok(row.get(0))
 }

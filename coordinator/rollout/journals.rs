@@ -188,7 +188,7 @@ impl Journals {
         url: &str,
     ) -> Result<Option<tokio_postgres::Client>, ReadError> {
         let client = self.reader(url).await?;
-        let journal = state_db::has_journal(&client)
+        let journal = state_db::has_table(&client, "rollgate_journal")
             .await
             .map_err(|e| ReadError::Failed(self.db_error(e)))?;
         Ok(journal.then_some(client))
