@@ -1,7 +1,7 @@
 //! The fleet inventory (`fleet.toml`): hosts, TLS files, coordinator settings
 //! and the rollout policy. Read and checked in full before any agent is called.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -296,6 +296,9 @@ pub struct Inventory {
     /// The fencing token of the lease this command holds (postgres state):
     /// every agent call carries it.
     pub fencing_token: Option<u64>,
+    /// `hosts` by name: a rollout looks hosts up by name for every call
+    /// and watch, and a scan of 10,000 hosts each time was quadratic.
+    by_name: HashMap<String, usize>,
 }
 
 impl Inventory {
@@ -319,13 +322,20 @@ impl Inventory {
             coordinator: parsed.coordinator,
             policy: parsed.policy,
             state: parsed.state,
+            by_name: parsed
+                .hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h.name.clone(), i))
+                .collect(),
             hosts: parsed.hosts,
             fencing_token: None,
         })
     }
 
     pub fn host(&self, name: &str) -> Option<&Host> {
-        self.hosts.iter().find(|h| h.name == name)
+        let i = *self.by_name.get(name)?;
+        self.hosts.get(i).filter(|h| h.name == name)
     }
 
     pub fn by_role(&self, role: Role) -> impl Iterator<Item = &Host> {

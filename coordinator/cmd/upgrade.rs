@@ -223,10 +223,13 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 pub(super) fn host_plans(inv: &Inventory, policy: &Policy, report: &PlanReport) -> Vec<HostPlan> {
+    // By name: a scan of the checks for every host was quadratic.
+    let checks: std::collections::HashMap<&str, _> =
+        report.hosts.iter().map(|c| (c.name.as_str(), c)).collect();
     inv.hosts
         .iter()
         .filter_map(|h| {
-            let seen = report.hosts.iter().find(|c| c.name == h.name);
+            let seen = checks.get(h.name.as_str());
             Some(HostPlan {
                 name: h.name.clone(),
                 role: h.role,

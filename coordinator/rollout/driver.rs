@@ -195,7 +195,7 @@ impl<F: FleetApi> Driver<F> {
     /// Hosts quarantined so far in this rollout (a resume included), from
     /// the journal.
     pub fn quarantined(&self) -> Vec<String> {
-        super::state::quarantined(self.ctx.log().records())
+        self.ctx.log().quarantined()
     }
 
     pub(super) fn rid(&self) -> String {

@@ -29,6 +29,7 @@ pub enum HostState {
 }
 
 impl HostState {
+    #[cfg(test)]
     pub fn is_quarantined(&self) -> bool {
         matches!(self, HostState::Quarantined { .. })
     }
@@ -83,7 +84,9 @@ pub fn fold(records: &[Record]) -> BTreeMap<String, HostState> {
     out
 }
 
-/// The hosts quarantined so far.
+/// The hosts quarantined so far: the definition `RolloutLog::quarantined`
+/// keeps incrementally (the test below holds them equal).
+#[cfg(test)]
 pub fn quarantined(records: &[Record]) -> Vec<String> {
     fold(records)
         .into_iter()
@@ -209,6 +212,28 @@ mod tests {
         assert!(matches!(s["dp-3"], HostState::LeftDrained { .. }));
         assert_eq!(s["dp-4"], HostState::Pending);
         assert_eq!(quarantined(&records), ["dp-1"]);
+        // The journal's incremental set says the same after every record.
+        // A quarantined host begun again (a resume's rollback) is not.
+        let mut more = records.clone();
+        more.push(Record::Begin {
+            op: "r/dp-1/rollback".into(),
+            host: "dp-1".into(),
+            step: "rollback".into(),
+            at_ms: 0,
+        });
+        for n in 1..=more.len() {
+            let log = crate::rollout::log::RolloutLog::from_records(
+                crate::rollout::log::Origin::File("r.jsonl".into()),
+                more[..n].to_vec(),
+            )
+            .unwrap();
+            assert_eq!(
+                log.quarantined(),
+                quarantined(&more[..n]),
+                "after {n} records"
+            );
+        }
+        assert!(quarantined(&more).is_empty());
         // A failure without a mark is a plain failure.
         let s = fold(&records[..7]);
         assert!(matches!(s["dp-1"], HostState::Failed { .. }));

@@ -146,18 +146,18 @@ pub fn rollout_journal(data: &[u8]) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("rollout.jsonl");
     fs::write(&path, data).expect("write the journal");
-    let read = rollout::log::RolloutLog::read(&path).map(|l| format!("{:?}", l.records()));
+    let read = rollout::log::RolloutLog::read(&path).map(|l| format!("{:?}", &l.records));
     assert_eq!(
         fs::read(&path).expect("read the journal"),
         data,
         "reading a journal changes nothing"
     );
-    let opened = rollout::log::RolloutLog::open(&path).map(|l| format!("{:?}", l.records()));
+    let opened = rollout::log::RolloutLog::open(&path).map(|l| format!("{:?}", &l.records));
     match (&read, &opened) {
         (Ok(r), Ok(o)) => {
             assert_eq!(r, o, "read and open see the same records");
             let again = rollout::log::RolloutLog::read(&path)
-                .map(|l| format!("{:?}", l.records()))
+                .map(|l| format!("{:?}", &l.records))
                 .expect("a journal that opened reads again");
             assert_eq!(&again, o, "cutting a torn tail keeps every record");
         }
