@@ -295,7 +295,12 @@ impl RolloutLog {
             Record::Ended {
                 outcome, reason, ..
             } => self.outcome = Some((*outcome, reason.clone())),
-            Record::Created { .. } => self.quarantined.clear(),
+            // As the fold: the spec's hosts start over, others keep theirs.
+            Record::Created { spec, .. } => {
+                for h in &spec.hosts {
+                    self.quarantined.remove(&h.name);
+                }
+            }
         }
         self.records.push(rec);
     }

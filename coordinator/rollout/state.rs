@@ -213,13 +213,30 @@ mod tests {
         assert_eq!(s["dp-4"], HostState::Pending);
         assert_eq!(quarantined(&records), ["dp-1"]);
         // The journal's incremental set says the same after every record.
-        // A quarantined host begun again (a resume's rollback) is not.
+        // A quarantined host begun again (a resume's rollback) is not; a
+        // later Created (only in a hand-made journal) restarts its own hosts.
         let mut more = records.clone();
         more.push(Record::Begin {
             op: "r/dp-1/rollback".into(),
             host: "dp-1".into(),
             step: "rollback".into(),
             at_ms: 0,
+        });
+        for h in ["dp-1", "dp-2"] {
+            more.push(Record::Host {
+                host: h.into(),
+                mark: HostMark::Quarantined {
+                    step: "install".into(),
+                    reason: "bad".into(),
+                },
+                at_ms: 0,
+            });
+        }
+        let mut only_dp_2 = spec();
+        only_dp_2.hosts.retain(|h| h.name == "dp-2");
+        more.push(Record::Created {
+            format: FORMAT,
+            spec: Box::new(only_dp_2),
         });
         for n in 1..=more.len() {
             let log = crate::rollout::log::RolloutLog::from_records(
@@ -233,7 +250,7 @@ mod tests {
                 "after {n} records"
             );
         }
-        assert!(quarantined(&more).is_empty());
+        assert_eq!(quarantined(&more), ["dp-1"]);
         // A failure without a mark is a plain failure.
         let s = fold(&records[..7]);
         assert!(matches!(s["dp-1"], HostState::Failed { .. }));
