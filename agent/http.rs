@@ -119,12 +119,7 @@ impl HttpClient {
             if let Some(a) = proxy.basic_auth() {
                 tunnel = tunnel.with_auth(a.clone());
             }
-            let https = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(self.tls_config())
-                .https_only()
-                .enable_http1()
-                .wrap_connector(tunnel);
-            return Ok(client(https).request(req).await?);
+            return Ok(client(self.https(tunnel)).request(req).await?);
         }
         // Plain http: the request, in absolute form, to the proxy itself.
         let host = via.host().unwrap_or_default().to_string();
@@ -158,8 +153,14 @@ impl HttpClient {
         self
     }
 
-    fn tls_config(&self) -> rustls::ClientConfig {
-        self.tls_config.get_or_init(native_roots_config).clone()
+    /// TLS over `inner` (a direct connection or a proxy's tunnel), trusting
+    /// the host's roots, read once per client.
+    fn https<C>(&self, inner: C) -> HttpsConnector<C> {
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(self.tls_config.get_or_init(native_roots_config).clone())
+            .https_only()
+            .enable_http1()
+            .wrap_connector(inner)
     }
 
     fn tls(&self) -> &Client<HttpsConnector<HttpConnector>, Empty<Bytes>> {
@@ -167,13 +168,7 @@ impl HttpClient {
             let mut http = connector(self.connect_timeout);
             // The https connector hands its plain connector https URLs.
             http.enforce_http(false);
-            client(
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(self.tls_config())
-                    .https_only()
-                    .enable_http1()
-                    .wrap_connector(http),
-            )
+            client(self.https(http))
         })
     }
 

@@ -329,6 +329,7 @@ impl RolloutLog {
             .as_ref()
             .ok_or_else(|| std::io::Error::other("the rollout journal was opened to read only"))
     }
+
     /// The hosts quarantined so far, sorted.
     pub fn quarantined(&self) -> Vec<String> {
         self.quarantined.iter().cloned().collect()

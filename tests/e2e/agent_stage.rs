@@ -5,7 +5,7 @@ use std::path::Path;
 use rollgate::pb;
 use sha2::{Digest, Sha256};
 
-use crate::support::client::{connect, failure, stage_stream, success};
+use crate::support::client::{connect, failure, stage_messages, stage_stream, success};
 use crate::support::gateway::{self, release};
 use crate::support::{Host, Sandbox};
 
@@ -32,8 +32,6 @@ fn sha(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
-/// Everything under the install root and the staging dir, for "nothing left
-/// behind" checks.
 /// A stage request whose artifact the agent reads itself from `location`.
 fn located(op: &str, version: &str, sha256: &str, size: u64, location: &str) -> pb::StageRequest {
     pb::StageRequest {
@@ -49,6 +47,8 @@ fn located(op: &str, version: &str, sha256: &str, size: u64, location: &str) -> 
     }
 }
 
+/// Everything under the install root and the staging dir, for "nothing left
+/// behind" checks.
 fn leftovers(host: &Host) -> Vec<String> {
     let mut out = Vec::new();
     for dir in [
@@ -168,10 +168,7 @@ async fn bad_artifacts_are_refused_and_nothing_is_left_behind() {
             bytes::Bytes::copy_from_slice(&bytes[..1000]),
         )),
     });
-    let r = crate::support::client::drive(c.stage(futures::stream::iter(msgs)).await)
-        .await
-        .1
-        .unwrap();
+    let r = stage_messages(&mut c, msgs).await.unwrap();
     let f = failure(&r);
     assert_eq!(f.code(), pb::FailureCode::FetchFailed, "{f:?}");
     assert!(f.message.contains("truncated"), "{f:?}");
@@ -242,25 +239,14 @@ async fn the_agent_fetches_an_artifact_from_an_http_url() {
     );
     let url = format!("http://{at}/demo-gateway-3.4.1.tar.gz");
     let stage = |op: &str, sha: &str| located(op, "3.4.1", sha, good.size, &url);
-    let bad = crate::support::client::drive(
-        c.stage(futures::stream::iter([stage(
-            "t/dp-1/url-bad",
-            &"1".repeat(64),
-        )]))
-        .await,
-    )
-    .await
-    .1
-    .unwrap();
+    let bad = stage_messages(&mut c, vec![stage("t/dp-1/url-bad", &"1".repeat(64))])
+        .await
+        .unwrap();
     assert_eq!(failure(&bad).code(), pb::FailureCode::ChecksumMismatch);
     assert!(leftovers(&dp).is_empty(), "{:?}", leftovers(&dp));
-    let ok = crate::support::client::drive(
-        c.stage(futures::stream::iter([stage("t/dp-1/url", &good.sha256)]))
-            .await,
-    )
-    .await
-    .1
-    .unwrap();
+    let ok = stage_messages(&mut c, vec![stage("t/dp-1/url", &good.sha256)])
+        .await
+        .unwrap();
     match success(&ok) {
         pb::success::Detail::Stage(s) => assert_eq!(s.bytes, bytes.len() as u64),
         other => panic!("{other:?}"),
@@ -298,20 +284,13 @@ async fn the_agent_fetches_over_https_only_from_a_server_its_host_trusts() {
     let url = format!("https://{at}/demo-gateway-3.4.1.tar.gz");
     let stage = located("t/https", "3.4.1", &good.sha256, good.size, &url);
     let mut c = connect(&sb, &wary).await;
-    let refused =
-        crate::support::client::drive(c.stage(futures::stream::iter([stage.clone()])).await)
-            .await
-            .1
-            .unwrap();
+    let refused = stage_messages(&mut c, vec![stage.clone()]).await.unwrap();
     let f = failure(&refused);
     assert_eq!(f.code(), pb::FailureCode::FetchFailed, "{f:?}");
     assert!(f.message.contains("certificate"), "{f:?}");
     assert!(leftovers(&wary).is_empty(), "{:?}", leftovers(&wary));
     let mut c = connect(&sb, &trusting).await;
-    let ok = crate::support::client::drive(c.stage(futures::stream::iter([stage])).await)
-        .await
-        .1
-        .unwrap();
+    let ok = stage_messages(&mut c, vec![stage]).await.unwrap();
     match success(&ok) {
         pb::success::Detail::Stage(s) => assert_eq!(s.bytes, good.size),
         other => panic!("{other:?}"),
@@ -417,24 +396,13 @@ async fn stage_needs_a_size_and_reads_only_regular_files() {
         ),
     ];
     for (op, location, size, want) in cases {
-        let req = pb::StageRequest {
-            msg: Some(pb::stage_request::Msg::Header(pb::StageHeader {
-                operation_id: op.into(),
-                version: "3.4.0".into(),
-                sha256: "0".repeat(64),
-                size,
-                source: Some(pb::stage_header::Source::Location(location.clone())),
-                unpacked_size: 0,
-                image_id: String::new(),
-            })),
-        };
+        let req = located(op, "3.4.0", &"0".repeat(64), size, &location);
         let r = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            crate::support::client::drive(c.stage(futures::stream::iter([req])).await),
+            stage_messages(&mut c, vec![req]),
         )
         .await
         .unwrap_or_else(|_| panic!("{location}: the agent hung"))
-        .1
         .unwrap();
         let f = failure(&r);
         assert_eq!(

@@ -163,6 +163,14 @@ pub async fn stage_stream(
             )),
         });
     }
+    stage_messages(c, msgs).await
+}
+
+/// Sends `msgs` as one Stage call; the operation's result, if it sent one.
+pub async fn stage_messages(
+    c: &mut AgentClient<Channel>,
+    msgs: Vec<pb::StageRequest>,
+) -> Option<pb::OperationResult> {
     drive(c.stage(futures::stream::iter(msgs)).await).await.1
 }
 
