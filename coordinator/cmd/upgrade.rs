@@ -319,7 +319,8 @@ fn print_steps(spec: &RolloutSpec) {
     }
 }
 
-/// Runs (or resumes) the rollout in `log` to its end.
+/// Runs (or resumes) the rollout in `log` to its end. For a command that
+/// exits next: the agents' connections are left open for the exit to close.
 pub async fn drive(
     inv: Inventory,
     catalog: Option<Catalog>,
@@ -374,7 +375,9 @@ pub async fn drive(
     };
     let open = fleet.take_channels().await;
     let hosts = ended_state(&inv, &open, last).await;
-    drop(open);
+    // Not closed one by one: the process exits after the report and the
+    // kernel closes them (see `main`).
+    std::mem::forget(open);
     finish(output, &reporter, &spec.id, outcome, reason, hosts)
 }
 
