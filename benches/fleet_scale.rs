@@ -39,8 +39,8 @@ const TARGET_CPU_MS_PER_HOST: f64 = 1.0;
 const TARGET_RSS: u64 = 256 * 1024 * 1024;
 const TARGET_WALL_MS: f64 = 60_000.0;
 
-/// Every host is a listening socket here and a connection on each side:
-/// raise this process's open-file limit to the hard limit.
+/// A hollow-agent process holds a listening socket and a connection per
+/// host: it raises its open-file limit to the hard limit.
 fn raise_nofile() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);
@@ -60,7 +60,8 @@ fn main() {
         shard_main();
     }
     support::init();
-    raise_nofile();
+    // Not raised here: the coordinator inherits this process's limits and
+    // must make its own room, as it does for a user.
     let sizes: Vec<usize> = std::env::var("ROLLGATE_BENCH_HOSTS")
         .unwrap_or_else(|_| "1000,5000,10000".into())
         .split(',')

@@ -5,7 +5,7 @@
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,14 +76,16 @@ pub fn upgrade(dir: &Path, fleet: &Path, catalog: &Path, to: &str, extra: &[&str
     let t0 = Instant::now();
     // ROLLGATE_BENCH_WRAP (e.g. `heaptrack -o /tmp/ht`) runs the coordinator
     // under a profiler; the figures printed are then the profiler's process.
+    // The coordinator is started as a user starts it, with this process's
+    // open-file limits: it raises its own (`coordinator/open_files.rs`).
     let mut cmd = match std::env::var("ROLLGATE_BENCH_WRAP") {
         Ok(w) if !w.trim().is_empty() => {
             let mut words = w.split_whitespace();
-            let mut c = super::with_raised_nofile(words.next().unwrap_or_default());
+            let mut c = Command::new(words.next().unwrap_or_default());
             c.args(words).arg(super::ROLLGATE);
             c
         }
-        _ => super::with_raised_nofile(super::ROLLGATE),
+        _ => Command::new(super::ROLLGATE),
     };
     let mut child = cmd
         .args(["upgrade", "-i"])

@@ -468,18 +468,6 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// `cmd` run through `sh`, with the open-file soft limit raised to the hard
-/// limit first (200+ agents mean many sockets on the coordinator's side).
-/// `exec` keeps the pid: it is the program's own.
-pub fn with_raised_nofile(program: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c")
-        .arg("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$@\"")
-        .arg("sh")
-        .arg(program);
-    c
-}
-
 // === agents over mTLS ===
 
 /// A gRPC client of `host`'s agent, with the coordinator's certificate.

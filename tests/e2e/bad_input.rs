@@ -122,6 +122,52 @@ fn idle_inventory(sb: &Sandbox) {
     sb.inventory(&[("dp-1", "dp", addr)], "");
 }
 
+/// An inventory with more hosts than the coordinator may hold connections
+/// to (it keeps one open to every agent) is refused at once, naming the
+/// limit, before anything is asked of a host or written: not halfway
+/// through a rollout with "too many open files".
+#[test]
+fn a_fleet_beyond_the_open_file_limit_is_refused_before_anything_happens() {
+    let sb = Sandbox::new();
+    sb.certs(&[]);
+    let hosts: Vec<(String, std::net::SocketAddr)> = (1..=100)
+        .map(|n| {
+            let addr = std::net::SocketAddr::new(sb.ip(2).into(), 9000 + n);
+            (format!("dp-{n}"), addr)
+        })
+        .collect();
+    let listed: Vec<(&str, &str, std::net::SocketAddr)> =
+        hosts.iter().map(|(n, a)| (n.as_str(), "dp", *a)).collect();
+    sb.inventory(&listed, "");
+    let catalog = catalog(&sb, "good", |_| {}).display().to_string();
+    // `ulimit -n` sets the hard limit too: the coordinator cannot raise it.
+    let out = crate::support::proc::run(
+        "sh",
+        &[
+            "-c",
+            "ulimit -n 300 && exec \"$0\" \"$@\"",
+            crate::support::ROLLGATE,
+            "upgrade",
+            "-i",
+            "fleet.toml",
+            "-c",
+            &catalog,
+            "--to",
+            "3.4.0",
+            "--yes",
+        ],
+        sb.path(),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.code, Some(64), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("100 hosts") && out.stderr.contains("at most 300"),
+        "{}",
+        out.stderr
+    );
+    assert!(!sb.path().join("state").exists(), "nothing was written");
+}
+
 /// Defect: `rollback -i fleet.toml ../../../../<elsewhere>/evil` read
 /// `<elsewhere>/evil.jsonl`. Rollout ids follow the generated form or exit 64.
 #[test]
