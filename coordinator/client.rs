@@ -13,7 +13,8 @@ use rollgate::pb;
 use rollgate::pb::agent_client::AgentClient;
 use rollgate::role::Role;
 use rollgate::version::Version;
-use tonic::transport::{Channel, Endpoint};
+
+use crate::agent_channel::{AgentChannel, Dialer};
 
 use crate::inventory::{Host, Inventory};
 
@@ -175,7 +176,8 @@ impl tonic::service::Interceptor for Fencing {
 }
 
 /// The gRPC client of one agent.
-pub type Client = AgentClient<tonic::service::interceptor::InterceptedService<Channel, Fencing>>;
+pub type Client =
+    AgentClient<tonic::service::interceptor::InterceptedService<AgentChannel, Fencing>>;
 
 /// A connection to one agent.
 #[derive(Debug, Clone)]
@@ -193,44 +195,36 @@ impl Agent {
         inv: &Inventory,
         policy: &CallPolicy,
     ) -> Result<Self, CallError> {
-        // TLS is done by the connector (`fleet_tls`): tonic sees a plain
-        // stream, so the URI says http.
-        let addr = format!("http://{}", host.address);
-        let cerr = |reason: String| CallError::Connect {
-            addr: host.address.to_string(),
-            reason,
-        };
-        let endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|e| cerr(error_chain(&e)))?
-            .connect_timeout(policy.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(policy.keepalive)
-            .keep_alive_timeout(policy.keepalive_timeout)
-            .keep_alive_while_idle(true);
-        let (tls, address, name) = (
+        let dialer = Dialer::new(
             inv.fleet_tls.clone(),
-            host.address.to_string(),
-            host.name.clone(),
-        );
-        let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
-            let (tls, address, name) = (tls.clone(), address.clone(), name.clone());
-            async move { tls.connect(&address, &name).await }
-        });
-        let channel = tokio::time::timeout(
             policy.connect_timeout,
-            endpoint.connect_with_connector(connector),
-        )
-        .await
-        .map_err(|_| CallError::Timeout(policy.connect_timeout))?
-        .map_err(|e| cerr(error_chain(&e)))?;
+            policy.keepalive,
+            policy.keepalive_timeout,
+        );
+        let address = host.address.to_string();
+        let channel = AgentChannel::connect(&dialer, &address, &host.name)
+            .await
+            .map_err(|reason| CallError::Connect {
+                addr: address.clone(),
+                reason,
+            })?;
+        // The calls' URIs: the scheme and authority HTTP/2 requests carry
+        // (TLS is the connection's, below HTTP).
+        let origin = format!("http://{address}")
+            .parse::<tonic::codegen::http::Uri>()
+            .map_err(|e| CallError::Connect {
+                addr: address.clone(),
+                reason: e.to_string(),
+            })?;
+        let fencing = Fencing(
+            inv.fencing_token
+                .map(tonic::metadata::AsciiMetadataValue::from),
+        );
         Ok(Agent {
             host: host.clone(),
-            client: AgentClient::with_interceptor(
-                channel,
-                Fencing(
-                    inv.fencing_token
-                        .map(tonic::metadata::AsciiMetadataValue::from),
-                ),
+            client: AgentClient::with_origin(
+                tonic::service::interceptor::InterceptedService::new(channel, fencing),
+                origin,
             ),
             policy: policy.clone(),
         })

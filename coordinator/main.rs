@@ -2,6 +2,7 @@
 //! backup, upgrades the CP in place and then rolls the DPs, through the agents.
 #![forbid(unsafe_code)]
 
+mod agent_channel;
 mod ansible;
 mod batch;
 mod certs;
