@@ -243,20 +243,24 @@ impl Agent {
             .await
     }
 
-    /// Hello, checked against the inventory: the agent must say it is the
-    /// host, with the role, that the inventory names.
-    pub async fn hello(&self) -> Result<Hello, CallError> {
+    /// Hello, checked against the inventory (the agent must say it is the
+    /// host, with the role, that the inventory names), and a health report
+    /// made as it answered: one round trip. An agent that predates Hello's
+    /// `with_health` is asked for the report by a WatchHealth, as before.
+    pub async fn hello_with_health(&self) -> Result<(Hello, pb::HealthReport), CallError> {
         let call = || async {
             let mut c = self.client.clone();
-            let resp = tokio::time::timeout(self.policy.call_timeout, c.hello(pb::HelloRequest {}))
+            let ask = pb::HelloRequest { with_health: true };
+            let resp = tokio::time::timeout(self.policy.call_timeout, c.hello(ask))
                 .await
                 .map_err(|_| CallError::Timeout(self.policy.call_timeout))??;
             Ok::<_, CallError>(resp.into_inner())
         };
-        let raw = call
+        let mut raw = call
             .retry(self.policy.backoff())
             .when(CallError::is_transient)
             .await?;
+        let health = raw.health.take();
         let hello = Hello::try_from(raw)?;
         if hello.host_name != self.host.name {
             return Err(CallError::Mismatch(format!(
@@ -270,7 +274,11 @@ impl Agent {
                 self.host.name, hello.role, self.host.role
             )));
         }
-        Ok(hello)
+        let health = match health {
+            Some(h) => h,
+            None => self.health_once().await?,
+        };
+        Ok((hello, health))
     }
 
     /// One health report: the first of a WatchHealth stream.

@@ -126,9 +126,13 @@ where
 impl pb::agent_server::Agent for AgentService {
     async fn hello(
         &self,
-        _req: Request<pb::HelloRequest>,
+        req: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
-        Ok(Response::new(watch::hello(&self.state)))
+        let mut hello = watch::hello(&self.state);
+        if req.into_inner().with_health {
+            hello.health = Some(watch::first_report(&self.state).await);
+        }
+        Ok(Response::new(hello))
     }
 
     type WatchHealthStream = ReceiverStream<Result<pb::HealthReport, Status>>;

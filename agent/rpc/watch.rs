@@ -78,6 +78,8 @@ pub fn hello(s: &AgentState) -> pb::HelloResponse {
             })
             .collect(),
         install_method: cfg.install.method.name().to_string(),
+        // Filled by the Hello call when asked `with_health`.
+        health: None,
     }
 }
 
@@ -160,6 +162,13 @@ fn random_below(d: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
     Duration::from_millis(r % ms)
+}
+
+/// A look at the gateway now, as a watch's first report says it.
+pub async fn first_report(s: &AgentState) -> pb::HealthReport {
+    let mut r = report(s, 1).await;
+    r.unhealthy_streak = u32::from(!r.healthy);
+    r
 }
 
 async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {

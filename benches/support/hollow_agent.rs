@@ -133,8 +133,9 @@ impl Hollow {
 impl Agent for Hollow {
     async fn hello(
         &self,
-        _req: Request<pb::HelloRequest>,
+        req: Request<pb::HelloRequest>,
     ) -> Result<Response<pb::HelloResponse>, Status> {
+        let health = req.into_inner().with_health.then(|| self.report(1));
         let s = self.lock();
         Ok(Response::new(pb::HelloResponse {
             agent_version: rollgate::VERSION.to_string(),
@@ -153,6 +154,7 @@ impl Agent for Hollow {
                 ..Default::default()
             }),
             install_method: "tarball".into(),
+            health,
             ..Default::default()
         }))
     }

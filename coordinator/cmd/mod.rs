@@ -102,15 +102,13 @@ pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) ->
                     // An open channel's agent said who it is when it was
                     // opened; a new one is asked (Hello checks its name and
                     // role). The health report says what is installed.
-                    let a = match open.get(&h.name) {
-                        Some(a) => a.clone(),
+                    match open.get(&h.name) {
+                        Some(a) => a.health_once().await,
                         None => {
                             let a = Agent::connect(h, inv, &policy).await?;
-                            a.hello().await?;
-                            a
+                            Ok(a.hello_with_health().await?.1)
                         }
-                    };
-                    a.health_once().await
+                    }
                 };
                 // A survey, not a retry loop: an agent that does not answer
                 // at once is reported as unreachable.

@@ -103,8 +103,7 @@ struct Seen {
 async fn look(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Seen {
     let r = async {
         let a = Agent::connect_retrying(host, inv, policy).await?;
-        let hello = a.hello().await?;
-        let health = a.health_once().await?;
+        let (hello, health) = a.hello_with_health().await?;
         let lb = rollgate::convert::lb_from_wire(health.drain_state);
         Ok::<_, crate::client::CallError>((hello, health.healthy, lb, a))
     }

@@ -64,9 +64,7 @@ struct Probe {
 async fn probe(host: &Host, inv: &Inventory, policy: &CallPolicy) -> Probe {
     let result = async {
         let agent = Agent::connect_retrying(host, inv, policy).await?;
-        let hello = agent.hello().await?;
-        let health = agent.health_once().await?;
-        Ok::<_, crate::client::CallError>((hello, health))
+        agent.hello_with_health().await
     }
     .instrument(tracing::info_span!("status", host = %host.name, addr = %host.address))
     .await

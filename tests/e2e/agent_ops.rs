@@ -188,3 +188,85 @@ async fn a_repeated_operation_id_does_no_work_twice() {
     );
     success(&install(&mut c, "t/dp-1/meanwhile", "3.3.0").await.unwrap());
 }
+
+/// Hello asked `with_health` answers the host's facts and a look at the
+/// gateway made as it answered — what a WatchHealth stream's first report
+/// says — in one round trip: how the plan and `status` ask every host.
+/// Asked without it, Hello carries no report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_with_health_says_what_a_watch_first_report_says() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (_dp, _agent, _addr, mut c) = dp_on_330(&sb, &cp, &[], "").await;
+    let bare = c.hello(pb::HelloRequest::default()).await.unwrap();
+    assert!(bare.into_inner().health.is_none());
+
+    let up = hello_health(&mut c).await;
+    assert!(up.healthy, "{up:?}");
+    assert_eq!(up.running_version, "3.3.0");
+    assert_eq!(key(&up), key(&first_report(&mut c).await));
+
+    // The gateway killed: the same report says so, first look unhealthy.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let r = hello_health(&mut c).await;
+        if !r.healthy {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still healthy 10 s after the kill: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(down.unhealthy_streak, 1, "{down:?}");
+    assert_eq!(down.process, pb::ProcessState::Stopped as i32, "{down:?}");
+    assert_eq!(key(&down), key(&first_report(&mut c).await));
+}
+
+type Agent = pb::agent_client::AgentClient<tonic::transport::Channel>;
+
+async fn hello_health(c: &mut Agent) -> pb::HealthReport {
+    c.hello(pb::HelloRequest { with_health: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .health
+        .expect("Hello with_health carries a report")
+}
+
+async fn first_report(c: &mut Agent) -> pb::HealthReport {
+    c.watch_health(pb::WatchHealthRequest {
+        interval_ms: 1000,
+        heartbeat_ms: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .message()
+    .await
+    .unwrap()
+    .expect("a first report")
+}
+
+/// What a look at the gateway says, without its instant.
+#[allow(clippy::type_complexity)]
+fn key(r: &pb::HealthReport) -> (u64, bool, u32, i32, u32, String, String, i32) {
+    (
+        r.sequence,
+        r.healthy,
+        r.unhealthy_streak,
+        r.process,
+        r.pid,
+        r.installed_version.clone(),
+        r.running_version.clone(),
+        r.drain_state,
+    )
+}

@@ -37,7 +37,7 @@ async fn hello(
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     AgentClient::new(channel)
-        .hello(pb::HelloRequest {})
+        .hello(pb::HelloRequest::default())
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
