@@ -3,7 +3,7 @@
 //! unhealthy twice in a row, or any host whose agent has been silent longer
 //! than `agent_silence`, raises an alarm that halts the rollout.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rollgate::lb::LbState;
@@ -58,6 +58,10 @@ struct Seen {
     bad_streak: u32,
     summary: String,
     broken: Option<String>,
+    /// The host's upgrade (or rollback) passed: its health now counts.
+    passed: bool,
+    /// The host failed and is dealt with: no more alarms about it.
+    ignored: bool,
 }
 
 /// The latest health of every host; pure bookkeeping, driven by updates.
@@ -66,10 +70,6 @@ pub struct Monitor {
     /// Sorted by host, so alarms come in a stable order.
     seen: BTreeMap<String, Seen>,
     silence: Duration,
-    /// Hosts whose upgrade (or rollback) passed: their health now counts.
-    passed: HashSet<String>,
-    /// Hosts known to have failed: no more alarms about them.
-    ignored: HashSet<String>,
     /// When the last scan found nothing; a new scan is due after SCAN_EVERY.
     clean_since: Option<Instant>,
     /// A report or a broken stream since that scan may have raised an alarm.
@@ -94,13 +94,13 @@ impl Monitor {
                             bad_streak: 0,
                             summary: "no report yet".into(),
                             broken: None,
+                            passed: false,
+                            ignored: false,
                         },
                     )
                 })
                 .collect(),
             silence,
-            passed: HashSet::new(),
-            ignored: HashSet::new(),
             clean_since: None,
             dirty: true,
         }
@@ -108,22 +108,26 @@ impl Monitor {
 
     /// The host's upgrade passed: from now on its health counts.
     pub fn pass(&mut self, host: String) {
-        self.passed.insert(host);
+        if let Some(s) = self.seen.get_mut(&host) {
+            s.passed = true;
+        }
         self.dirty = true;
     }
 
     /// The host is about to be restarted on purpose (its next hop): its
     /// health does not count again until that step has passed.
     pub fn unpass(&mut self, host: &str) {
-        self.passed.remove(host);
         if let Some(s) = self.seen.get_mut(host) {
+            s.passed = false;
             s.bad_streak = 0;
         }
     }
 
     /// The host failed and is dealt with: no more alarms about it.
     pub fn ignore(&mut self, host: String) {
-        self.ignored.insert(host);
+        if let Some(s) = self.seen.get_mut(&host) {
+            s.ignored = true;
+        }
         self.dirty = true;
     }
 
@@ -228,7 +232,7 @@ impl Monitor {
 
     fn scan(&self, now: Instant) -> Option<Alarm> {
         for (h, s) in &self.seen {
-            if self.ignored.contains(h) {
+            if s.ignored {
                 continue;
             }
             let quiet = now.saturating_duration_since(s.last_report);
@@ -242,7 +246,7 @@ impl Monitor {
                     why,
                 });
             }
-            if self.passed.contains(h) && s.bad_streak >= BAD_STREAK {
+            if s.passed && s.bad_streak >= BAD_STREAK {
                 return Some(Alarm::Unhealthy {
                     host: h.clone(),
                     why: s.summary.clone(),
