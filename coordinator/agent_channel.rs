@@ -14,7 +14,10 @@
 //! opened once at `connect` (whose error says why), a closed one (agent
 //! restarted, keep-alive timed out) is replaced on the next call, one
 //! connect at a time (a failed reconnect is `Unavailable`, which callers
-//! retry), and hyper's errors are mapped to gRPC codes by tonic.
+//! retry), and hyper's errors are mapped to gRPC codes by tonic. Beyond
+//! it: a call the closing connection handed back unsent is sent once more
+//! on a new one, and a reconnect is not abandoned with the call that
+//! started it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,13 +27,15 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tonic::body::Body;
 
 use crate::fleet_tls::FleetTls;
 
-/// How connections to agents are made: one for the whole fleet.
+/// How connections to agents are made: the fleet's TLS configuration
+/// (shared) and the HTTP/2 settings.
 #[derive(Clone)]
 pub struct Dialer {
     tls: FleetTls,
@@ -136,10 +141,22 @@ impl Shared {
     }
 
     /// The open connection's sender, connecting again if it has closed.
-    async fn sender(&self) -> Result<SendRequest<Body>, tonic::Status> {
+    /// The connect runs in a task of its own: a caller that gives up (its
+    /// call's deadline passed) does not cut it off halfway, and the next
+    /// call finds the connection made.
+    async fn sender(self: &Arc<Self>) -> Result<SendRequest<Body>, tonic::Status> {
         if let Some(s) = self.open_sender() {
             return Ok(s);
         }
+        let me = self.clone();
+        tokio::spawn(async move { me.reconnect().await })
+            .await
+            .map_err(|e| {
+                tonic::Status::unavailable(format!("connecting to {}: {e}", self.address))
+            })?
+    }
+
+    async fn reconnect(&self) -> Result<SendRequest<Body>, tonic::Status> {
         let _turn = self.connecting.lock().await;
         if let Some(s) = self.open_sender() {
             return Ok(s);
@@ -163,13 +180,26 @@ impl Shared {
     }
 }
 
+/// A call that failed on the connection. One it handed back was never sent
+/// (the connection closed before taking it: a GOAWAY from an agent that is
+/// stopping, an end not yet seen): `Unavailable`, which callers retry. The
+/// rest are mapped by tonic, as its own channel does: a keep-alive timeout
+/// or a refused stream is `Unavailable`, a cancel `Cancelled`.
+fn failed(address: &str, mut e: TrySendError<Request<Body>>) -> tonic::Status {
+    if e.take_message().is_some() {
+        return tonic::Status::unavailable(format!(
+            "the connection to {address} closed before the call was sent"
+        ));
+    }
+    tonic::Status::from_error(Box::new(e.into_error()))
+}
+
 impl tower::Service<Request<Body>> for AgentChannel {
     type Response = Response<Incoming>;
     type Error = tonic::Status;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, tonic::Status>> + Send>>;
 
-    /// Always ready: the connection's own readiness is awaited in the call,
-    /// after a closed connection has been replaced.
+    /// Always ready: a closed connection is replaced in the call.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
@@ -177,12 +207,23 @@ impl tower::Service<Request<Body>> for AgentChannel {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
-            // tonic's mapping, as its own channel has it: a keep-alive
-            // timeout or a refused stream is Unavailable, a cancel Cancelled.
-            let lost = |e: hyper::Error| tonic::Status::from_error(Box::new(e));
             let mut sender = shared.sender().await?;
-            sender.ready().await.map_err(lost)?;
-            sender.send_request(req).await.map_err(lost)
+            match sender.try_send_request(req).await {
+                Ok(r) => Ok(r),
+                Err(mut e) => match e.take_message() {
+                    // Never sent, and the connection is closed now: once
+                    // more, on a new one.
+                    Some(req) => {
+                        tracing::debug!(address = %shared.address, "connection closed before the call was sent; sending it on a new one");
+                        let mut sender = shared.sender().await?;
+                        sender
+                            .try_send_request(req)
+                            .await
+                            .map_err(|e| failed(&shared.address, e))
+                    }
+                    None => Err(failed(&shared.address, e)),
+                },
+            }
         })
     }
 }
@@ -193,5 +234,106 @@ impl std::fmt::Debug for AgentChannel {
             .field("address", &self.shared.address)
             .field("name", &self.shared.name)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use rollgate::tls::TlsMaterial;
+    use tokio::sync::oneshot;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+    use crate::certs::{Addr, AgentName};
+
+    /// A gRPC server on `addr` with the agent's TLS (the fleet CA's
+    /// certificate for `agent`, client certificates required), serving the
+    /// standard health service; stops when `stop` fires, and the handle
+    /// ends once it has.
+    async fn serve(
+        addr: SocketAddr,
+        tls: &TlsMaterial,
+        stop: oneshot::Receiver<()>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let server = tonic::transport::Server::builder()
+            .tls_config(tls.server_config())
+            .unwrap()
+            .add_service(health);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            server
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop.await;
+                })
+                .await
+                .unwrap();
+        })
+    }
+
+    async fn check(c: &mut HealthClient<AgentChannel>) -> Result<(), tonic::Status> {
+        c.check(HealthCheckRequest::default()).await.map(|_| ())
+    }
+
+    /// The agent restarts on the same address: the call after it goes
+    /// through on a new connection, with no error first; while it is
+    /// down a call is `Unavailable` (what callers retry).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_connection_is_replaced_on_the_next_call() {
+        rollgate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let agent = AgentName {
+            name: "dp-1".into(),
+            addr: Addr::Ip("127.0.0.1".parse().unwrap()),
+        };
+        crate::certs::init(
+            dir.path(),
+            &["rollgate-coordinator".into()],
+            &[agent],
+            false,
+            1,
+        )
+        .unwrap();
+        let load = |n: &str| {
+            TlsMaterial::load(
+                &dir.path().join("ca.pem"),
+                &dir.path().join(format!("{n}.pem")),
+                &dir.path().join(format!("{n}.key")),
+            )
+            .unwrap()
+        };
+        let (server_tls, client_tls) = (load("dp-1"), load("rollgate-coordinator"));
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+
+        let (stop, stopped) = oneshot::channel();
+        let first = serve(addr, &server_tls, stopped).await;
+        let dialer = Dialer::new(
+            FleetTls::new(&client_tls).unwrap(),
+            Duration::from_secs(2),
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+        );
+        let channel = AgentChannel::connect(&dialer, &addr.to_string(), "dp-1")
+            .await
+            .unwrap();
+        let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+        let mut client = HealthClient::with_origin(channel, origin);
+        check(&mut client).await.unwrap();
+
+        stop.send(()).unwrap();
+        first.await.unwrap();
+        let down = check(&mut client).await.unwrap_err();
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+
+        let (_stop, stopped) = oneshot::channel();
+        let _second = serve(addr, &server_tls, stopped).await;
+        check(&mut client).await.unwrap();
     }
 }
