@@ -163,7 +163,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             let output = a.output;
             lease::holding(a.load()?, "backup", |inv| cmd::upgrade::backup(inv, output)).await
         }
-        Command::History(a) => cmd::history::history(&a.load()?, a.output).await,
+        Command::History(a) => cmd::history::history(&a.load_records_only()?, a.output).await,
         #[cfg(feature = "demo")]
         Command::Demo(a) => {
             cmd::demo::demo(cmd::demo::DemoArgs {
@@ -180,14 +180,28 @@ async fn run(command: Command) -> Result<(), Failure> {
             })
             .await
         }
-        Command::Show(a) => cmd::history::show(&a.inv.load()?, &a.rollout, a.inv.output).await,
+        Command::Show(a) => {
+            cmd::history::show(&a.inv.load_records_only()?, &a.rollout, a.inv.output).await
+        }
     }
 }
 
-/// Reads the inventory; a bad one is a usage error (64), as is one with
-/// more hosts than this process may hold connections to (`open_files`).
-/// `state_dir` (`--state-dir`) replaces its `[coordinator] state_dir`.
+/// Reads the inventory for a command that calls its agents; a bad one is a
+/// usage error (64), as is one with more hosts than this process may hold
+/// connections to (`open_files`). `state_dir` (`--state-dir`) replaces its
+/// `[coordinator] state_dir`.
 pub fn load_inventory(
+    path: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+) -> Result<Inventory, Failure> {
+    let inv = load_inventory_records_only(path, state_dir)?;
+    open_files::make_room(inv.hosts.len()).map_err(Failure::Usage)?;
+    Ok(inv)
+}
+
+/// As `load_inventory`, for a command that only reads the state directory
+/// (`history`, `show`): it opens no connection, so needs no room for them.
+pub fn load_inventory_records_only(
     path: &std::path::Path,
     state_dir: Option<&std::path::Path>,
 ) -> Result<Inventory, Failure> {
@@ -199,7 +213,6 @@ pub fn load_inventory(
         }
         inv.coordinator.state_dir = dir.to_path_buf();
     }
-    open_files::make_room(inv.hosts.len()).map_err(Failure::Usage)?;
     Ok(inv)
 }
 
@@ -207,5 +220,10 @@ impl cli::InventoryArgs {
     /// The inventory these options name, with `--state-dir` applied.
     pub fn load(&self) -> Result<Inventory, Failure> {
         load_inventory(&self.inventory, self.state_dir.as_deref())
+    }
+
+    /// The inventory, for a command that only reads the state directory.
+    pub fn load_records_only(&self) -> Result<Inventory, Failure> {
+        load_inventory_records_only(&self.inventory, self.state_dir.as_deref())
     }
 }

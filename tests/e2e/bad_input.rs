@@ -141,24 +141,25 @@ fn a_fleet_beyond_the_open_file_limit_is_refused_before_anything_happens() {
     sb.inventory(&listed, "");
     let catalog = catalog(&sb, "good", |_| {}).display().to_string();
     // `ulimit -n` sets the hard limit too: the coordinator cannot raise it.
-    let out = crate::support::proc::run(
-        "sh",
-        &[
+    let limited = |args: &[&str]| {
+        let mut argv = vec![
             "-c",
             "ulimit -n 300 && exec \"$0\" \"$@\"",
             crate::support::ROLLGATE,
-            "upgrade",
-            "-i",
-            "fleet.toml",
-            "-c",
-            &catalog,
-            "--to",
-            "3.4.0",
-            "--yes",
-        ],
-        sb.path(),
-        std::time::Duration::from_secs(60),
-    );
+        ];
+        argv.extend_from_slice(args);
+        crate::support::proc::run("sh", &argv, sb.path(), std::time::Duration::from_secs(60))
+    };
+    let out = limited(&[
+        "upgrade",
+        "-i",
+        "fleet.toml",
+        "-c",
+        &catalog,
+        "--to",
+        "3.4.0",
+        "--yes",
+    ]);
     assert_eq!(out.code, Some(64), "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains("100 hosts") && out.stderr.contains("at most 300"),
@@ -166,6 +167,15 @@ fn a_fleet_beyond_the_open_file_limit_is_refused_before_anything_happens() {
         out.stderr
     );
     assert!(!sb.path().join("state").exists(), "nothing was written");
+    // Reading the history opens no connection: the same limit is no bar.
+    let history = limited(&["history", "-i", "fleet.toml"]);
+    assert_eq!(
+        history.code,
+        Some(0),
+        "{}\n{}",
+        history.stdout,
+        history.stderr
+    );
 }
 
 /// Defect: `rollback -i fleet.toml ../../../../<elsewhere>/evil` read
