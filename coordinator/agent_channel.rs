@@ -34,9 +34,9 @@ use tonic::body::Body;
 
 use crate::fleet_tls::FleetTls;
 
-/// How connections to agents are made: the fleet's TLS configuration
-/// (shared) and the HTTP/2 settings.
-#[derive(Clone)]
+/// How connections to agents are made: the fleet's TLS configuration and
+/// the HTTP/2 settings. One per fleet (`CallPolicy`), shared by every
+/// agent's connection.
 pub struct Dialer {
     tls: FleetTls,
     http2: http2::Builder<TokioExecutor>,
@@ -107,7 +107,7 @@ pub struct AgentChannel {
 }
 
 struct Shared {
-    dialer: Dialer,
+    dialer: Arc<Dialer>,
     address: String,
     name: String,
     /// The open connection; None once a reconnect failed.
@@ -120,7 +120,7 @@ struct Shared {
 impl AgentChannel {
     /// Opens the connection now: an agent that cannot be reached is an
     /// error here, saying why.
-    pub async fn connect(dialer: &Dialer, address: &str, name: &str) -> Result<Self, String> {
+    pub async fn connect(dialer: &Arc<Dialer>, address: &str, name: &str) -> Result<Self, String> {
         let sender = dialer.open(address, name).await?;
         Ok(AgentChannel {
             shared: Arc::new(Shared {
@@ -208,22 +208,21 @@ impl tower::Service<Request<Body>> for AgentChannel {
         let shared = self.shared.clone();
         Box::pin(async move {
             let mut sender = shared.sender().await?;
-            match sender.try_send_request(req).await {
-                Ok(r) => Ok(r),
+            let unsent = match sender.try_send_request(req).await {
+                Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
-                    // Never sent, and the connection is closed now: once
-                    // more, on a new one.
-                    Some(req) => {
-                        tracing::debug!(address = %shared.address, "connection closed before the call was sent; sending it on a new one");
-                        let mut sender = shared.sender().await?;
-                        sender
-                            .try_send_request(req)
-                            .await
-                            .map_err(|e| failed(&shared.address, e))
-                    }
-                    None => Err(failed(&shared.address, e)),
+                    Some(req) => req,
+                    None => return Err(failed(&shared.address, e)),
                 },
-            }
+            };
+            // Never sent, and the connection is closed now: once more, on a
+            // new one.
+            tracing::debug!(address = %shared.address, "connection closed before the call was sent; sending it on a new one");
+            let mut sender = shared.sender().await?;
+            sender
+                .try_send_request(unsent)
+                .await
+                .map_err(|e| failed(&shared.address, e))
         })
     }
 }
@@ -314,12 +313,12 @@ mod tests {
 
         let (stop, stopped) = oneshot::channel();
         let first = serve(addr, &server_tls, stopped).await;
-        let dialer = Dialer::new(
+        let dialer = Arc::new(Dialer::new(
             FleetTls::new(&client_tls).unwrap(),
             Duration::from_secs(2),
             Duration::from_secs(10),
             Duration::from_secs(5),
-        );
+        ));
         let channel = AgentChannel::connect(&dialer, &addr.to_string(), "dp-1")
             .await
             .unwrap();

@@ -4,6 +4,7 @@
 //! RUSTSEC-2025-0012): exponential delays with jitter, only for failures a
 //! retry can cure (no connection, deadline passed, agent unavailable).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -77,21 +78,25 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 /// How calls are made: from the inventory's `[coordinator]` section.
 #[derive(Debug, Clone)]
 pub struct CallPolicy {
-    pub connect_timeout: Duration,
     pub call_timeout: Duration,
     pub retries: usize,
-    pub keepalive: Duration,
-    pub keepalive_timeout: Duration,
+    /// How connections are made (TLS, connect timeout, HTTP/2 keep-alive):
+    /// one for the fleet, shared by every agent's connection.
+    dialer: Arc<Dialer>,
 }
 
 impl CallPolicy {
     pub fn from_inventory(inv: &Inventory) -> Self {
+        let c = &inv.coordinator;
         CallPolicy {
-            connect_timeout: inv.coordinator.connect_timeout,
-            call_timeout: inv.coordinator.call_timeout,
-            retries: inv.coordinator.retries,
-            keepalive: inv.coordinator.keepalive,
-            keepalive_timeout: inv.coordinator.keepalive_timeout,
+            call_timeout: c.call_timeout,
+            retries: c.retries,
+            dialer: Arc::new(Dialer::new(
+                inv.fleet_tls.clone(),
+                c.connect_timeout,
+                c.keepalive,
+                c.keepalive_timeout,
+            )),
         }
     }
 
@@ -195,14 +200,8 @@ impl Agent {
         inv: &Inventory,
         policy: &CallPolicy,
     ) -> Result<Self, CallError> {
-        let dialer = Dialer::new(
-            inv.fleet_tls.clone(),
-            policy.connect_timeout,
-            policy.keepalive,
-            policy.keepalive_timeout,
-        );
         let address = host.address.to_string();
-        let channel = AgentChannel::connect(&dialer, &address, &host.name)
+        let channel = AgentChannel::connect(&policy.dialer, &address, &host.name)
             .await
             .map_err(|reason| CallError::Connect {
                 addr: address.clone(),

@@ -139,27 +139,17 @@ fn a_fleet_beyond_the_open_file_limit_is_refused_before_anything_happens() {
     let listed: Vec<(&str, &str, std::net::SocketAddr)> =
         hosts.iter().map(|(n, a)| (n.as_str(), "dp", *a)).collect();
     sb.inventory(&listed, "");
-    let catalog = catalog(&sb, "good", |_| {}).display().to_string();
     // `ulimit -n` sets the hard limit too: the coordinator cannot raise it.
-    let limited = |args: &[&str]| {
+    let limited = |args: &[String]| {
         let mut argv = vec![
             "-c",
             "ulimit -n 300 && exec \"$0\" \"$@\"",
             crate::support::ROLLGATE,
         ];
-        argv.extend_from_slice(args);
+        argv.extend(args.iter().map(String::as_str));
         crate::support::proc::run("sh", &argv, sb.path(), std::time::Duration::from_secs(60))
     };
-    let out = limited(&[
-        "upgrade",
-        "-i",
-        "fleet.toml",
-        "-c",
-        &catalog,
-        "--to",
-        "3.4.0",
-        "--yes",
-    ]);
+    let out = limited(&crate::upgrade::upgrade_to("3.4.0"));
     assert_eq!(out.code, Some(64), "{}\n{}", out.stdout, out.stderr);
     assert!(
         out.stderr.contains("100 hosts") && out.stderr.contains("at most 300"),
@@ -168,7 +158,7 @@ fn a_fleet_beyond_the_open_file_limit_is_refused_before_anything_happens() {
     );
     assert!(!sb.path().join("state").exists(), "nothing was written");
     // Reading the history opens no connection: the same limit is no bar.
-    let history = limited(&["history", "-i", "fleet.toml"]);
+    let history = limited(&["history", "-i", "fleet.toml"].map(String::from));
     assert_eq!(
         history.code,
         Some(0),
