@@ -16,16 +16,21 @@ fn configured() -> Option<&'static str> {
     .as_deref()
 }
 
-/// Dies here if the failpoint names this step boundary.
-pub fn hit(kind: StepKind, phase: Phase) {
+/// Whether the failpoint names this step boundary.
+pub fn names(kind: StepKind, phase: Phase) -> bool {
     let Some(fp) = configured() else {
-        return;
+        return false;
     };
     let phase_name = serde_json::to_value(phase)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    if fp.split_once(':') == Some((kind.as_str(), phase_name.as_str())) {
+    fp.split_once(':') == Some((kind.as_str(), phase_name.as_str()))
+}
+
+/// Dies here if the failpoint names this step boundary.
+pub fn hit(kind: StepKind, phase: Phase) {
+    if names(kind, phase) {
         tracing::warn!(%kind, ?phase, "failpoint reached: killing the agent");
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
         // SIGKILL cannot be caught; this is never reached.

@@ -132,8 +132,22 @@ impl Prober {
             VersionSource::Header { name, .. } => Some(name.as_str()),
             _ => None,
         };
-        if let Some(url) = &self.status_url {
-            let (probe, body, header_value) = self.probe("status", url, running, header).await;
+        // Both probes at once: a look costs one round trip to the gateway,
+        // not two (the gate looks every few milliseconds after a start).
+        let status = async {
+            match &self.status_url {
+                Some(url) => Some(self.probe("status", url, running, header).await),
+                None => None,
+            }
+        };
+        let ready = async {
+            match &self.ready_url {
+                Some(url) => Some(self.probe("ready", url, running, None).await.0),
+                None => None,
+            }
+        };
+        let (status, ready) = tokio::join!(status, ready);
+        if let Some((probe, body, header_value)) = status {
             let json = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
             if let Some(json) = &json {
                 obs.config_revision = json
@@ -163,10 +177,7 @@ impl Prober {
             }
             VersionSource::Json(_) | VersionSource::Header { .. } => {}
         }
-        if let Some(url) = &self.ready_url {
-            obs.probes
-                .push(self.probe("ready", url, running, None).await.0);
-        }
+        obs.probes.extend(ready);
         obs
     }
 

@@ -141,6 +141,14 @@ impl Journal {
         Ok((Journal { writer }, ops))
     }
 
+    /// A journal whose entries go to `sink` (tests: a disk that fails).
+    #[cfg(test)]
+    pub fn with_sink(sink: impl rollgate::journal_writer::Sink) -> io::Result<Journal> {
+        Ok(Journal {
+            writer: Writer::start_sink(sink, "agent-journal")?,
+        })
+    }
+
     /// Queues an entry for the disk; the receiver says when it is durable.
     /// The caller waits for that before acting on it.
     pub fn submit(&self, e: &Entry) -> io::Result<oneshot::Receiver<io::Result<()>>> {

@@ -168,6 +168,11 @@ impl Tarball {
                 (v, d)
             })
             .collect();
+        if dirs.is_empty() {
+            // Most installs: nothing to remove, so no hand-off to the
+            // blocking pool on the way to the step's end.
+            return;
+        }
         let _ = tokio::task::spawn_blocking(move || {
             for (v, dir) in dirs {
                 match std::fs::remove_dir_all(&dir) {

@@ -30,7 +30,10 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     let start = Instant::now();
     let checks_before = state.drain.checks().borrow().0;
     set(state, Drain::Draining)?;
-    ctx.phase(Phase::Marked, serde_json::Value::Null).await?;
+    // Recovery puts a drained host back in rotation whatever phases the
+    // journal shows, so neither phase here needs the disk before going on.
+    ctx.phase_behind(Phase::Marked, serde_json::Value::Null)
+        .await?;
     if let Some(argv) = &cfg.drain_command
         && let Err(e) = command::run_argv(argv, timeout).await
     {
@@ -69,7 +72,7 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
             "connections still open at the drain deadline"
         );
     }
-    ctx.phase(
+    ctx.phase_behind(
         Phase::Drained,
         serde_json::json!({ "remaining": remaining }),
     )
@@ -84,7 +87,8 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
 pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepRun {
     let checks_before = state.drain.checks().borrow().0;
     back_in_rotation(state).await?;
-    ctx.phase(Phase::Ready, serde_json::Value::Null).await?;
+    ctx.phase_behind(Phase::Ready, serde_json::Value::Null)
+        .await?;
     wait_lb(state, checks_before, Drain::Ready).await;
     Ok(StepOutput::Undrain)
 }

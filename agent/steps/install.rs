@@ -88,7 +88,13 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     let before_pid = state.service.status().await.pid();
     ctx.progress("stop", "stopping the gateway", 0, 0);
     stop(state).await?;
-    ctx.phase(Phase::Stopped, serde_json::json!({ "pid": before_pid }))
+    // Stopped, Switched, Started and Gated are journalled behind (see
+    // `OpCtx::phase_behind`): recovery decides from Switched or Restored
+    // alone, and one cut off before Switched is durable goes back to the
+    // previous release, stopping whatever runs — the case of a crash
+    // between the switch and its record, which exists anyway. The gate
+    // only looks, so it may start while the journal thread writes.
+    ctx.phase_behind(Phase::Stopped, serde_json::json!({ "pid": before_pid }))
         .await?;
     if let Some(b) = &plan.restore {
         ctx.progress(
@@ -107,7 +113,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     if plan.previous.as_ref() != Some(&plan.target) {
         switch(state, &plan.target).await?;
     }
-    ctx.phase(
+    ctx.phase_behind(
         Phase::Switched,
         serde_json::json!({ "current": plan.target }),
     )
@@ -115,7 +121,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     ctx.progress("start", format!("starting {}", plan.target), 0, 0);
     match start_current(state, before_pid).await {
         Ok(pid) => {
-            ctx.phase(Phase::Started, serde_json::json!({ "pid": pid }))
+            ctx.phase_behind(Phase::Started, serde_json::json!({ "pid": pid }))
                 .await?
         }
         Err(e) => {
@@ -140,7 +146,7 @@ pub async fn finish_gate(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> St
     .await
     {
         Ok(passed) => {
-            ctx.phase(Phase::Gated, serde_json::json!({ "pid": passed.pid }))
+            ctx.phase_behind(Phase::Gated, serde_json::json!({ "pid": passed.pid }))
                 .await?;
             let previous = plan.previous.as_ref().filter(|p| **p != plan.target);
             if let Some(p) = previous {
