@@ -98,7 +98,9 @@ pub fn watch(
     let span = tracing::info_span!("watch_health", peer = ?peer, interval_ms = interval.as_millis() as u64);
     tokio::spawn(
         async move {
-            tracing::debug!("health watch started");
+            // One line per stream (a coordinator opens one or two per
+            // rollout): the pace it asked for is in the span.
+            tracing::info!("health watch started");
             let _watching = state.contact.watching();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -33,6 +33,8 @@ pub struct GrpcFleet {
     /// How long a step may take before the driver gives up on it.
     step_deadline: Duration,
     artifacts: Artifacts,
+    /// Each watched host's pace: true once it is watched closely.
+    closely: std::sync::Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 /// Why one attempt at following a step did not give its result.
@@ -49,6 +51,7 @@ impl GrpcFleet {
             agents: Mutex::new(HashMap::new()),
             step_deadline,
             artifacts: Artifacts::default(),
+            closely: Default::default(),
         }
     }
 
@@ -343,20 +346,35 @@ impl FleetApi for GrpcFleet {
             .try_lock()
             .map(|c| c.clone())
             .unwrap_or_default();
+        let mut closely = self.closely.lock().unwrap_or_else(|e| e.into_inner());
         for host in hosts {
             let Some(h) = self.inv.host(host).cloned() else {
                 continue;
             };
+            let pace = closely
+                .entry(host.clone())
+                .or_insert_with(|| tokio::sync::watch::Sender::new(false))
+                .subscribe();
             Watcher {
                 reuse: open.get(host).cloned(),
                 host: h,
                 inv: self.inv.clone(),
                 policy: self.policy.clone(),
                 interval,
+                closely: pace,
                 heartbeat,
                 tx: tx.clone(),
             }
             .spawn();
+        }
+    }
+
+    fn watch_closely(&self, hosts: &[String]) {
+        let closely = self.closely.lock().unwrap_or_else(|e| e.into_inner());
+        for host in hosts {
+            if let Some(pace) = closely.get(host) {
+                pace.send_if_modified(|c| !std::mem::replace(c, true));
+            }
         }
     }
 }

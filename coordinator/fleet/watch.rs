@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rollgate::pb;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::{Health, HealthUpdate};
-use crate::client::{Agent, CallPolicy};
+use crate::client::{Agent, CallPolicy, Client};
 use crate::inventory::{Host, Inventory};
 
 /// How long a broken watch waits before it reconnects.
@@ -22,7 +22,10 @@ pub struct Watcher {
     pub policy: CallPolicy,
     /// A channel already open to the host, reused for the first stream.
     pub reuse: Option<Agent>,
+    /// The pace once `closely` turns true; until then a look each
+    /// `heartbeat`.
     pub interval: Duration,
+    pub closely: watch::Receiver<bool>,
     pub heartbeat: Duration,
     pub tx: mpsc::Sender<HealthUpdate>,
 }
@@ -65,15 +68,23 @@ impl Watcher {
         };
         // Only the client lives on with the stream, not the rest of `Agent`.
         let mut client = agent.client;
-        let mut s = Box::pin(client.watch_health(pb::WatchHealthRequest {
-            interval_ms: self.interval.as_millis() as u32,
-            heartbeat_ms: self.heartbeat.as_millis() as u32,
-        }))
-        .await
-        .map_err(|e| e.message().to_string())?
-        .into_inner();
+        // A stream at the heartbeat's pace until the host is to be watched
+        // closely, then one at `interval` in its place (same connection;
+        // the agent's first report on it comes at once).
+        let mut close = *self.closely.borrow_and_update();
+        let mut s = self.open(&mut client, close).await?;
         loop {
-            let r = match s.message().await {
+            let next = tokio::select! {
+                next = s.message() => next,
+                Ok(()) = self.closely.changed(), if !close => {
+                    close = *self.closely.borrow_and_update();
+                    if close {
+                        s = self.open(&mut client, close).await?;
+                    }
+                    continue;
+                }
+            };
+            let r = match next {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(Ended::Broke("the health stream ended".into())),
                 Err(e) => return Ok(Ended::Broke(format!("{:?}: {}", e.code(), e.message()))),
@@ -94,6 +105,32 @@ impl Watcher {
                 return Ok(Ended::ReceiverGone);
             }
         }
+    }
+}
+
+impl Watcher {
+    /// Opens a WatchHealth stream at the pace `close` says.
+    async fn open(
+        &self,
+        client: &mut Client,
+        close: bool,
+    ) -> Result<tonic::Streaming<pb::HealthReport>, String> {
+        // Closely: a look every interval, unchanged reports once a
+        // heartbeat. Otherwise a look, and a report, every heartbeat (a
+        // heartbeat of 0: none is skipped as unchanged, which a look at the
+        // heartbeat's own pace could be, by a timer's jitter).
+        let (interval, heartbeat) = if close {
+            (self.interval, self.heartbeat)
+        } else {
+            (self.heartbeat, Duration::ZERO)
+        };
+        Box::pin(client.watch_health(pb::WatchHealthRequest {
+            interval_ms: interval.as_millis() as u32,
+            heartbeat_ms: heartbeat.as_millis() as u32,
+        }))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|e| e.message().to_string())
     }
 }
 

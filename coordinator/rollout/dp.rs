@@ -95,6 +95,7 @@ impl<F: FleetApi> Driver<F> {
                 .batch(b)
                 .detail(serde_json::json!({ "hosts": hosts, "canary": canary })),
         );
+        self.ctx.fleet.watch_closely(&hosts);
         for h in &hosts {
             if !self.monitor.healthy(h) && !self.already_begun(h, hop) {
                 return Err(Halt::Other(format!(

@@ -114,6 +114,8 @@ struct State {
     /// One-shot: when any host is first asked for `step`, `effect` happens
     /// (before the step acts).
     on_call: Vec<(Step, Effect)>,
+    /// Hosts the driver asked to watch closely, and when.
+    closely: Vec<(String, Instant)>,
 }
 
 /// An in-memory fleet. Clones share the same hosts: the agents' truth
@@ -195,6 +197,15 @@ impl ScriptedFleet {
 
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
+    }
+
+    /// When the driver asked to watch `host` closely, the first time.
+    pub fn watched_closely(&self, host: &str) -> Option<Instant> {
+        self.lock()
+            .closely
+            .iter()
+            .find(|(h, _)| h == host)
+            .map(|(_, at)| *at)
     }
 
     pub fn version(&self, host: &str) -> Version {
@@ -604,6 +615,15 @@ impl FleetApi for ScriptedFleet {
             }),
             _ => Err(CallError::Timeout(Duration::from_secs(1))),
         }
+    }
+
+    /// Recorded; the scripted hosts report every `interval` whatever the
+    /// pace (the driver's tests are about what it does with reports).
+    fn watch_closely(&self, hosts: &[String]) {
+        let now = Instant::now();
+        self.lock()
+            .closely
+            .extend(hosts.iter().map(|h| (h.clone(), now)));
     }
 
     /// A report for every host that is not silent, every `interval`, until

@@ -74,6 +74,29 @@ async fn one_cp_and_four_dps_from_330_to_340() {
         sb.path().join("state/backups").read_dir().unwrap().count() == 1,
         "the backup was copied back"
     );
+    // Each host was watched at the heartbeat's pace until its turn came,
+    // then every 250 ms (the agent logs the pace of each stream it serves).
+    for host in std::iter::once(&fleet.cp.host).chain(fleet.dps.iter().map(|(h, _, _)| h)) {
+        let log = std::fs::read_to_string(host.dir.join("agent.log")).unwrap();
+        let paces: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("health watch started"))
+            .filter_map(|l| {
+                l.split("interval_ms=")
+                    .nth(1)?
+                    .split(['}', ' '])
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let close = paces.iter().position(|&ms| ms == 250);
+        assert!(
+            close.is_some_and(|i| paces[..i].iter().any(|&ms| ms > 250)),
+            "{}: watch paces {paces:?}",
+            host.name
+        );
+    }
 }
 
 fn catalog_arg() -> String {

@@ -159,6 +159,44 @@ async fn dp_batches_follow_the_plan_canary_first_and_one_batch_at_a_time() {
     );
 }
 
+#[tokio::test]
+async fn hosts_are_watched_closely_from_their_batch_on_and_not_before() {
+    let s = setup(1, 5).canary(1).batch("2");
+    let fleet = s.fleet();
+    fleet.fail("dp-2", Step::Install, health_gate_failed("3.3.0"));
+    let ran = s.run(&fleet).await;
+    ran.expect(Outcome::Halted, &["dp-2", "install failed"]);
+
+    // Every host the rollout changes is watched closely before its first
+    // change (the CP's install, a DP's drain)...
+    for host in ["cp-1", "dp-1", "dp-2", "dp-3"] {
+        let first_change = fleet
+            .calls()
+            .into_iter()
+            .find(|c| {
+                c.host == host
+                    && matches!(
+                        c.step,
+                        Step::Drain | Step::Install | Step::Rollback | Step::Undrain
+                    )
+            })
+            .unwrap_or_else(|| panic!("{host} was not changed"));
+        let closely = fleet
+            .watched_closely(host)
+            .unwrap_or_else(|| panic!("{host} was changed without a close watch"));
+        assert!(
+            closely <= first_change.started,
+            "{host}: watched closely after its {:?}",
+            first_change.step
+        );
+    }
+    // ...and a host its batch never reached is not probed at that pace.
+    for host in ["dp-4", "dp-5"] {
+        assert_eq!(fleet.steps(host), [Step::Stage], "{host}");
+        assert_eq!(fleet.watched_closely(host), None, "{host}");
+    }
+}
+
 // === tests: failures ===
 
 #[tokio::test]
