@@ -170,7 +170,11 @@ pub async fn stage(state: &AgentState, ctx: &OpCtx, r: Request, chunks: Option<C
         min_free,
     };
     let received = receive(&r, &artifact, chunks, ctx, &floor).await?;
-    ctx.phase(Phase::Received, serde_json::json!({ "bytes": received }))
+    // Both phases are journalled behind (`OpCtx::phase_behind`): recovery
+    // keeps a stage that reached Unpacked and otherwise only clears the
+    // staging directory, which a published release is not in; the end
+    // follows Unpacked at once and waits for both.
+    ctx.phase_behind(Phase::Received, serde_json::json!({ "bytes": received }))
         .await?;
 
     ctx.progress(
@@ -198,7 +202,7 @@ pub async fn stage(state: &AgentState, ctx: &OpCtx, r: Request, chunks: Option<C
         .installer
         .put_in_place(&r.version, &marker, &artifact, limits, must_contain)
         .await?;
-    ctx.phase(
+    ctx.phase_behind(
         Phase::Unpacked,
         serde_json::json!({ "at": placed.location, "bytes": placed.bytes }),
     )
