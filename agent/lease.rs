@@ -138,7 +138,7 @@ async fn lapse(state: &Arc<AgentState>) {
                 steps::drain::undrain(&s, &ctx).await
             }
             .await;
-            steps::conclude(&s, r).await
+            steps::conclude(&s, &ctx, r).await
         });
     let Started::Events(mut events) = started else {
         return; // a cut-off step is being recovered: look again next tick

@@ -96,7 +96,7 @@ pub async fn run(state: Arc<AgentState>) {
             if matches!(st.kind, StepKind::Install | StepKind::Rollback) {
                 s.service.tidy().await;
             }
-            steps::conclude(&s, r).await
+            steps::conclude(&s, &ctx, r).await
         });
         match started {
             Started::Events(mut events) => while events.next().await.is_some() {},

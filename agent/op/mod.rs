@@ -169,6 +169,18 @@ impl OpCtx {
     }
 }
 
+impl OpCtx {
+    /// Waits until every phase journalled behind is durable. A step calls
+    /// it (through `steps::conclude`) before it reports, so a phase the
+    /// disk refused becomes the step's failure with the host's state in it,
+    /// and a drain puts the host back first.
+    pub async fn settle(&self) -> Result<(), StepError> {
+        settle_behind(&self.behind)
+            .await
+            .map_err(|e| StepError::internal(format!("cannot write the journal: {e}")))
+    }
+}
+
 /// Waits for the phases a step journalled behind; the first failure.
 async fn settle_behind(behind: &Mutex<Vec<Durable>>) -> std::io::Result<()> {
     let pending = std::mem::take(&mut *behind.lock().unwrap_or_else(|e| e.into_inner()));

@@ -52,8 +52,8 @@ impl AgentService {
     {
         let state = self.state.clone();
         let started = self.state.ops.start(op, intent, move |ctx| async move {
-            let r = work(state.clone(), ctx).await;
-            steps::conclude(&state, r).await
+            let r = work(state.clone(), ctx.clone()).await;
+            steps::conclude(&state, &ctx, r).await
         });
         wire::events(op, started)
     }

@@ -77,6 +77,12 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
         serde_json::json!({ "remaining": remaining }),
     )
     .await?;
+    // A drain that cannot be recorded fails, and a failed drain puts the
+    // host back in rotation before it reports.
+    if let Err(e) = ctx.settle().await {
+        let back = back_in_rotation(state).await;
+        return Err(e.reverted(back.is_ok()));
+    }
     Ok(StepOutput::Drain(Drained {
         remaining_connections: remaining as u32,
         lb_acknowledged,

@@ -16,6 +16,7 @@ pub mod stage;
 
 use rollgate::outcome::{Failure, StepOutput, StepResult};
 
+use crate::op::OpCtx;
 use crate::op::StepError;
 use crate::state::AgentState;
 
@@ -23,8 +24,13 @@ use crate::state::AgentState;
 pub type StepRun = Result<StepOutput, StepError>;
 
 /// A step's result, with what the host looks like now (its release, the
-/// gateway's health) added to a failure.
-pub async fn conclude(state: &AgentState, r: StepRun) -> StepResult {
+/// gateway's health) added to a failure. The phases the step journalled
+/// behind are durable first; one the disk refused fails the step.
+pub async fn conclude(state: &AgentState, ctx: &OpCtx, r: StepRun) -> StepResult {
+    let r = match ctx.settle().await {
+        Ok(()) => r,
+        Err(e) => r.and(Err(e)),
+    };
     match r {
         Ok(out) => Ok(out),
         Err(e) => {
