@@ -11,7 +11,7 @@ impl<F: FleetApi> Driver<F> {
     pub(super) async fn install_cp(&mut self, cp: &str, hop: &Version) -> Result<(), Halt> {
         // From an earlier hop this CP counts as passed; its restart now is ours.
         self.monitor.unpass(cp);
-        self.ctx.fleet.watch_closely(&[cp.to_string()]);
+        self.watch_closely(&[cp.to_string()]);
         let op = op_id(&self.rid(), cp, "install", Some(hop));
         let p = self.ctx.policy.clone();
         let ctx = self.ctx.clone();

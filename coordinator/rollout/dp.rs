@@ -95,7 +95,10 @@ impl<F: FleetApi> Driver<F> {
                 .batch(b)
                 .detail(serde_json::json!({ "hosts": hosts, "canary": canary })),
         );
-        self.ctx.fleet.watch_closely(&hosts);
+        self.watch_closely(&hosts);
+        if let Some(h) = self.await_close_reports(&hosts).await {
+            return Err(h);
+        }
         for h in &hosts {
             if !self.monitor.healthy(h) && !self.already_begun(h, hop) {
                 return Err(Halt::Other(format!(

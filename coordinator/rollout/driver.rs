@@ -324,6 +324,28 @@ impl<F: FleetApi> Driver<F> {
     /// undoes after a restart), waits for it to end, at most the time such a
     /// step may take (`health_timeout` + `min_healthy` + a margin): starting
     /// now would only be refused by the agent.
+    /// From now on `hosts` are looked at every `HEALTH_INTERVAL` instead of
+    /// once a heartbeat (`FleetApi::watch_closely`).
+    pub(super) fn watch_closely(&mut self, hosts: &[String]) {
+        let new: Vec<String> = hosts
+            .iter()
+            .filter(|h| self.monitor.watch_closely(h))
+            .cloned()
+            .collect();
+        if !new.is_empty() {
+            self.ctx.fleet.watch_closely(&new);
+        }
+    }
+
+    /// Waits (three close intervals at most) until each of `hosts` has
+    /// reported on its close watch, so a judgement of its health does not
+    /// rest on a look up to a heartbeat old. Hosts watched closely a batch
+    /// ahead have long since.
+    pub(super) async fn await_close_reports(&mut self, hosts: &[String]) -> Option<Halt> {
+        let fresh = |d: &mut Self| hosts.iter().all(|h| d.monitor.reported_closely(h));
+        self.wait_for(HEALTH_INTERVAL * 3, fresh).await.halt()
+    }
+
     pub async fn await_reports(&mut self, hosts: &[String], max: Duration) -> Option<Halt> {
         let reported = |d: &mut Self| hosts.iter().all(|h| d.monitor.reported(h));
         if let Some(h) = self.wait_for(max, reported).await.halt() {
@@ -508,6 +530,13 @@ impl<F: FleetApi> Driver<F> {
                 .iter()
                 .map(|h| h.name.clone())
                 .collect();
+            // The hop's first DP batch is watched closely from here and each
+            // later one from the batch before it, so the health check at a
+            // batch's start reads looks at most one close interval old.
+            let batches = spec.batches(hop);
+            if let Some(first) = batches.first() {
+                self.watch_closely(first);
+            }
             if let Some(first) = cps_needing.first() {
                 self.guard(first, i, hop).await?;
             }
@@ -517,7 +546,10 @@ impl<F: FleetApi> Driver<F> {
             if let Some(cp) = cps.first().filter(|_| i + 1 < spec.hops.len()) {
                 self.note_baseline(cp, i + 1).await?;
             }
-            for (b, hosts) in spec.batches(hop).into_iter().enumerate() {
+            for (b, hosts) in batches.iter().cloned().enumerate() {
+                if let Some(next) = batches.get(b + 1) {
+                    self.watch_closely(next);
+                }
                 let quarantined = self.quarantined();
                 let hosts: Vec<String> = hosts
                     .into_iter()

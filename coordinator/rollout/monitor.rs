@@ -62,6 +62,8 @@ struct Seen {
     passed: bool,
     /// The host failed and is dealt with: no more alarms about it.
     ignored: bool,
+    /// Since when the host is watched closely (`FleetApi::watch_closely`).
+    close_since: Option<Instant>,
 }
 
 /// The latest health of every host; pure bookkeeping, driven by updates.
@@ -96,6 +98,7 @@ impl Monitor {
                             broken: None,
                             passed: false,
                             ignored: false,
+                            close_since: None,
                         },
                     )
                 })
@@ -104,6 +107,26 @@ impl Monitor {
             clean_since: None,
             dirty: true,
         }
+    }
+
+    /// `host` is watched closely from now on; false if it already was.
+    pub fn watch_closely(&mut self, host: &str) -> bool {
+        match self.seen.get_mut(host) {
+            Some(s) if s.close_since.is_none() => {
+                s.close_since = Some(Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a report came after `host` began to be watched closely: its
+    /// health is then at most one close interval old, not a heartbeat.
+    pub fn reported_closely(&self, host: &str) -> bool {
+        self.seen.get(host).is_none_or(|s| {
+            s.close_since
+                .is_some_and(|t| s.reported && s.last_report >= t)
+        })
     }
 
     /// The host's upgrade passed: from now on its health counts.
@@ -293,6 +316,22 @@ mod tests {
                 active_operation: String::new(),
             },
         }
+    }
+
+    #[test]
+    fn only_a_report_after_the_close_watch_began_counts_as_close() {
+        let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
+        m.update(report("dp-1", true));
+        assert!(!m.reported_closely("dp-1"), "not watched closely yet");
+        assert!(m.watch_closely("dp-1"));
+        assert!(!m.watch_closely("dp-1"), "once");
+        assert!(
+            !m.reported_closely("dp-1"),
+            "the last report is from the heartbeat-paced watch"
+        );
+        m.update(report("dp-1", true));
+        assert!(m.reported_closely("dp-1"));
+        assert!(m.reported_closely("not-in-the-rollout"));
     }
 
     #[test]

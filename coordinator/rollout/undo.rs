@@ -60,7 +60,7 @@ impl<F: FleetApi> Driver<F> {
             .enumerate()
         {
             self.emit_batch(b, &hosts, "started");
-            self.ctx.fleet.watch_closely(&hosts);
+            self.watch_closely(&hosts);
             let targets: std::collections::HashMap<String, Version> = dps.iter().cloned().collect();
             let (ends, halt) = self
                 .run_hosts(&hosts, move |ctx, host| {
@@ -108,7 +108,7 @@ impl<F: FleetApi> Driver<F> {
                 "rollback"
             };
             let op = op_id(&self.ctx.rid, cp, step, Some(to));
-            self.ctx.fleet.watch_closely(std::slice::from_ref(cp));
+            self.watch_closely(std::slice::from_ref(cp));
             let ctx = self.ctx.clone();
             let timeout = ctx.policy.health_timeout();
             let (r, halt) = self

@@ -160,8 +160,8 @@ async fn dp_batches_follow_the_plan_canary_first_and_one_batch_at_a_time() {
 }
 
 #[tokio::test]
-async fn hosts_are_watched_closely_from_their_batch_on_and_not_before() {
-    let s = setup(1, 5).canary(1).batch("2");
+async fn hosts_are_watched_closely_from_the_batch_before_theirs_and_not_before() {
+    let s = setup(1, 7).canary(1).batch("2");
     let fleet = s.fleet();
     fleet.fail("dp-2", Step::Install, health_gate_failed("3.3.0"));
     let ran = s.run(&fleet).await;
@@ -190,8 +190,22 @@ async fn hosts_are_watched_closely_from_their_batch_on_and_not_before() {
             first_change.step
         );
     }
-    // ...and a host its batch never reached is not probed at that pace.
+    // ...the next batch's hosts from the start of the batch before theirs
+    // (so its health check reads fresh looks)...
+    let second_batch = fleet
+        .calls()
+        .into_iter()
+        .find(|c| c.host == "dp-2" && c.step == Step::Drain)
+        .unwrap();
     for host in ["dp-4", "dp-5"] {
+        assert_eq!(fleet.steps(host), [Step::Stage], "{host}");
+        let closely = fleet
+            .watched_closely(host)
+            .unwrap_or_else(|| panic!("{host}"));
+        assert!(closely <= second_batch.started, "{host}");
+    }
+    // ...and a host two batches away is not probed at that pace.
+    for host in ["dp-6", "dp-7"] {
         assert_eq!(fleet.steps(host), [Step::Stage], "{host}");
         assert_eq!(fleet.watched_closely(host), None, "{host}");
     }
