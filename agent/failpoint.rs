@@ -38,6 +38,16 @@ pub fn hit(kind: StepKind, phase: Phase) {
     }
 }
 
+/// Dies here (SIGKILL, as `hit`) if the failpoint is `name`: a point
+/// inside a step that no durable phase marks.
+pub fn die_if_named(name: &str) {
+    if named(name) {
+        tracing::warn!(failpoint = name, "failpoint reached: killing the agent");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+        std::process::abort();
+    }
+}
+
 /// Whether the failpoint names this point inside a step (`deb:unpacked`,
 /// `compose:recreating`): the code there decides how to die.
 pub fn named(name: &str) -> bool {

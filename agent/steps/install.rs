@@ -113,6 +113,13 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
     if plan.previous.as_ref() != Some(&plan.target) {
         switch(state, &plan.target).await?;
     }
+    if crate::failpoint::named("install:started-unrecorded") {
+        // Crash tests: switched and the new gateway started, and none of
+        // the phases written behind reached the disk — what a crash before
+        // the journal thread's fsync leaves.
+        let _ = start_current(state, before_pid).await;
+        crate::failpoint::die_if_named("install:started-unrecorded");
+    }
     ctx.phase_behind(
         Phase::Switched,
         serde_json::json!({ "current": plan.target }),

@@ -98,6 +98,48 @@ async fn install_survives_a_kill_at_every_step_boundary() {
     }
 }
 
+/// A kill after the switch and the new gateway's start, with none of the
+/// phases written behind (Stopped, Switched, Started) on disk: recovery
+/// goes back to the previous release, stopping the new gateway that runs,
+/// and the same id reports the step interrupted and undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_that_loses_the_phases_written_behind_goes_back_with_one_release_serving() {
+    let sb = Sandbox::new();
+    sb.certs(&[("cp-1", 1), ("dp-1", 2)]);
+    let db = Db::start();
+    let cp = cp_on_330(&sb, &db).await;
+    let (dp, mut agent, addr, _c) = dp_on_330(&sb, &cp, &["3.4.0"], "").await;
+    let fp = "install:started-unrecorded";
+    let op = "t/dp-1/crash-unrecorded".to_string();
+    let mut dying = restart_with_failpoint(&dp, &mut agent, fp);
+    let mut c = connect(&sb, &dp).await;
+    assert!(
+        install(&mut c, &op, "3.4.0").await.is_none(),
+        "the stream ends without a result when the agent dies"
+    );
+    died(&mut dying, fp);
+    drop(dying);
+    wait_serving(addr, "3.4.0"); // the new gateway outlived its agent
+
+    let _agent = dp.start_agent();
+    let c = connect(&sb, &dp).await;
+    let r = until_result(|| {
+        let (mut c, op) = (c.clone(), op.clone());
+        async move { install(&mut c, &op, "3.4.0").await }
+    })
+    .await;
+    let f = failure(&r);
+    assert_eq!(f.code(), pb::FailureCode::Interrupted, "{f:?}");
+    assert!(f.reverted, "{f:?}");
+    assert_eq!(f.active_version, "3.3.0", "{f:?}");
+    assert_eq!(
+        current_of(&dp).as_deref(),
+        Some("3.3.0"),
+        "one release is current"
+    );
+    wait_serving(addr, "3.3.0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_and_drain_survive_a_kill() {
     let sb = Sandbox::new();
