@@ -31,21 +31,17 @@ pub fn names(kind: StepKind, phase: Phase) -> bool {
 /// Dies here if the failpoint names this step boundary.
 pub fn hit(kind: StepKind, phase: Phase) {
     if names(kind, phase) {
-        tracing::warn!(%kind, ?phase, "failpoint reached: killing the agent");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
-        // SIGKILL cannot be caught; this is never reached.
-        std::process::abort();
+        die(&format!("{kind}:{phase:?}"));
     }
 }
 
-/// Dies here (SIGKILL, as `hit`) if the failpoint is `name`: a point
-/// inside a step that no durable phase marks.
-pub fn die_if_named(name: &str) {
-    if named(name) {
-        tracing::warn!(failpoint = name, "failpoint reached: killing the agent");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
-        std::process::abort();
-    }
+/// Kills the agent with SIGKILL, the way a power cut or `kill -9` would;
+/// `name` is the failpoint, for the log.
+pub fn die(name: &str) -> ! {
+    tracing::warn!(failpoint = name, "failpoint reached: killing the agent");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+    // SIGKILL cannot be caught; this is never reached.
+    std::process::abort();
 }
 
 /// Whether the failpoint names this point inside a step (`deb:unpacked`,
@@ -71,7 +67,5 @@ pub fn kill_with_child(name: &str, child: &std::path::Path) -> ! {
         );
         let _ = kill(Pid::from_raw(raw), SIGKILL);
     }
-    tracing::warn!(failpoint = name, "failpoint reached: killing the agent");
-    let _ = kill(Pid::this(), SIGKILL);
-    std::process::abort();
+    die(name)
 }

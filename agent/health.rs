@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::OptionFuture;
 use std::sync::Mutex;
 
 use crate::config::{HealthSection, VersionSource};
@@ -134,19 +135,14 @@ impl Prober {
         };
         // Both probes at once: a look costs one round trip to the gateway,
         // not two (the gate looks every few milliseconds after a start).
-        let status = async {
-            match &self.status_url {
-                Some(url) => Some(self.probe("status", url, running, header).await),
-                None => None,
-            }
-        };
-        let ready = async {
-            match &self.ready_url {
-                Some(url) => Some(self.probe("ready", url, running, None).await.0),
-                None => None,
-            }
-        };
-        let (status, ready) = tokio::join!(status, ready);
+        let (status, ready) = tokio::join!(
+            OptionFuture::from(
+                (self.status_url.as_ref()).map(|url| self.probe("status", url, running, header))
+            ),
+            OptionFuture::from(
+                (self.ready_url.as_ref()).map(|url| self.probe("ready", url, running, None))
+            ),
+        );
         if let Some((probe, body, header_value)) = status {
             let json = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
             if let Some(json) = &json {
@@ -177,7 +173,7 @@ impl Prober {
             }
             VersionSource::Json(_) | VersionSource::Header { .. } => {}
         }
-        obs.probes.extend(ready);
+        obs.probes.extend(ready.map(|(probe, _, _)| probe));
         obs
     }
 

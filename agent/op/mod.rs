@@ -167,31 +167,22 @@ impl OpCtx {
             .push(durable);
         Ok(())
     }
-}
 
-impl OpCtx {
-    /// Waits until every phase journalled behind is durable. A step calls
-    /// it (through `steps::conclude`) before it reports, so a phase the
-    /// disk refused becomes the step's failure with the host's state in it,
-    /// and a drain puts the host back first.
+    /// Waits until every phase journalled behind is durable; the first
+    /// failure. A step calls it (through `steps::conclude`) before it
+    /// reports, so a phase the disk refused becomes the step's failure with
+    /// the host's state in it, and a drain puts the host back first.
     pub async fn settle(&self) -> Result<(), StepError> {
-        settle_behind(&self.behind)
-            .await
-            .map_err(|e| StepError::internal(format!("cannot write the journal: {e}")))
-    }
-}
-
-/// Waits for the phases a step journalled behind; the first failure.
-async fn settle_behind(behind: &Mutex<Vec<Durable>>) -> std::io::Result<()> {
-    let pending = std::mem::take(&mut *behind.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut first = Ok(());
-    for d in pending {
-        let r = wait(Ok(d)).await;
-        if first.is_ok() {
-            first = r;
+        let pending = std::mem::take(&mut *self.behind.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first = Ok(());
+        for d in pending {
+            let r = wait(Ok(d)).await;
+            if first.is_ok() {
+                first = r;
+            }
         }
+        first.map_err(|e| StepError::internal(format!("cannot write the journal: {e}")))
     }
-    first
 }
 
 /// Waits until a submitted entry is durable.
@@ -377,7 +368,7 @@ impl Ops {
             events: tx,
             behind: Arc::default(),
         };
-        let behind = ctx.behind.clone();
+        let settler = ctx.clone();
         let ops = self.clone();
         let span = tracing::info_span!("operation", op = %op, %kind, attempt);
         tokio::spawn(
@@ -386,14 +377,11 @@ impl Ops {
                 match wait(durable).await {
                     Ok(()) => {
                         let mut result = work(ctx).await;
-                        if let Err(e) = settle_behind(&behind).await {
-                            tracing::error!(op = %op, error = %e, "cannot journal a phase of the operation");
-                            if result.is_ok() {
-                                result = Err(Failure::new(
-                                    FailureCode::Internal,
-                                    format!("cannot write the journal: {e}"),
-                                ));
-                            }
+                        // A net: steps settle in `steps::conclude`, which
+                        // leaves nothing here.
+                        if let Err(e) = settler.settle().await {
+                            tracing::error!(op = %op, error = %e.message, "cannot journal a phase of the operation");
+                            result = result.and(Err(Failure::new(e.code, e.message)));
                         }
                         ops.finish(&op, kind, result).await;
                     }

@@ -118,7 +118,7 @@ pub async fn run(state: &AgentState, ctx: &OpCtx, plan: &SwapPlan) -> StepRun {
         // the phases written behind reached the disk — what a crash before
         // the journal thread's fsync leaves.
         let _ = start_current(state, before_pid).await;
-        crate::failpoint::die_if_named("install:started-unrecorded");
+        crate::failpoint::die("install:started-unrecorded");
     }
     ctx.phase_behind(
         Phase::Switched,

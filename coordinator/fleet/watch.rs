@@ -113,9 +113,7 @@ impl Watcher {
             }
         }
     }
-}
 
-impl Watcher {
     /// Opens a WatchHealth stream at the pace `close` says.
     async fn open(
         &self,

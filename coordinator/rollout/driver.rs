@@ -318,12 +318,6 @@ impl<F: FleetApi> Driver<F> {
         self.wait_for(d, |_| false).await.halt()
     }
 
-    /// Waits until every one of `hosts` has reported once (at most `max`):
-    /// health is judged on reports, not on a fixed wait. Then, while an
-    /// agent runs an operation of another rollout (a step it finishes or
-    /// undoes after a restart), waits for it to end, at most the time such a
-    /// step may take (`health_timeout` + `min_healthy` + a margin): starting
-    /// now would only be refused by the agent.
     /// From now on `hosts` are looked at every `HEALTH_INTERVAL` instead of
     /// once a heartbeat (`FleetApi::watch_closely`).
     pub(super) fn watch_closely(&mut self, hosts: &[String]) {
@@ -346,6 +340,12 @@ impl<F: FleetApi> Driver<F> {
         self.wait_for(HEALTH_INTERVAL * 3, fresh).await.halt()
     }
 
+    /// Waits until every one of `hosts` has reported once (at most `max`):
+    /// health is judged on reports, not on a fixed wait. Then, while an
+    /// agent runs an operation of another rollout (a step it finishes or
+    /// undoes after a restart), waits for it to end, at most the time such a
+    /// step may take (`health_timeout` + `min_healthy` + a margin): starting
+    /// now would only be refused by the agent.
     pub async fn await_reports(&mut self, hosts: &[String], max: Duration) -> Option<Halt> {
         let reported = |d: &mut Self| hosts.iter().all(|h| d.monitor.reported(h));
         if let Some(h) = self.wait_for(max, reported).await.halt() {
