@@ -521,4 +521,4 @@ fn follow(op: &str, mut rx: broadcast::Receiver<OpEvent>) -> EventStream {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

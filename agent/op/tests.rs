@@ -10,7 +10,7 @@ use super::{OpEvent, Ops, Started};
 use crate::journal::Journal;
 use crate::kind::{Intent, Phase};
 
-async fn result_of(started: Started) -> StepResult {
+pub(crate) async fn result_of(started: Started) -> StepResult {
     let Started::Events(mut events) = started else {
         panic!("the operation was not started");
     };
@@ -73,9 +73,9 @@ async fn phases_journalled_behind_are_on_disk_before_the_end() {
 }
 
 /// A disk that refuses any batch holding a record with `refuse` in it.
-struct Refusing {
-    refuse: &'static str,
-    kept: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Refusing {
+    pub refuse: &'static str,
+    pub kept: Arc<Mutex<Vec<String>>>,
 }
 
 impl rollgate::journal_writer::Sink for Refusing {

@@ -32,8 +32,12 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     set(state, Drain::Draining)?;
     // Recovery puts a drained host back in rotation whatever phases the
     // journal shows, so neither phase here needs the disk before going on.
-    ctx.phase_behind(Phase::Marked, serde_json::Value::Null)
-        .await?;
+    if let Err(e) = ctx
+        .phase_behind(Phase::Marked, serde_json::Value::Null)
+        .await
+    {
+        return Err(put_back(state, e).await);
+    }
     if let Some(argv) = &cfg.drain_command
         && let Err(e) = command::run_argv(argv, timeout).await
     {
@@ -72,16 +76,20 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
             "connections still open at the drain deadline"
         );
     }
-    ctx.phase_behind(
-        Phase::Drained,
-        serde_json::json!({ "remaining": remaining }),
-    )
-    .await?;
     // A drain that cannot be recorded fails, and a failed drain puts the
     // host back in rotation before it reports.
-    if let Err(e) = ctx.settle().await {
-        let back = back_in_rotation(state).await;
-        return Err(e.reverted(back.is_ok()));
+    let recorded = match ctx
+        .phase_behind(
+            Phase::Drained,
+            serde_json::json!({ "remaining": remaining }),
+        )
+        .await
+    {
+        Ok(()) => ctx.settle().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        return Err(put_back(state, e).await);
     }
     Ok(StepOutput::Drain(Drained {
         remaining_connections: remaining as u32,
@@ -97,6 +105,16 @@ pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepRun {
         .await?;
     wait_lb(state, checks_before, Drain::Ready).await;
     Ok(StepOutput::Undrain)
+}
+
+/// A drain that fails after the host was marked draining puts it back in
+/// rotation before it reports, and says whether that worked.
+async fn put_back(state: &AgentState, e: StepError) -> StepError {
+    let back = back_in_rotation(state).await;
+    if let Err(b) = &back {
+        tracing::warn!(error = %b.message, "putting the host back after a failed drain failed");
+    }
+    e.reverted(back.is_ok())
 }
 
 /// Established connections on the gateway ports. Reading /proc/net/tcp on a
@@ -146,4 +164,90 @@ async fn wait_lb(state: &AgentState, before: u64, target: Drain) -> bool {
     tokio::time::timeout(LB_ACK_WAIT, wait)
         .await
         .is_ok_and(|r| r.is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::journal::Journal;
+    use crate::kind::Intent;
+    use crate::op::Ops;
+    use crate::op::tests::{Refusing, result_of};
+
+    /// A DP agent whose drain is a hook and whose journal refuses `refuse`.
+    fn agent(dir: &Path, refuse: &'static str) -> Arc<AgentState> {
+        let text = r#"
+[agent]
+name = "dp-1"
+role = "dp"
+listen = "127.0.0.1:0"
+state_dir = "state"
+[tls]
+ca = "ca.pem"
+cert = "dp-1.pem"
+key = "dp-1.key"
+allowed_clients = ["rollgate-coordinator"]
+[install]
+method = "tarball"
+root = "root"
+[service]
+manager = "exec"
+command = ["bin/gw"]
+[drain]
+drain_command = ["true"]
+undrain_command = ["true"]
+"#;
+        let config = crate::config::parse(text, dir).unwrap();
+        std::fs::create_dir_all(&config.agent.state_dir).unwrap();
+        let mut state = AgentState::open(config).unwrap();
+        let journal = Journal::with_sink(Refusing {
+            refuse,
+            kept: Arc::new(Mutex::new(Vec::new())),
+        })
+        .unwrap();
+        state.ops = Ops::new(journal, Default::default());
+        Arc::new(state)
+    }
+
+    async fn drain_on(state: &Arc<AgentState>) -> rollgate::outcome::StepResult {
+        let s = state.clone();
+        let started = state.ops.start(
+            "t/dp-1/drain",
+            Intent::Drain { timeout_ms: 1000 },
+            move |ctx| async move {
+                let r = drain(&s, &ctx, Some(Duration::from_secs(1))).await;
+                crate::steps::conclude(&s, &ctx, r).await
+            },
+        );
+        result_of(started).await
+    }
+
+    #[tokio::test]
+    async fn a_drain_the_disk_refused_puts_the_host_back_in_rotation() {
+        for refuse in ["\"marked\"", "\"drained\""] {
+            let dir = tempfile::tempdir().unwrap();
+            let state = agent(dir.path(), refuse);
+            let f = drain_on(&state)
+                .await
+                .expect_err("a drain whose record the disk refused succeeded");
+            assert!(f.reverted, "{refuse}: {f:?}");
+            assert!(f.message.contains("no space left on device"), "{f:?}");
+            assert_eq!(state.drain.get(), Drain::Ready, "{refuse}: left drained");
+            // What a restarted agent reads back.
+            let saved = crate::drain_state::DrainCtl::load(&dir.path().join("state"));
+            assert_eq!(saved.get(), Drain::Ready, "{refuse}: saved drained");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_recorded_drain_leaves_the_host_out_of_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = agent(dir.path(), "nothing is refused");
+        let r = drain_on(&state).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(state.drain.get(), Drain::Draining);
+    }
 }
