@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::Failure;
 use crate::client::{Agent, CallPolicy};
+use crate::fleet::Health;
 use crate::inventory::Inventory;
 use crate::output::{Output, print_table, yes_no};
 use crate::report::{Event, Reporter};
@@ -88,16 +89,33 @@ pub struct HostState {
 
 /// Asks every agent where its host stands now.
 pub async fn fleet_state(inv: &Inventory) -> Vec<HostState> {
-    fleet_state_over(inv, &HashMap::new()).await
+    fleet_state_over(inv, &HashMap::new(), &HashMap::new()).await
 }
 
-/// As `fleet_state`, over channels already open where there are some.
-pub async fn fleet_state_over(inv: &Inventory, open: &HashMap<String, Agent>) -> Vec<HostState> {
+/// As `fleet_state`, over channels already open where there are some, and
+/// without asking the hosts whose health watch has just shown where they
+/// stand (`settled`: `Driver::settled_reports`).
+pub async fn fleet_state_over(
+    inv: &Inventory,
+    open: &HashMap<String, Agent>,
+    settled: &HashMap<String, Health>,
+) -> Vec<HostState> {
     let policy = CallPolicy::from_inventory(inv);
     futures::stream::iter(&inv.hosts)
         .map(|h| {
             let policy = policy.clone();
             async move {
+                if let Some(health) = settled.get(&h.name) {
+                    return HostState {
+                        name: h.name.clone(),
+                        installed: Some(health.installed_version.clone()).filter(|v| !v.is_empty()),
+                        running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
+                        healthy: Some(health.healthy),
+                        drain: Some(health.lb),
+                        reachable: true,
+                        last_step: None,
+                    };
+                }
                 let ask = async {
                     // An open channel's agent said who it is when it was
                     // opened; a new one is asked (Hello checks its name and
@@ -161,15 +179,17 @@ pub async fn installed_versions(inv: &Inventory) -> Result<BTreeMap<String, Vers
     Ok(out)
 }
 
-/// Where every host stands once a rollout has ended: a survey over the
-/// channels still open (`fleet_state_over`), with each host's last step from
-/// the rollout's journal (unreachable hosts included).
+/// Where every host stands once a rollout has ended: what the health
+/// watches last showed, where that stands for a look now, and otherwise a
+/// survey over the channels still open (`fleet_state_over`), with each
+/// host's last step from the rollout's journal (unreachable hosts included).
 pub async fn ended_state(
     inv: &Inventory,
     open: &HashMap<String, Agent>,
+    settled: &HashMap<String, Health>,
     mut last: BTreeMap<String, LastStep>,
 ) -> Vec<HostState> {
-    let mut hosts = fleet_state_over(inv, open).await;
+    let mut hosts = fleet_state_over(inv, open, settled).await;
     for h in &mut hosts {
         h.last_step = last.remove(&h.name);
     }

@@ -360,10 +360,13 @@ pub async fn drive(
             ended
         }
     };
-    // The rollout's memory (journal, health watches) goes before the survey
-    // opens what it needs: at 10,000 hosts both at once set the peak. Each
-    // host's last step is read back from the stored journal: what `resume`
-    // will see (a record whose write failed is in memory only).
+    // Hosts whose health watch has just shown where they stand are not
+    // asked again (`Driver::settled_reports`). The rollout's memory
+    // (journal, health watches) goes before the survey opens what it needs
+    // for the rest: at 10,000 hosts both at once set the peak. Each host's
+    // last step is read back from the stored journal: what `resume` will
+    // see (a record whose write failed is in memory only).
+    let settled = driver.settled_reports();
     drop(driver);
     reporter.finish();
     let last = match Journals::of(&inv).read_by_id(&spec.id).await {
@@ -374,7 +377,7 @@ pub async fn drive(
         }
     };
     let open = fleet.take_channels().await;
-    let hosts = ended_state(&inv, &open, last).await;
+    let hosts = ended_state(&inv, &open, &settled, last).await;
     // Not closed one by one: the process exits after the report and the
     // kernel closes them (see `main`).
     std::mem::forget(open);

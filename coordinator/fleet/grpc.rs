@@ -335,11 +335,7 @@ impl FleetApi for GrpcFleet {
     }
 
     fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>) {
-        // Changes come at once; unchanged reports once a heartbeat, well
-        // inside the silence after which an agent counts as lost.
-        let heartbeat = (self.inv.policy.agent_silence / 3)
-            .min(Duration::from_secs(1))
-            .max(interval);
+        let heartbeat = super::heartbeat(self.inv.policy.agent_silence, interval);
         // A stream multiplexes over the step channel when one is open.
         let open: HashMap<String, Agent> = self
             .agents

@@ -34,6 +34,16 @@ pub fn lost(message: impl Into<String>) -> Failure {
     Failure::new(FailureCode::AgentLost, message)
 }
 
+/// How often a live health watch sends a report at the least: unchanged
+/// reports once this heartbeat, well inside the silence after which an
+/// agent counts as lost (and never more often than a look each
+/// `interval`).
+pub fn heartbeat(agent_silence: Duration, interval: Duration) -> Duration {
+    (agent_silence / 3)
+        .min(Duration::from_secs(1))
+        .max(interval)
+}
+
 /// True for a failure whose outcome on the host is unknown.
 pub fn is_lost(f: &Failure) -> bool {
     f.code == FailureCode::AgentLost
@@ -51,6 +61,8 @@ pub struct Health {
     pub lb: LbState,
     /// The release the host has installed (`current`).
     pub installed_version: String,
+    /// The release the running gateway says it is; empty when unknown.
+    pub running_version: String,
     /// The operation the agent runs right now (one it recovers after a
     /// restart, say); empty when idle.
     pub active_operation: String,

@@ -102,6 +102,7 @@ impl Watcher {
                 summary: summarize(&r),
                 lb: rollgate::convert::lb_from_wire(r.drain_state),
                 installed_version: r.installed_version.clone(),
+                running_version: r.running_version.clone(),
                 active_operation: r.active_operation_id.clone(),
             };
             let update = HealthUpdate::Report {

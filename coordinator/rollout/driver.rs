@@ -40,7 +40,7 @@ use super::log::{Outcome, Record, now_ms};
 use super::monitor::{Alarm, Monitor};
 use super::sequence::HostEnd;
 use super::steps::Ctx;
-use crate::fleet::{FleetApi, HealthUpdate, lost};
+use crate::fleet::{FleetApi, Health, HealthUpdate, lost};
 use crate::report::Event;
 
 /// How often health is streamed during a rollout: two bad reports in a row
@@ -316,6 +316,41 @@ impl<F: FleetApi> Driver<F> {
     /// Nothing to wait for but time, so an alarm ends the hold at once.
     pub async fn hold(&mut self, d: Duration) -> Option<Halt> {
         self.wait_for(d, |_| false).await.halt()
+    }
+
+    /// Each host whose last health report stands for a look now
+    /// (`Monitor::settled_report`): its watch live, a report within one
+    /// heartbeat and one look, taken after the last step the rollout ran
+    /// there ended and with no operation running. The closing report shows
+    /// these as they are instead of asking each agent again; the rest are
+    /// asked.
+    pub fn settled_reports(&mut self) -> HashMap<String, Health> {
+        while let Ok(u) = self.health_rx.try_recv() {
+            self.monitor.update(u);
+        }
+        let silence = self.ctx.policy.agent_silence();
+        let fresh = crate::fleet::heartbeat(silence, HEALTH_INTERVAL) + HEALTH_INTERVAL;
+        let hosts: Vec<String> = self
+            .ctx
+            .log()
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.name.clone())
+            .collect();
+        hosts
+            .into_iter()
+            .filter_map(|h| {
+                let after = match self.ctx.last_call(&h) {
+                    None => None,
+                    Some(Some(ended)) => Some(ended),
+                    // In flight or abandoned: what it did is not known.
+                    Some(None) => return None,
+                };
+                let r = self.monitor.settled_report(&h, after, fresh)?.clone();
+                Some((h, r))
+            })
+            .collect()
     }
 
     /// From now on `hosts` are looked at every `HEALTH_INTERVAL` instead of

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rollgate::lb::LbState;
 
-use crate::fleet::HealthUpdate;
+use crate::fleet::{Health, HealthUpdate};
 
 /// Consecutive unhealthy reports that make an alarm (one may be a blip).
 const BAD_STREAK: u32 = 2;
@@ -64,6 +64,8 @@ struct Seen {
     ignored: bool,
     /// Since when the host is watched closely (`FleetApi::watch_closely`).
     close_since: Option<Instant>,
+    /// The last report, whole (the closing report shows it).
+    latest: Option<Health>,
 }
 
 /// The latest health of every host; pure bookkeeping, driven by updates.
@@ -99,6 +101,7 @@ impl Monitor {
                             passed: false,
                             ignored: false,
                             close_since: None,
+                            latest: None,
                         },
                     )
                 })
@@ -174,7 +177,8 @@ impl Monitor {
                         (false, n) if n > 0 => n,
                         (false, _) => s.bad_streak + 1,
                     };
-                    s.summary = health.summary;
+                    s.summary.clone_from(&health.summary);
+                    s.latest = Some(health);
                 }
             }
             HealthUpdate::Broken { host, why } => {
@@ -185,6 +189,24 @@ impl Monitor {
                 }
             }
         }
+    }
+
+    /// The host's last report, when it can stand for a look taken now: its
+    /// watch is live (the report is at most `fresh` old and the stream has
+    /// not broken since), the agent ran no operation when it looked, and it
+    /// came after `after` (the end of the last step the rollout ran there,
+    /// whose changes a report from before would not show).
+    pub fn settled_report(
+        &self,
+        host: &str,
+        after: Option<Instant>,
+        fresh: Duration,
+    ) -> Option<&Health> {
+        let s = self.seen.get(host)?;
+        let h = s.latest.as_ref()?;
+        let live = s.broken.is_none() && s.last_report.elapsed() <= fresh;
+        let after_step = after.is_none_or(|t| s.last_report > t);
+        (live && after_step && h.active_operation.is_empty()).then_some(h)
     }
 
     /// True when the host's last report was healthy.
@@ -298,7 +320,6 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::Health;
 
     fn report(host: &str, healthy: bool) -> HealthUpdate {
         HealthUpdate::Report {
@@ -313,6 +334,7 @@ mod tests {
                 },
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
+                running_version: "3.4.0".into(),
                 active_operation: String::new(),
             },
         }
@@ -360,6 +382,7 @@ mod tests {
                 summary: "process Stopped".into(),
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
+                running_version: "3.4.0".into(),
                 active_operation: String::new(),
             },
         };
@@ -394,6 +417,7 @@ mod tests {
                 summary: String::new(),
                 lb,
                 installed_version: v.into(),
+                running_version: v.into(),
                 active_operation: String::new(),
             },
         };
@@ -430,6 +454,7 @@ mod tests {
                 summary: String::new(),
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
+                running_version: "3.4.0".into(),
                 active_operation: active.into(),
             },
         };
@@ -451,5 +476,45 @@ mod tests {
         );
         m.update(look(""));
         assert_eq!(m.busy_elsewhere("cp-1", "r-2"), None);
+    }
+
+    #[test]
+    fn a_report_stands_for_a_look_now_only_when_live_idle_and_after_the_last_step() {
+        let fresh = Duration::from_secs(1);
+        let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
+        assert!(
+            m.settled_report("dp-1", None, fresh).is_none(),
+            "no report yet"
+        );
+        m.update(report("dp-1", true));
+        let r = m
+            .settled_report("dp-1", None, fresh)
+            .expect("a live, idle report");
+        assert_eq!(r.running_version, "3.4.0");
+
+        // A step ended after it: the report may not show what it changed.
+        let ended = Instant::now();
+        assert!(m.settled_report("dp-1", Some(ended), fresh).is_none());
+        m.update(report("dp-1", true));
+        assert!(m.settled_report("dp-1", Some(ended), fresh).is_some());
+
+        // Older than `fresh`: the watch may be dead.
+        assert!(m.settled_report("dp-1", None, Duration::ZERO).is_none());
+
+        // The agent was running an operation when it looked.
+        let mut busy = report("dp-1", true);
+        if let HealthUpdate::Report { health, .. } = &mut busy {
+            health.active_operation = "r-1/dp-1/install-3.4.0".into();
+        }
+        m.update(busy);
+        assert!(m.settled_report("dp-1", None, fresh).is_none());
+
+        // The stream broke after the last report.
+        m.update(report("dp-1", true));
+        m.update(HealthUpdate::Broken {
+            host: "dp-1".into(),
+            why: "reset".into(),
+        });
+        assert!(m.settled_report("dp-1", None, fresh).is_none());
     }
 }

@@ -658,6 +658,11 @@ impl FleetApi for ScriptedFleet {
                                         LbState::InRotation
                                     },
                                     installed_version: h.version.to_string(),
+                                    running_version: if h.healthy {
+                                        h.version.to_string()
+                                    } else {
+                                        String::new()
+                                    },
                                     active_operation: String::new(),
                                 },
                             })

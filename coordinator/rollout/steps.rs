@@ -2,6 +2,7 @@
 //! hand back what it returned), otherwise journal `begin` (fsync), call the
 //! agent with the step's operation id, journal `end`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -29,6 +30,9 @@ pub struct Ctx<F: FleetApi> {
     /// The operator's interrupt, read directly too: a Ctrl-C stops new work
     /// even before the driver's loop has looked.
     interrupt: OnceLock<watch::Receiver<bool>>,
+    /// Each host's last step call: None while it is in flight (or was
+    /// abandoned), else when its result came.
+    calls: Mutex<HashMap<String, Option<Instant>>>,
 }
 
 /// The operation id of a step: `<rollout>/<host>/<step>-<version>`.
@@ -50,6 +54,25 @@ impl<F: FleetApi> Ctx<F> {
             reporter,
             stop: AtomicBool::new(false),
             interrupt: OnceLock::new(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// The host's last step call in this run: None when it made none,
+    /// `Some(None)` while one is in flight (or was abandoned, its end
+    /// unknown), `Some(Some(t))` when the last one's result came at `t`.
+    pub fn last_call(&self, host: &str) -> Option<Option<Instant>> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get(host).copied()
+    }
+
+    fn mark_call(&self, host: &str, ended: Option<Instant>) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        match calls.get_mut(host) {
+            Some(c) => *c = ended,
+            None => {
+                calls.insert(host.to_string(), ended);
+            }
         }
     }
 
@@ -177,7 +200,9 @@ impl<F: FleetApi> Ctx<F> {
         e.status = "started".into();
         self.reporter.emit(e);
         let start = Instant::now();
+        self.mark_call(host, None);
         let r = call().await;
+        self.mark_call(host, Some(Instant::now()));
         if let Err(f) = self
             .journal(Record::End {
                 op: op.into(),

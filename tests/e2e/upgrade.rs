@@ -74,6 +74,25 @@ async fn one_cp_and_four_dps_from_330_to_340() {
         sb.path().join("state/backups").read_dir().unwrap().count() == 1,
         "the backup was copied back"
     );
+    // The closing report: every host on 3.4.0, serving, in rotation.
+    let hosts = last["detail"]["hosts"].as_array().expect("the closing report");
+    assert_eq!(hosts.len(), 5, "{last}");
+    for h in hosts {
+        assert_eq!(h["installed"], "3.4.0", "{h}");
+        assert_eq!(h["running"], "3.4.0", "{h}");
+        assert_eq!(h["healthy"], true, "{h}");
+        assert_eq!(h["drain"], "in rotation", "{h}");
+    }
+    // The last batch's hosts reported on their watch after their steps
+    // ended, just before the end: the closing report is taken from those
+    // reports, so no agent of that batch was asked again (a look on a
+    // stream of its own, after the 250 ms one).
+    let last_batch: Vec<&str> = batches[2]["detail"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
     // Each host was watched at the heartbeat's pace until its turn came,
     // then every 250 ms (the agent logs the pace of each stream it serves).
     for host in std::iter::once(&fleet.cp.host).chain(fleet.dps.iter().map(|(h, _, _)| h)) {
@@ -96,6 +115,14 @@ async fn one_cp_and_four_dps_from_330_to_340() {
             "{}: watch paces {paces:?}",
             host.name
         );
+        if last_batch.contains(&host.name.as_str()) {
+            assert_eq!(
+                paces.last(),
+                Some(&250),
+                "{}: asked again after the rollout: watch paces {paces:?}",
+                host.name
+            );
+        }
     }
 }
 
