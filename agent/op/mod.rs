@@ -88,6 +88,8 @@ struct Inner {
     /// The agent is stopping (SIGTERM, a package upgrade's restart): no
     /// new operation begins; the running one is finished first.
     stopping: bool,
+    /// The last operation that ended since the agent started.
+    last_ended: Option<String>,
 }
 
 #[derive(Debug)]
@@ -204,6 +206,7 @@ impl Ops {
                 running: None,
                 seq,
                 stopping: false,
+                last_ended: None,
             }),
             ended: tokio::sync::watch::Sender::new(0),
         })
@@ -257,6 +260,11 @@ impl Ops {
     /// The id of the running operation, if any.
     pub fn active(&self) -> Option<String> {
         self.lock().running.as_ref().map(|r| r.op.clone())
+    }
+
+    /// The id of the last operation that ended since the agent started.
+    pub fn last_ended(&self) -> Option<String> {
+        self.lock().last_ended.clone()
     }
 
     /// From now on no operation begins (callers are asked to retry, as
@@ -447,7 +455,11 @@ impl Ops {
         let events = {
             let mut inner = self.lock();
             settle(&mut inner);
-            inner.running.take().map(|r| r.events)
+            let running = inner.running.take();
+            if let Some(r) = &running {
+                inner.last_ended = Some(r.op.clone());
+            }
+            running.map(|r| r.events)
         };
         self.ended.send_modify(|n| *n += 1);
         if let Some(tx) = events {

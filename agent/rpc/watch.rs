@@ -121,7 +121,7 @@ pub fn watch(
                     Ok(()) = ended.changed() => tick.reset(),
                     _ = tx.closed() => break,
                 }
-                let mut report = report(&state, seq + 1).await;
+                let mut report = look(&state, seq + 1).await;
                 streak = if report.healthy {
                     0
                 } else {
@@ -138,6 +138,9 @@ pub fn watch(
                 }
                 seq += 1;
                 last = Some((key, std::time::Instant::now()));
+                // Load and memory only for a report that goes out: a look
+                // left out as unchanged does not read them.
+                with_facts(&state, &mut report);
                 // A client that stops reading must not hold the agent's stop.
                 tokio::select! {
                     sent = tx.send(Ok(report)) => if sent.is_err() { break },
@@ -174,24 +177,29 @@ pub async fn first_report(s: &AgentState) -> pb::HealthReport {
 }
 
 async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {
-    let obs = s.prober.observe(&s.service, &s.installer).await;
-    let facts = s.facts.read();
-    health_report(
-        sequence,
-        &obs,
-        s,
-        facts.load_average_1m,
-        facts.memory_available_bytes,
-    )
+    let mut r = look(s, sequence).await;
+    with_facts(s, &mut r);
+    r
 }
 
-fn health_report(
-    sequence: u64,
-    obs: &Observation,
-    s: &AgentState,
-    load: f64,
-    mem_available: u64,
-) -> pb::HealthReport {
+/// A report of a look at the gateway, without the host's load and memory.
+async fn look(s: &AgentState, sequence: u64) -> pb::HealthReport {
+    // Read before the look: the look began after this operation ended.
+    let last_ended = s.ops.last_ended().unwrap_or_default();
+    let obs = s.prober.observe(&s.service, &s.installer).await;
+    let mut r = health_report(sequence, &obs, s);
+    r.last_operation_id = last_ended;
+    r
+}
+
+/// Adds the host's load and memory (`/proc/loadavg`, `/proc/meminfo`).
+fn with_facts(s: &AgentState, r: &mut pb::HealthReport) {
+    let facts = s.facts.read();
+    r.load_average_1m = facts.load_average_1m;
+    r.memory_available_bytes = facts.memory_available_bytes;
+}
+
+fn health_report(sequence: u64, obs: &Observation, s: &AgentState) -> pb::HealthReport {
     let mut r = pb::HealthReport {
         sequence,
         observed_at_unix_ms: now_ms(),
@@ -201,8 +209,6 @@ fn health_report(
             .map(|v| v.to_string())
             .unwrap_or_default(),
         drain_state: wire::drain(s.drain.get()) as i32,
-        load_average_1m: load,
-        memory_available_bytes: mem_available,
         active_operation_id: s.ops.active().unwrap_or_default(),
         // Set by the watch that sends it.
         unhealthy_streak: 0,
@@ -221,6 +227,8 @@ struct ReportKey {
     version: String,
     drain: i32,
     active: String,
+    installed: String,
+    last_ended: String,
 }
 
 impl ReportKey {
@@ -233,6 +241,8 @@ impl ReportKey {
             version: r.running_version.clone(),
             drain: r.drain_state,
             active: r.active_operation_id.clone(),
+            installed: r.installed_version.clone(),
+            last_ended: r.last_operation_id.clone(),
         }
     }
 }

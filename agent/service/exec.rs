@@ -37,7 +37,7 @@ impl ExecService {
 
     /// The recorded gateway, if the pid file exists and parses.
     pub fn record(&self) -> Result<Option<PidRecord>, String> {
-        match std::fs::read_to_string(&self.pid_file) {
+        match procfs::read_small(&self.pid_file) {
             Ok(text) => PidRecord::parse(&text)
                 .map(Some)
                 .ok_or_else(|| format!("pid file {} is malformed", self.pid_file.display())),

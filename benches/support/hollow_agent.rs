@@ -38,6 +38,8 @@ struct HostState {
     draining: bool,
     /// The in-memory journal: operation id → (kind, result).
     ops: HashMap<String, (String, pb::OperationResult)>,
+    /// The last operation that ended (reported as the real agent does).
+    last_ended: String,
 }
 
 #[derive(Clone)]
@@ -101,6 +103,7 @@ impl Hollow {
             } else {
                 let r = act(&mut s);
                 s.ops.insert(op.to_string(), (kind.to_string(), r.clone()));
+                op.clone_into(&mut s.last_ended);
                 r
             }
         };
@@ -124,6 +127,7 @@ impl Hollow {
             } else {
                 pb::DrainState::Ready
             } as i32,
+            last_operation_id: s.last_ended.clone(),
             ..Default::default()
         }
     }

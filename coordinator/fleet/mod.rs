@@ -63,6 +63,11 @@ pub struct Health {
     pub installed_version: String,
     /// The release the running gateway says it is; empty when unknown.
     pub running_version: String,
+    /// The last operation that ended on the agent before it looked; empty
+    /// when none (or an agent that does not say).
+    pub last_operation: String,
+    /// When the watch received the report.
+    pub received: std::time::Instant,
     /// The operation the agent runs right now (one it recovers after a
     /// restart, say); empty when idle.
     pub active_operation: String,

@@ -103,6 +103,8 @@ impl Watcher {
                 lb: rollgate::convert::lb_from_wire(r.drain_state),
                 installed_version: r.installed_version.clone(),
                 running_version: r.running_version.clone(),
+                last_operation: r.last_operation_id.clone(),
+                received: std::time::Instant::now(),
                 active_operation: r.active_operation_id.clone(),
             };
             let update = HealthUpdate::Report {

@@ -319,17 +319,18 @@ impl<F: FleetApi> Driver<F> {
     }
 
     /// Each host whose last health report stands for a look now
-    /// (`Monitor::settled_report`): its watch live, a report within one
-    /// heartbeat and one look, taken after the last step the rollout ran
-    /// there ended and with no operation running. The closing report shows
-    /// these as they are instead of asking each agent again; the rest are
-    /// asked.
+    /// (`Monitor::settled_report`): its watch live (a report received
+    /// within a heartbeat and two looks, the slack an unchanged report may
+    /// take), taken after the last step the rollout called there ended (the
+    /// agent names it) and with no operation running. The closing report
+    /// shows these as they are instead of asking each agent again; the rest
+    /// are asked.
     pub fn settled_reports(&mut self) -> HashMap<String, Health> {
         while let Ok(u) = self.health_rx.try_recv() {
             self.monitor.update(u);
         }
         let silence = self.ctx.policy.agent_silence();
-        let fresh = crate::fleet::heartbeat(silence, HEALTH_INTERVAL) + HEALTH_INTERVAL;
+        let fresh = crate::fleet::heartbeat(silence, HEALTH_INTERVAL) + HEALTH_INTERVAL * 2;
         let hosts: Vec<String> = self
             .ctx
             .log()
@@ -341,13 +342,11 @@ impl<F: FleetApi> Driver<F> {
         hosts
             .into_iter()
             .filter_map(|h| {
-                let after = match self.ctx.last_call(&h) {
-                    None => None,
-                    Some(Some(ended)) => Some(ended),
-                    // In flight or abandoned: what it did is not known.
-                    Some(None) => return None,
-                };
-                let r = self.monitor.settled_report(&h, after, fresh)?.clone();
+                let last_op = self.ctx.last_op(&h);
+                let r = self
+                    .monitor
+                    .settled_report(&h, last_op.as_deref(), fresh)?
+                    .clone();
                 Some((h, r))
             })
             .collect()

@@ -192,20 +192,21 @@ impl Monitor {
     }
 
     /// The host's last report, when it can stand for a look taken now: its
-    /// watch is live (the report is at most `fresh` old and the stream has
-    /// not broken since), the agent ran no operation when it looked, and it
-    /// came after `after` (the end of the last step the rollout ran there,
-    /// whose changes a report from before would not show).
+    /// watch is live (the report received at most `fresh` ago and the
+    /// stream not broken since), the agent ran no operation when it
+    /// reported, and it looked after `last_op` ended (the last step the
+    /// rollout ran there, whose changes a report from before would not
+    /// show), which the agent says by naming it as its last ended one.
     pub fn settled_report(
         &self,
         host: &str,
-        after: Option<Instant>,
+        last_op: Option<&str>,
         fresh: Duration,
     ) -> Option<&Health> {
         let s = self.seen.get(host)?;
         let h = s.latest.as_ref()?;
-        let live = s.broken.is_none() && s.last_report.elapsed() <= fresh;
-        let after_step = after.is_none_or(|t| s.last_report > t);
+        let live = s.broken.is_none() && h.received.elapsed() <= fresh;
+        let after_step = last_op.is_none_or(|op| h.last_operation == op);
         (live && after_step && h.active_operation.is_empty()).then_some(h)
     }
 
@@ -335,6 +336,8 @@ mod tests {
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
                 running_version: "3.4.0".into(),
+                last_operation: String::new(),
+                received: Instant::now(),
                 active_operation: String::new(),
             },
         }
@@ -383,6 +386,8 @@ mod tests {
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
                 running_version: "3.4.0".into(),
+                last_operation: String::new(),
+                received: Instant::now(),
                 active_operation: String::new(),
             },
         };
@@ -418,6 +423,8 @@ mod tests {
                 lb,
                 installed_version: v.into(),
                 running_version: v.into(),
+                last_operation: String::new(),
+                received: Instant::now(),
                 active_operation: String::new(),
             },
         };
@@ -455,6 +462,8 @@ mod tests {
                 lb: LbState::InRotation,
                 installed_version: "3.4.0".into(),
                 running_version: "3.4.0".into(),
+                last_operation: String::new(),
+                received: Instant::now(),
                 active_operation: active.into(),
             },
         };
@@ -481,40 +490,55 @@ mod tests {
     #[test]
     fn a_report_stands_for_a_look_now_only_when_live_idle_and_after_the_last_step() {
         let fresh = Duration::from_secs(1);
+        let op = "r-1/dp-1/undrain";
         let mut m = Monitor::new(&["dp-1".into()], Duration::from_secs(5));
         assert!(
             m.settled_report("dp-1", None, fresh).is_none(),
             "no report yet"
         );
+        let with = |f: &dyn Fn(&mut Health)| {
+            let mut u = report("dp-1", true);
+            if let HealthUpdate::Report { health, .. } = &mut u {
+                f(health);
+            }
+            u
+        };
         m.update(report("dp-1", true));
         let r = m
             .settled_report("dp-1", None, fresh)
             .expect("a live, idle report");
         assert_eq!(r.running_version, "3.4.0");
 
-        // A step ended after it: the report may not show what it changed.
-        let ended = Instant::now();
-        assert!(m.settled_report("dp-1", Some(ended), fresh).is_none());
-        m.update(report("dp-1", true));
-        assert!(m.settled_report("dp-1", Some(ended), fresh).is_some());
+        // The rollout's last step there: only a look after it ended counts.
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_none());
+        m.update(with(&|h| {
+            h.last_operation = "r-1/dp-1/install-3.4.0".into()
+        }));
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_none());
+        m.update(with(&|h| h.last_operation = op.into()));
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_some());
 
-        // Older than `fresh`: the watch may be dead.
-        assert!(m.settled_report("dp-1", None, Duration::ZERO).is_none());
+        // Received longer ago than `fresh`: the watch may be dead.
+        m.update(with(&|h| {
+            h.last_operation = op.into();
+            h.received = Instant::now() - Duration::from_secs(2);
+        }));
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_none());
 
-        // The agent was running an operation when it looked.
-        let mut busy = report("dp-1", true);
-        if let HealthUpdate::Report { health, .. } = &mut busy {
-            health.active_operation = "r-1/dp-1/install-3.4.0".into();
-        }
-        m.update(busy);
-        assert!(m.settled_report("dp-1", None, fresh).is_none());
+        // The agent was running an operation when it reported.
+        m.update(with(&|h| {
+            h.last_operation = op.into();
+            h.active_operation = "r-1/dp-1/drain".into();
+        }));
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_none());
 
         // The stream broke after the last report.
-        m.update(report("dp-1", true));
+        m.update(with(&|h| h.last_operation = op.into()));
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_some());
         m.update(HealthUpdate::Broken {
             host: "dp-1".into(),
             why: "reset".into(),
         });
-        assert!(m.settled_report("dp-1", None, fresh).is_none());
+        assert!(m.settled_report("dp-1", Some(op), fresh).is_none());
     }
 }

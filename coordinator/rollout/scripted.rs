@@ -663,6 +663,8 @@ impl FleetApi for ScriptedFleet {
                                     } else {
                                         String::new()
                                     },
+                                    last_operation: String::new(),
+                                    received: std::time::Instant::now(),
                                     active_operation: String::new(),
                                 },
                             })

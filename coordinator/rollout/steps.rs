@@ -30,9 +30,8 @@ pub struct Ctx<F: FleetApi> {
     /// The operator's interrupt, read directly too: a Ctrl-C stops new work
     /// even before the driver's loop has looked.
     interrupt: OnceLock<watch::Receiver<bool>>,
-    /// Each host's last step call: None while it is in flight (or was
-    /// abandoned), else when its result came.
-    calls: Mutex<HashMap<String, Option<Instant>>>,
+    /// The operation id of each host's last step call in this run.
+    last_op: Mutex<HashMap<String, String>>,
 }
 
 /// The operation id of a step: `<rollout>/<host>/<step>-<version>`.
@@ -54,24 +53,23 @@ impl<F: FleetApi> Ctx<F> {
             reporter,
             stop: AtomicBool::new(false),
             interrupt: OnceLock::new(),
-            calls: Mutex::default(),
+            last_op: Mutex::default(),
         }
     }
 
-    /// The host's last step call in this run: None when it made none,
-    /// `Some(None)` while one is in flight (or was abandoned, its end
-    /// unknown), `Some(Some(t))` when the last one's result came at `t`.
-    pub fn last_call(&self, host: &str) -> Option<Option<Instant>> {
-        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        calls.get(host).copied()
+    /// The operation id of the last step this run called on `host`, if
+    /// any (whether it ended, failed or was abandoned).
+    pub fn last_op(&self, host: &str) -> Option<String> {
+        let calls = self.last_op.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get(host).cloned()
     }
 
-    fn mark_call(&self, host: &str, ended: Option<Instant>) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+    fn mark_call(&self, host: &str, op: &str) {
+        let mut calls = self.last_op.lock().unwrap_or_else(|e| e.into_inner());
         match calls.get_mut(host) {
-            Some(c) => *c = ended,
+            Some(o) => op.clone_into(o),
             None => {
-                calls.insert(host.to_string(), ended);
+                calls.insert(host.to_string(), op.to_string());
             }
         }
     }
@@ -200,9 +198,8 @@ impl<F: FleetApi> Ctx<F> {
         e.status = "started".into();
         self.reporter.emit(e);
         let start = Instant::now();
-        self.mark_call(host, None);
+        self.mark_call(host, op);
         let r = call().await;
-        self.mark_call(host, Some(Instant::now()));
         if let Err(f) = self
             .journal(Record::End {
                 op: op.into(),

@@ -75,7 +75,9 @@ async fn one_cp_and_four_dps_from_330_to_340() {
         "the backup was copied back"
     );
     // The closing report: every host on 3.4.0, serving, in rotation.
-    let hosts = last["detail"]["hosts"].as_array().expect("the closing report");
+    let hosts = last["detail"]["hosts"]
+        .as_array()
+        .expect("the closing report");
     assert_eq!(hosts.len(), 5, "{last}");
     for h in hosts {
         assert_eq!(h["installed"], "3.4.0", "{h}");
