@@ -145,18 +145,22 @@ pub fn read_small(path: &Path) -> std::io::Result<String> {
     let mut buf = [0u8; 1024];
     let mut len = 0;
     loop {
-        match f.read(&mut buf[len..])? {
-            0 => break,
-            n => len += n,
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
         if len == buf.len() {
             // Larger than expected: the rest the ordinary way.
             let mut all = buf.to_vec();
             f.read_to_end(&mut all)?;
-            return String::from_utf8(all).map_err(std::io::Error::other);
+            return Ok(String::from_utf8_lossy(&all).into_owned());
         }
     }
-    String::from_utf8(buf[..len].to_vec()).map_err(std::io::Error::other)
+    // Lossy: a process may name itself with bytes that are not UTF-8, and
+    // the stat fields after its name are what is read.
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
 /// Reads /proc/PID/stat; None when the process does not exist.

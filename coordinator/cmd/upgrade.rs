@@ -366,7 +366,7 @@ pub async fn drive(
     // for the rest: at 10,000 hosts both at once set the peak. Each host's
     // last step is read back from the stored journal: what `resume` will
     // see (a record whose write failed is in memory only).
-    let settled = driver.settled_reports();
+    let settled = driver.settled_reports().await;
     drop(driver);
     reporter.finish();
     let last = match Journals::of(&inv).read_by_id(&spec.id).await {

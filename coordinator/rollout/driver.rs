@@ -325,9 +325,20 @@ impl<F: FleetApi> Driver<F> {
     /// agent names it) and with no operation running. The closing report
     /// shows these as they are instead of asking each agent again; the rest
     /// are asked.
-    pub fn settled_reports(&mut self) -> HashMap<String, Health> {
-        while let Ok(u) = self.health_rx.try_recv() {
-            self.monitor.update(u);
+    pub async fn settled_reports(&mut self) -> HashMap<String, Health> {
+        // Reports waiting in watchers blocked on a full channel come in too:
+        // taken until a yield brings nothing more (a few rounds at most, as
+        // the watches never stop).
+        for _ in 0..8 {
+            let mut took = false;
+            while let Ok(u) = self.health_rx.try_recv() {
+                self.monitor.update(u);
+                took = true;
+            }
+            if !took {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
         let silence = self.ctx.policy.agent_silence();
         let fresh = crate::fleet::heartbeat(silence, HEALTH_INTERVAL) + HEALTH_INTERVAL * 2;

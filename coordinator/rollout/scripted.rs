@@ -94,6 +94,8 @@ struct HostState {
     healthy: bool,
     silent: bool,
     staged: BTreeSet<Version>,
+    /// The last operation that acted on the host (the agent reports it).
+    last_ended: String,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +125,9 @@ struct State {
 #[derive(Clone, Default)]
 pub struct ScriptedFleet {
     state: Arc<Mutex<State>>,
+    /// Moves when a step acts: the watches report at once, as a real
+    /// agent looks again when an operation ends.
+    acted: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// How long a step other than install takes; install holds healthy for
@@ -144,6 +149,7 @@ impl ScriptedFleet {
                         drained: false,
                         healthy: true,
                         silent: false,
+                        last_ended: String::new(),
                     },
                 );
             }
@@ -325,8 +331,12 @@ impl ScriptedFleet {
             let mut s = self.lock();
             let r = s.act(host, step, version, arg);
             s.results.insert(op.into(), r.clone());
+            if let Some(h) = s.hosts.get_mut(host) {
+                op.clone_into(&mut h.last_ended);
+            }
             r
         };
+        self.acted.send_modify(|n| *n += 1);
         self.returned(idx, true);
         r
     }
@@ -626,15 +636,20 @@ impl FleetApi for ScriptedFleet {
             .extend(hosts.iter().map(|h| (h.clone(), now)));
     }
 
-    /// A report for every host that is not silent, every `interval`, until
-    /// the driver drops its receiver.
+    /// A report for every host that is not silent, every `interval` and
+    /// whenever a step has acted (as an agent looks when an operation ends),
+    /// until the driver drops its receiver.
     fn watch(&self, hosts: &[String], interval: Duration, tx: mpsc::Sender<HealthUpdate>) {
         let fleet = self.clone();
         let hosts = hosts.to_vec();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
+            let mut acted = fleet.acted.subscribe();
             while !tx.is_closed() {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Ok(()) = acted.changed() => {}
+                }
                 let reports: Vec<HealthUpdate> = {
                     let s = fleet.lock();
                     hosts
@@ -663,7 +678,7 @@ impl FleetApi for ScriptedFleet {
                                     } else {
                                         String::new()
                                     },
-                                    last_operation: String::new(),
+                                    last_operation: h.last_ended.clone(),
                                     received: std::time::Instant::now(),
                                     active_operation: String::new(),
                                 },

@@ -190,6 +190,8 @@ pub(super) struct Ran {
     /// When the driver returned.
     pub ended_at: Instant,
     pub state: tempfile::TempDir,
+    /// The hosts the closing report would take from their watch.
+    pub settled: std::collections::HashMap<String, crate::fleet::Health>,
 }
 
 impl Ran {
@@ -251,14 +253,17 @@ pub(super) async fn drive(
     let (outcome, reason) = tokio::time::timeout(RUN_DEADLINE, driver.upgrade())
         .await
         .expect("the rollout ends");
+    let ended_at = Instant::now();
+    let settled = driver.settled_reports().await;
     let records = ctx.log().records.clone();
     Ran {
         outcome,
         reason,
         records,
         journal,
-        ended_at: Instant::now(),
+        ended_at,
         state,
+        settled,
     }
 }
 

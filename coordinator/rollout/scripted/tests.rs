@@ -7,7 +7,7 @@ use rollgate::outcome::StepOutput;
 use rollgate::role::Role;
 
 use super::harness::*;
-use super::{Call, Effect, Step};
+use super::{Call, Effect, ScriptedFleet, Step};
 use crate::fleet::FleetApi;
 use crate::rollout::log::Outcome;
 use crate::rollout::steps::op_id;
@@ -208,6 +208,70 @@ async fn hosts_are_watched_closely_from_the_batch_before_theirs_and_not_before()
     for host in ["dp-6", "dp-7"] {
         assert_eq!(fleet.steps(host), [Step::Stage], "{host}");
         assert_eq!(fleet.watched_closely(host), None, "{host}");
+    }
+}
+
+/// The last call the driver made on each host (skipping replayed ones).
+fn last_ops(fleet: &ScriptedFleet) -> std::collections::HashMap<String, String> {
+    fleet
+        .calls()
+        .into_iter()
+        .filter(|c| !c.replayed && !c.op.is_empty())
+        .map(|c| (c.host, c.op))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_closing_report_takes_each_host_from_a_report_after_its_last_step() {
+    let s = setup(1, 4).canary(1).batch("2");
+    let fleet = s.fleet();
+    let ran = s.run(&fleet).await;
+    ran.expect(Outcome::Succeeded, &[]);
+    let last = last_ops(&fleet);
+    // Every host's last report came after its last step (the driver's
+    // final health confirmation waits for one): none is asked again.
+    for host in ["cp-1", "dp-1", "dp-2", "dp-3", "dp-4"] {
+        let h = ran.settled.get(host).unwrap_or_else(|| {
+            panic!(
+                "{host} would be asked again: {:?}; last {:?}; calls {:?}",
+                ran.settled.keys(),
+                last.get(host),
+                fleet
+                    .calls()
+                    .iter()
+                    .filter(|c| c.host == host)
+                    .map(|c| (
+                        c.step,
+                        c.op.clone(),
+                        c.ended.map(|e| ran.ended_at.saturating_duration_since(e))
+                    ))
+                    .collect::<Vec<_>>()
+            )
+        });
+        assert_eq!(h.last_operation, last[host], "{host}");
+        assert_eq!(h.installed_version, "3.4.0", "{host}");
+    }
+}
+
+#[tokio::test]
+async fn a_host_whose_last_step_never_answered_is_asked_at_the_end() {
+    let s = setup(1, 4).canary(1).batch("2");
+    let fleet = s.fleet();
+    // dp-1's agent dies during its drain: the call never returns and the
+    // host stops reporting.
+    fleet.on_first_call(Step::Drain, Effect::Silent("dp-1".into()));
+    let ran = s.run(&fleet).await;
+    assert_ne!(ran.outcome, Outcome::Succeeded, "{}", ran.reason);
+    assert!(
+        !ran.settled.contains_key("dp-1"),
+        "a host whose step never answered was taken from its watch"
+    );
+    // Every host taken from its watch reported after its last step.
+    let last = last_ops(&fleet);
+    for (host, h) in &ran.settled {
+        if let Some(op) = last.get(host) {
+            assert_eq!(&h.last_operation, op, "{host}");
+        }
     }
 }
 
