@@ -108,44 +108,26 @@ impl Tarball {
         drop(Cleanup::new(tmp.clone())); // a leftover of an earlier attempt
         std::fs::create_dir(&tmp)
             .map_err(|e| StepError::internal(format!("cannot create {}: {e}", tmp.display())))?;
-        let (a, t) = (artifact.to_path_buf(), tmp.clone());
+        let text = serde_json::to_vec(marker).map_err(|e| StepError::internal(e.to_string()))?;
+        let dest = self.release_dir(v);
+        // Unpacked, checked, marked and published in one blocking task: the
+        // fsyncs never hold the agent's only async thread (its health
+        // watches and other calls), and it is one hand-off, not several.
+        let (a, t, d) = (artifact.to_path_buf(), tmp.clone(), dest.clone());
+        let must_contain = must_contain.map(Path::to_path_buf);
         let written = tokio::task::spawn_blocking(move || {
-            archive::unpack(&a, &t, limits, &|p: &Path| super::free_bytes(p))
+            publish(
+                &a,
+                &t,
+                &d,
+                &releases,
+                limits,
+                must_contain.as_deref(),
+                &text,
+            )
         })
         .await
-        .map_err(|e| StepError::internal(format!("unpack task failed: {e}")))?
-        .map_err(|e| match e {
-            ArchiveError::Unsafe { .. }
-            | ArchiveError::Malformed(_)
-            | ArchiveError::TooLarge { .. } => {
-                StepError::new(FailureCode::BadArchive, e.to_string())
-            }
-            ArchiveError::DiskFull(_) => StepError::new(FailureCode::DiskFull, e.to_string()),
-            ArchiveError::Io(_) => StepError::internal(e.to_string()),
-        })?;
-        if let Some(rel) = must_contain
-            && !tmp.join(rel).is_file()
-        {
-            return Err(StepError::new(
-                FailureCode::BadArchive,
-                format!(
-                    "the release has no {} (the configured service command)",
-                    rel.display()
-                ),
-            ));
-        }
-        let text = serde_json::to_vec(marker).map_err(|e| StepError::internal(e.to_string()))?;
-        rollgate::fsx::write_atomic(&tmp.join(MARKER), &text)
-            .map_err(|e| StepError::internal(format!("cannot write the release marker: {e}")))?;
-        let dest = self.release_dir(v);
-        std::fs::rename(&tmp, &dest)
-            .and_then(|()| rollgate::fsx::sync_dir(&releases))
-            .map_err(|e| {
-                StepError::internal(format!(
-                    "cannot move the release into {}: {e}",
-                    dest.display()
-                ))
-            })?;
+        .map_err(|e| StepError::internal(format!("unpack task failed: {e}")))??;
         cleanup.keep();
         Ok(Placed {
             location: dest.display().to_string(),
@@ -261,6 +243,52 @@ impl Drop for Cleanup {
             }
         }
     }
+}
+
+/// Unpacks `artifact` into `tmp`, checks it holds `must_contain`, writes
+/// the release marker and renames `tmp` to `dest` (fsyncing `releases`):
+/// a release is either published whole, marker included, or not at all.
+fn publish(
+    artifact: &Path,
+    tmp: &Path,
+    dest: &Path,
+    releases: &Path,
+    limits: Limits,
+    must_contain: Option<&Path>,
+    marker: &[u8],
+) -> Result<u64, StepError> {
+    let written = archive::unpack(artifact, tmp, limits, &|p: &Path| super::free_bytes(p))
+        .map_err(|e| match e {
+            ArchiveError::Unsafe { .. }
+            | ArchiveError::Malformed(_)
+            | ArchiveError::TooLarge { .. } => {
+                StepError::new(FailureCode::BadArchive, e.to_string())
+            }
+            ArchiveError::DiskFull(_) => StepError::new(FailureCode::DiskFull, e.to_string()),
+            ArchiveError::Io(_) => StepError::internal(e.to_string()),
+        })?;
+    if let Some(rel) = must_contain
+        && !tmp.join(rel).is_file()
+    {
+        return Err(StepError::new(
+            FailureCode::BadArchive,
+            format!(
+                "the release has no {} (the configured service command)",
+                rel.display()
+            ),
+        ));
+    }
+    rollgate::fsx::write_atomic(&tmp.join(MARKER), marker)
+        .map_err(|e| StepError::internal(format!("cannot write the release marker: {e}")))?;
+    std::fs::rename(tmp, dest)
+        .and_then(|()| rollgate::fsx::sync_dir(releases))
+        .map_err(|e| {
+            StepError::internal(format!(
+                "cannot move the release into {}: {e}",
+                dest.display()
+            ))
+        })?;
+    Ok(written)
 }
 
 #[cfg(test)]
