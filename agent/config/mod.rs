@@ -363,7 +363,7 @@ pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -383,7 +383,8 @@ mod tests {
         assert!(cp.backup.is_some());
     }
 
-    fn minimal() -> String {
+    /// The smallest valid DP agent config (other tests add sections).
+    pub(crate) fn minimal() -> String {
         r#"
 [agent]
 name = "dp-1"

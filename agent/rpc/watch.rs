@@ -171,14 +171,9 @@ fn random_below(d: Duration) -> Duration {
 
 /// A look at the gateway now, as a watch's first report says it.
 pub async fn first_report(s: &AgentState) -> pb::HealthReport {
-    let mut r = report(s, 1).await;
-    r.unhealthy_streak = u32::from(!r.healthy);
-    r
-}
-
-async fn report(s: &AgentState, sequence: u64) -> pb::HealthReport {
-    let mut r = look(s, sequence).await;
+    let mut r = look(s, 1).await;
     with_facts(s, &mut r);
+    r.unhealthy_streak = u32::from(!r.healthy);
     r
 }
 

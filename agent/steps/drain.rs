@@ -41,20 +41,9 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     if let Some(argv) = &cfg.drain_command
         && let Err(e) = command::run_argv(argv, timeout).await
     {
-        let e = StepError::from(e);
-        let back = back_in_rotation(state).await;
-        let mut detail = e.detail;
-        if let Err(b) = &back {
-            detail.push_str(&format!(
-                "\nputting the host back failed too, it may be out of rotation: {}",
-                b.message
-            ));
-        }
-        return Err(
-            StepError::new(e.code, format!("drain hook failed: {}", e.message))
-                .detail(detail)
-                .reverted(back.is_ok()),
-        );
+        let mut e = StepError::from(e);
+        e.message = format!("drain hook failed: {}", e.message);
+        return Err(put_back(state, e).await);
     }
     let lb_acknowledged = wait_lb(state, checks_before, Drain::Draining).await;
     ctx.progress(
@@ -78,17 +67,15 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     }
     // A drain that cannot be recorded fails, and a failed drain puts the
     // host back in rotation before it reports.
-    let recorded = match ctx
-        .phase_behind(
+    let recorded = async {
+        ctx.phase_behind(
             Phase::Drained,
             serde_json::json!({ "remaining": remaining }),
         )
-        .await
-    {
-        Ok(()) => ctx.settle().await,
-        Err(e) => Err(e),
+        .await?;
+        ctx.settle().await
     };
-    if let Err(e) = recorded {
+    if let Err(e) = recorded.await {
         return Err(put_back(state, e).await);
     }
     Ok(StepOutput::Drain(Drained {
@@ -108,11 +95,16 @@ pub async fn undrain(state: &AgentState, ctx: &OpCtx) -> StepRun {
 }
 
 /// A drain that fails after the host was marked draining puts it back in
-/// rotation before it reports, and says whether that worked.
-async fn put_back(state: &AgentState, e: StepError) -> StepError {
+/// rotation before it reports, and says whether that worked (and, when it
+/// did not, why, in the detail).
+async fn put_back(state: &AgentState, mut e: StepError) -> StepError {
     let back = back_in_rotation(state).await;
     if let Err(b) = &back {
         tracing::warn!(error = %b.message, "putting the host back after a failed drain failed");
+        e.detail.push_str(&format!(
+            "\nputting the host back failed too, it may be out of rotation: {}",
+            b.message
+        ));
     }
     e.reverted(back.is_ok())
 }
@@ -179,28 +171,11 @@ mod tests {
 
     /// A DP agent whose drain is a hook and whose journal refuses `refuse`.
     fn agent(dir: &Path, refuse: &'static str) -> Arc<AgentState> {
-        let text = r#"
-[agent]
-name = "dp-1"
-role = "dp"
-listen = "127.0.0.1:0"
-state_dir = "state"
-[tls]
-ca = "ca.pem"
-cert = "dp-1.pem"
-key = "dp-1.key"
-allowed_clients = ["rollgate-coordinator"]
-[install]
-method = "tarball"
-root = "root"
-[service]
-manager = "exec"
-command = ["bin/gw"]
-[drain]
-drain_command = ["true"]
-undrain_command = ["true"]
-"#;
-        let config = crate::config::parse(text, dir).unwrap();
+        let text = format!(
+            "{}[drain]\ndrain_command = [\"true\"]\nundrain_command = [\"true\"]\n",
+            crate::config::tests::minimal()
+        );
+        let config = crate::config::parse(&text, dir).unwrap();
         std::fs::create_dir_all(&config.agent.state_dir).unwrap();
         let mut state = AgentState::open(config).unwrap();
         let journal = Journal::with_sink(Refusing {

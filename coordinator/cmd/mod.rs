@@ -27,6 +27,7 @@ use crate::inventory::Inventory;
 use crate::output::{Output, print_table, yes_no};
 use crate::report::{Event, Reporter};
 use crate::rollout::log::{LastStep, Outcome};
+use rollgate::lb::LbState;
 
 /// First Ctrl-C (or SIGTERM): finish the steps in flight, start nothing new,
 /// stop with "interrupted". Second: leave at once (the journal lets
@@ -87,6 +88,22 @@ pub struct HostState {
     pub last_step: Option<LastStep>,
 }
 
+impl HostState {
+    /// A host whose agent said where it stands (empty versions: unknown).
+    fn answered(name: &str, installed: &str, running: &str, healthy: bool, drain: LbState) -> Self {
+        let known = |v: &str| Some(v.to_string()).filter(|v| !v.is_empty());
+        HostState {
+            name: name.to_string(),
+            installed: known(installed),
+            running: known(running),
+            healthy: Some(healthy),
+            drain: Some(drain),
+            reachable: true,
+            last_step: None,
+        }
+    }
+}
+
 /// Asks every agent where its host stands now.
 pub async fn fleet_state(inv: &Inventory) -> Vec<HostState> {
     fleet_state_over(inv, &HashMap::new(), &HashMap::new()).await
@@ -106,15 +123,13 @@ pub async fn fleet_state_over(
             let policy = policy.clone();
             async move {
                 if let Some(health) = settled.get(&h.name) {
-                    return HostState {
-                        name: h.name.clone(),
-                        installed: Some(health.installed_version.clone()).filter(|v| !v.is_empty()),
-                        running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
-                        healthy: Some(health.healthy),
-                        drain: Some(health.lb),
-                        reachable: true,
-                        last_step: None,
-                    };
+                    return HostState::answered(
+                        &h.name,
+                        &health.installed_version,
+                        &health.running_version,
+                        health.healthy,
+                        health.lb,
+                    );
                 }
                 let ask = async {
                     // An open channel's agent said who it is when it was
@@ -132,15 +147,13 @@ pub async fn fleet_state_over(
                 // at once is reported as unreachable.
                 let r = tokio::time::timeout(SURVEY_TIMEOUT, ask).await;
                 match r {
-                    Ok(Ok(health)) => HostState {
-                        name: h.name.clone(),
-                        installed: Some(health.installed_version.clone()).filter(|v| !v.is_empty()),
-                        running: Some(health.running_version.clone()).filter(|v| !v.is_empty()),
-                        healthy: Some(health.healthy),
-                        drain: Some(rollgate::convert::lb_from_wire(health.drain_state)),
-                        reachable: true,
-                        last_step: None,
-                    },
+                    Ok(Ok(health)) => HostState::answered(
+                        &h.name,
+                        &health.installed_version,
+                        &health.running_version,
+                        health.healthy,
+                        rollgate::convert::lb_from_wire(health.drain_state),
+                    ),
                     Ok(Err(_)) | Err(_) => HostState {
                         name: h.name.clone(),
                         installed: None,

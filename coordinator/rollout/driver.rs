@@ -262,10 +262,18 @@ impl<F: FleetApi> Driver<F> {
         halt
     }
 
-    fn find_halt(&mut self) -> Option<Halt> {
+    /// Takes in the health updates queued so far; whether there were any.
+    fn take_updates(&mut self) -> bool {
+        let mut took = false;
         while let Ok(u) = self.health_rx.try_recv() {
             self.monitor.update(u);
+            took = true;
         }
+        took
+    }
+
+    fn find_halt(&mut self) -> Option<Halt> {
+        self.take_updates();
         if self.interrupted() {
             return Some(Halt::Interrupted);
         }
@@ -330,35 +338,19 @@ impl<F: FleetApi> Driver<F> {
         // taken until a yield brings nothing more (a few rounds at most, as
         // the watches never stop).
         for _ in 0..8 {
-            let mut took = false;
-            while let Ok(u) = self.health_rx.try_recv() {
-                self.monitor.update(u);
-                took = true;
-            }
-            if !took {
+            if !self.take_updates() {
                 break;
             }
             tokio::task::yield_now().await;
         }
         let silence = self.ctx.policy.agent_silence();
         let fresh = crate::fleet::heartbeat(silence, HEALTH_INTERVAL) + HEALTH_INTERVAL * 2;
-        let hosts: Vec<String> = self
-            .ctx
-            .log()
-            .spec
-            .hosts
-            .iter()
-            .map(|h| h.name.clone())
-            .collect();
-        hosts
-            .into_iter()
+        self.monitor
+            .hosts()
             .filter_map(|h| {
-                let last_op = self.ctx.last_op(&h);
-                let r = self
-                    .monitor
-                    .settled_report(&h, last_op.as_deref(), fresh)?
-                    .clone();
-                Some((h, r))
+                let last_op = self.ctx.last_op(h);
+                let r = self.monitor.settled_report(h, last_op.as_deref(), fresh)?;
+                Some((h.to_string(), r.clone()))
             })
             .collect()
     }

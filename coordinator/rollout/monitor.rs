@@ -112,6 +112,11 @@ impl Monitor {
         }
     }
 
+    /// The hosts it follows, in order.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.seen.keys().map(String::as_str)
+    }
+
     /// `host` is watched closely from now on; false if it already was.
     pub fn watch_closely(&mut self, host: &str) -> bool {
         match self.seen.get_mut(host) {
