@@ -37,8 +37,10 @@ impl Ack {
     }
 }
 
+/// Lines written together, in order, and acknowledged as one: all are
+/// durable or none counts.
 struct Job {
-    line: Vec<u8>,
+    lines: Vec<Vec<u8>>,
     ack: Ack,
 }
 
@@ -94,9 +96,15 @@ impl Writer {
 
     /// Queues a line; the receiver says when it is durable.
     pub fn submit(&self, line: Vec<u8>) -> oneshot::Receiver<io::Result<()>> {
+        self.submit_all(vec![line])
+    }
+
+    /// Queues lines to be written together, in order, in one commit; the
+    /// receiver says when all of them are durable.
+    pub fn submit_all(&self, lines: Vec<Vec<u8>>) -> oneshot::Receiver<io::Result<()>> {
         let (ack, rx) = oneshot::channel();
         if let Err(mpsc::SendError(job)) = self.tx.send(Job {
-            line,
+            lines,
             ack: Ack::Async(ack),
         }) {
             job.ack
@@ -105,13 +113,13 @@ impl Writer {
         rx
     }
 
-    /// Writes a line and waits until it is durable (for rare records, from
-    /// synchronous code).
-    pub fn write_blocking(&self, line: Vec<u8>) -> io::Result<()> {
+    /// Writes lines in one commit and waits until they are durable (for
+    /// rare records, from synchronous code).
+    pub fn write_blocking(&self, lines: Vec<Vec<u8>>) -> io::Result<()> {
         let (ack, rx) = mpsc::channel();
         self.tx
             .send(Job {
-                line,
+                lines,
                 ack: Ack::Blocking(ack),
             })
             .map_err(|_| io::Error::other("the journal writer has stopped"))?;
@@ -124,10 +132,13 @@ fn run(mut sink: impl Sink, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let records: Vec<&[u8]> = batch.iter().map(|j| j.line.as_slice()).collect();
+        let records: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|j| j.lines.iter().map(Vec::as_slice))
+            .collect();
         let result = sink.write(&records);
         if let Err(e) = &result {
-            tracing::error!(error = %e, records = batch.len(), "cannot write the journal");
+            tracing::error!(error = %e, records = records.len(), "cannot write the journal");
         }
         for job in batch {
             job.ack.send(match &result {
@@ -162,7 +173,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        w.write_blocking(b"end\n".to_vec()).unwrap();
+        w.write_blocking(vec![b"end\n".to_vec()]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 401);
         for t in 0..8 {

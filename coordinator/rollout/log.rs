@@ -131,6 +131,9 @@ pub struct RolloutLog {
     pub origin: Origin,
     /// The file's single writer (group commit); None when opened to read.
     writer: Option<Writer>,
+    /// Records applied but not yet given to the writer (`hold`): the next
+    /// record sent carries them to the disk first, in the same commit.
+    held: Vec<Vec<u8>>,
     pub spec: RolloutSpec,
     pub records: Vec<Record>,
     ends: HashMap<String, StepResult>,
@@ -200,6 +203,7 @@ impl RolloutLog {
         RolloutLog {
             origin,
             writer: None,
+            held: Vec::new(),
             spec,
             records: Vec::new(),
             ends: HashMap::new(),
@@ -306,22 +310,51 @@ impl RolloutLog {
     }
 
     /// Appends (fsync) and applies a record, waiting for the disk: for the
-    /// rare records written from synchronous code.
+    /// rare records written from synchronous code. Records held before it
+    /// go first, in the same commit.
     pub fn append(&mut self, rec: Record) -> std::io::Result<()> {
-        self.writer()?.write_blocking(line_of(&rec)?)?;
+        let lines = self.with_held(&rec)?;
+        self.writer()?.write_blocking(lines)?;
         self.apply(rec);
         Ok(())
     }
 
-    /// Applies a record and queues it for the disk; the receiver says when it
-    /// is durable. The caller must wait for that before acting on it.
+    /// Applies a record and queues it for the disk, records held before it
+    /// first, in the same commit; the receiver says when all are durable.
+    /// The caller must wait for that before acting on it.
     pub fn submit(
         &mut self,
         rec: Record,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
-        let rx = self.writer()?.submit(line_of(&rec)?);
+        let lines = self.with_held(&rec)?;
+        let rx = self.writer()?.submit_all(lines);
         self.apply(rec);
         Ok(rx)
+    }
+
+    /// Applies a record now and writes it with the next record submitted or
+    /// appended, before it and in the same commit: one disk commit where
+    /// there would be two in a row. Only for a record nothing is acted on
+    /// before the next record is durable (a step's End: what follows it on
+    /// a host is a Begin, which waits for the disk). A crash in between
+    /// loses the held record, never one written after it; the rollout then
+    /// reads as it did before the record, and a resume asks the agent again
+    /// (an operation's result is in the agent's own journal).
+    pub fn hold(&mut self, rec: Record) -> std::io::Result<()> {
+        self.writer()?;
+        self.held.push(line_of(&rec)?);
+        self.apply(rec);
+        Ok(())
+    }
+
+    /// The held lines, then `rec`'s; the held ones are taken only when
+    /// `rec` can be written (a record that cannot be encoded keeps them).
+    fn with_held(&mut self, rec: &Record) -> std::io::Result<Vec<Vec<u8>>> {
+        let line = line_of(rec)?;
+        self.writer()?;
+        let mut lines = std::mem::take(&mut self.held);
+        lines.push(line);
+        Ok(lines)
     }
 
     fn writer(&self) -> std::io::Result<&Writer> {
@@ -477,5 +510,83 @@ mod tests {
         assert!(states["dp-1"].is_quarantined());
         assert!(matches!(states["dp-2"], HostState::InStep { .. }));
         assert!(matches!(states["cp-1"], HostState::Done { .. }));
+    }
+
+    /// A sink that keeps each commit's records apart, to see which records
+    /// shared a commit.
+    struct Commits(std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>);
+
+    impl rollgate::journal_writer::Sink for Commits {
+        fn write(&mut self, records: &[&[u8]]) -> std::io::Result<()> {
+            let lines = records
+                .iter()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect();
+            self.0.lock().unwrap().push(lines);
+            Ok(())
+        }
+    }
+
+    fn end(op: &str) -> Record {
+        Record::End {
+            op: op.into(),
+            host: "dp-1".into(),
+            step: "drain".into(),
+            result: Ok(StepOutput::Undrain),
+            at_ms: 1,
+        }
+    }
+
+    /// A held End is applied at once, is not on the disk by itself, and
+    /// reaches it in the next record's commit, before that record: a step's
+    /// boundary costs one commit, and no later record is ever durable
+    /// without it.
+    #[tokio::test]
+    async fn a_held_record_goes_to_disk_first_in_the_next_commit() {
+        let commits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = Writer::start_sink(Commits(commits.clone()), "test-journal").unwrap();
+        let spec = crate::rollout::state::tests::spec();
+        let mut log = RolloutLog::start(Origin::File("/j".into()), writer, spec).unwrap();
+        assert_eq!(commits.lock().unwrap().len(), 1, "the spec, committed");
+
+        log.hold(end("r/dp-1/drain")).unwrap();
+        assert!(log.ended("r/dp-1/drain").is_some(), "applied at once");
+        let begin = Record::Begin {
+            op: "r/dp-1/install".into(),
+            host: "dp-1".into(),
+            step: "install".into(),
+            at_ms: 2,
+        };
+        log.submit(begin).unwrap().await.unwrap().unwrap();
+        let seen = commits.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "the End waited for the Begin: {seen:?}");
+        assert_eq!(seen[1].len(), 2, "{seen:?}");
+        assert!(seen[1][0].contains(r#""t":"end""#) && seen[1][0].contains("r/dp-1/drain"));
+        assert!(seen[1][1].contains(r#""t":"begin""#) && seen[1][1].contains("r/dp-1/install"));
+
+        // A blocking append carries held records too.
+        log.hold(end("r/dp-1/install")).unwrap();
+        log.append(Record::Ended {
+            outcome: Outcome::Succeeded,
+            reason: "done".into(),
+            at_ms: 3,
+        })
+        .unwrap();
+        let seen = commits.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(seen[2][0].contains("r/dp-1/install") && seen[2][1].contains(r#""t":"ended""#));
+    }
+
+    /// A journal opened to read holds nothing: the refusal comes at once.
+    #[test]
+    fn a_read_only_journal_refuses_a_held_record() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rollout-v1.jsonl"
+        ));
+        let mut log = RolloutLog::read(path).unwrap();
+        let before = log.records.len();
+        assert!(log.hold(end("r/dp-1/drain")).is_err());
+        assert_eq!(log.records.len(), before, "nothing applied");
     }
 }

@@ -96,14 +96,14 @@ pub fn quarantined(records: &[Record]) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rollout::log::{FORMAT, Outcome};
     use crate::rollout::spec::{HostPlan, Kind, PolicySnap, RolloutSpec};
     use rollgate::outcome::{Failure, FailureCode, StepOutput};
     use rollgate::role::Role;
 
-    fn spec() -> RolloutSpec {
+    pub(crate) fn spec() -> RolloutSpec {
         let host = |name: &str, role| HostPlan {
             name: name.into(),
             role,

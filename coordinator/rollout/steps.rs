@@ -92,23 +92,22 @@ impl<F: FleetApi> Ctx<F> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Journals a record and waits until it is on disk (group commit: the
-    /// lock is not held while waiting).
-    /// Writes `rec` and waits until it is durable, without holding the
-    /// journal's lock meanwhile (a state database that hangs holds only
-    /// this task, up to the writer's timeout).
+    /// Writes `rec`, with the records held before it (`hold`), and waits
+    /// until they are durable, without holding the journal's lock meanwhile
+    /// (a state database that hangs holds only this task, up to the
+    /// writer's timeout). Group commit: other tasks' records share the fsync.
     pub(super) async fn journal(&self, rec: Record) -> Result<(), Failure> {
-        let failed = |e: std::io::Error| {
-            Failure::new(
-                FailureCode::Journal,
-                format!("cannot write the rollout journal: {e}"),
-            )
-        };
-        let durable = self.log().submit(rec).map_err(failed)?;
+        let durable = self.log().submit(rec).map_err(journal_failure)?;
         durable
             .await
-            .map_err(|_| failed(std::io::Error::other("the journal writer has stopped")))?
-            .map_err(failed)
+            .map_err(|_| journal_failure(std::io::Error::other("the journal writer has stopped")))?
+            .map_err(journal_failure)
+    }
+
+    /// Applies `rec` and writes it with the next record journalled, in the
+    /// same commit (`RolloutLog::hold`).
+    fn hold(&self, rec: Record) -> Result<(), Failure> {
+        self.log().hold(rec).map_err(journal_failure)
     }
 
     /// Runs `call` as step `step` of `host`, unless the journal says it ended.
@@ -200,16 +199,16 @@ impl<F: FleetApi> Ctx<F> {
         let start = Instant::now();
         self.mark_call(host, op);
         let r = call().await;
-        if let Err(f) = self
-            .journal(Record::End {
-                op: op.into(),
-                host: host.into(),
-                step: step.into(),
-                result: r.clone(),
-                at_ms: now_ms(),
-            })
-            .await
-        {
+        // The End waits for the next record's commit (`RolloutLog::hold`):
+        // nothing is acted on before then but events, and what follows on
+        // this host is a Begin, which is durable before its call.
+        if let Err(f) = self.hold(Record::End {
+            op: op.into(),
+            host: host.into(),
+            step: step.into(),
+            result: r.clone(),
+            at_ms: now_ms(),
+        }) {
             return Some(Err(f));
         }
         let mut e = ev().elapsed(start.elapsed());
@@ -226,6 +225,13 @@ impl<F: FleetApi> Ctx<F> {
         self.reporter.emit(e);
         Some(r)
     }
+}
+
+fn journal_failure(e: std::io::Error) -> Failure {
+    Failure::new(
+        FailureCode::Journal,
+        format!("cannot write the rollout journal: {e}"),
+    )
 }
 
 /// Whether a step may start while the rollout is halting.
