@@ -79,6 +79,18 @@ impl Sink for FileSink {
     }
 }
 
+/// What a writer does after a write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterFailure {
+    /// Goes on with the next records (the agent's journal: a disk that
+    /// was full takes records again once space is freed).
+    Continue,
+    /// Refuses every record after it, those already queued included (the
+    /// rollout journal, whose records may carry others written behind: a
+    /// later record must never be durable without an earlier one).
+    RefuseAll,
+}
+
 impl Writer {
     /// Starts the thread that owns `file` (opened for appending).
     pub fn start(file: File, name: &str) -> io::Result<Writer> {
@@ -87,10 +99,25 @@ impl Writer {
 
     /// Starts the thread that owns `sink`.
     pub fn start_sink(sink: impl Sink, name: &str) -> io::Result<Writer> {
+        Writer::spawn(sink, name, AfterFailure::Continue)
+    }
+
+    /// As `start`, but after a write fails no later record is written: each
+    /// is answered with that failure.
+    pub fn start_fail_stop(file: File, name: &str) -> io::Result<Writer> {
+        Writer::start_sink_fail_stop(FileSink(file), name)
+    }
+
+    /// As `start_sink`, but after a write fails no later record is written.
+    pub fn start_sink_fail_stop(sink: impl Sink, name: &str) -> io::Result<Writer> {
+        Writer::spawn(sink, name, AfterFailure::RefuseAll)
+    }
+
+    fn spawn(sink: impl Sink, name: &str, after: AfterFailure) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(sink, rx))?;
+            .spawn(move || run(sink, rx, after))?;
         Ok(Writer { tx })
     }
 
@@ -128,18 +155,32 @@ impl Writer {
     }
 }
 
-fn run(mut sink: impl Sink, rx: mpsc::Receiver<Job>) {
+fn run(mut sink: impl Sink, rx: mpsc::Receiver<Job>, after: AfterFailure) {
+    // Set once a write failed, for a fail-stop writer: why it refuses.
+    let mut refusing: Option<(io::ErrorKind, String)> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let records: Vec<&[u8]> = batch
-            .iter()
-            .flat_map(|j| j.lines.iter().map(Vec::as_slice))
-            .collect();
-        let result = sink.write(&records);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, records = records.len(), "cannot write the journal");
-        }
+        let result = match &refusing {
+            Some((kind, why)) => Err(io::Error::new(
+                *kind,
+                format!("an earlier write failed ({why}); nothing after it is written"),
+            )),
+            None => {
+                let records: Vec<&[u8]> = batch
+                    .iter()
+                    .flat_map(|j| j.lines.iter().map(Vec::as_slice))
+                    .collect();
+                let result = sink.write(&records);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, records = records.len(), "cannot write the journal");
+                    if after == AfterFailure::RefuseAll {
+                        refusing = Some((e.kind(), e.to_string()));
+                    }
+                }
+                result
+            }
+        };
         for job in batch {
             job.ack.send(match &result {
                 Ok(()) => Ok(()),
@@ -187,5 +228,50 @@ mod tests {
                 .collect();
             assert_eq!(mine, (0..50).collect::<Vec<_>>());
         }
+    }
+
+    /// Fails its first write, then takes everything.
+    struct FailsOnce(std::sync::Arc<std::sync::Mutex<Vec<String>>>, bool);
+
+    impl Sink for FailsOnce {
+        fn write(&mut self, records: &[&[u8]]) -> io::Result<()> {
+            if !self.1 {
+                self.1 = true;
+                return Err(io::Error::other("disk on fire"));
+            }
+            let mut kept = self.0.lock().unwrap();
+            kept.extend(
+                records
+                    .iter()
+                    .map(|r| String::from_utf8_lossy(r).into_owned()),
+            );
+            Ok(())
+        }
+    }
+
+    /// After a failed write a fail-stop writer writes nothing more, so no
+    /// record is ever durable without those submitted before it; the
+    /// ordinary writer goes on.
+    #[tokio::test]
+    async fn a_fail_stop_writer_writes_nothing_after_a_failure() {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Writer::start_sink_fail_stop(FailsOnce(kept.clone(), false), "test").unwrap();
+        let first = w.submit_all(vec![b"end a\n".to_vec(), b"begin b\n".to_vec()]);
+        assert!(first.await.unwrap().is_err());
+        let later = w.submit(b"begin a\n".to_vec()).await.unwrap();
+        let e = later.unwrap_err();
+        assert!(e.to_string().contains("disk on fire"), "{e}");
+        assert!(w.write_blocking(vec![b"ended\n".to_vec()]).is_err());
+        assert!(
+            kept.lock().unwrap().is_empty(),
+            "{:?}",
+            kept.lock().unwrap()
+        );
+
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let w = Writer::start_sink(FailsOnce(kept.clone(), false), "test").unwrap();
+        assert!(w.submit(b"lost\n".to_vec()).await.unwrap().is_err());
+        w.submit(b"kept\n".to_vec()).await.unwrap().unwrap();
+        assert_eq!(*kept.lock().unwrap(), vec!["kept\n".to_string()]);
     }
 }

@@ -68,7 +68,10 @@ impl<F: FleetApi> Driver<F> {
     }
 
     /// Journals a record that helps a later resume but is not a step: a
-    /// failed write is logged, not fatal (the hosts are where the report says).
+    /// failed write is logged, not fatal here (the hosts are where the
+    /// report says). The journal then refuses every later record
+    /// (fail-stop), ends held for this one included, so the next step's
+    /// begin halts the rollout and it reads as cut off for `resume`.
     pub(super) fn record_or_warn(&self, rec: Record) {
         let mut log = self.ctx.log();
         if let Err(e) = log.append(rec) {

@@ -538,8 +538,9 @@ impl<F: FleetApi> Driver<F> {
             at_ms: now_ms(),
         };
         if let Err(e) = self.ctx.journal(ended).await {
-            // The hosts are where the report says; only the record is missing,
-            // so `resume` would re-check every step against the agents.
+            // The hosts are where the report says; the journal lacks this
+            // record and the step ends held for it (`RolloutLog::hold`), so
+            // the rollout reads as cut off and `resume` asks the agents.
             let journal = self.ctx.log().origin.to_string();
             tracing::error!(%journal, error = %e, "cannot record how the rollout ended");
         }

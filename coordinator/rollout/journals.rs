@@ -137,7 +137,7 @@ impl Journals {
                 // The tables exist before the first write.
                 self.client(url).await.map_err(|e| e.to_string())?;
                 let id = spec.id.clone();
-                let writer = Writer::start_sink(
+                let writer = Writer::start_sink_fail_stop(
                     PgSink::new(url, fleet, &id, *token, true),
                     "rollout-journal",
                 )
@@ -158,7 +158,7 @@ impl Journals {
             (Journals::Files(_), Origin::File(p)) => RolloutLog::open(p),
             (Journals::Postgres { url, fleet, token }, Origin::Postgres { rollout, .. }) => {
                 let log = self.read_by_id(rollout).await.map_err(|e| e.to_string())?;
-                let writer = Writer::start_sink(
+                let writer = Writer::start_sink_fail_stop(
                     PgSink::new(url, fleet, rollout, *token, false),
                     "rollout-journal",
                 )

@@ -177,7 +177,7 @@ impl RolloutLog {
         rollgate::fsx::sync_dir(&dir)?;
         RolloutLog::start(
             Origin::File(path),
-            Writer::start(file, "rollout-journal")?,
+            Writer::start_fail_stop(file, "rollout-journal")?,
             spec,
         )
     }
@@ -240,7 +240,7 @@ impl RolloutLog {
         if torn {
             file.set_len(good).map_err(err)?;
         }
-        log.writer = Some(Writer::start(file, "rollout-journal").map_err(err)?);
+        log.writer = Some(Writer::start_fail_stop(file, "rollout-journal").map_err(err)?);
         Ok(log)
     }
 
@@ -544,7 +544,8 @@ mod tests {
     #[tokio::test]
     async fn a_held_record_goes_to_disk_first_in_the_next_commit() {
         let commits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = Writer::start_sink(Commits(commits.clone()), "test-journal").unwrap();
+        let writer =
+            Writer::start_sink_fail_stop(Commits(commits.clone()), "test-journal").unwrap();
         let spec = crate::rollout::state::tests::spec();
         let mut log = RolloutLog::start(Origin::File("/j".into()), writer, spec).unwrap();
         assert_eq!(commits.lock().unwrap().len(), 1, "the spec, committed");
