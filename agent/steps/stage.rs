@@ -424,9 +424,18 @@ async fn receive(
             }
         }
     }
-    file.sync_all()
+    // Written out, not fsynced: the artifact is a scratch copy that lives
+    // only until this step puts the release in place, and recovery deletes
+    // the staging directory of a stage cut off before then. What must
+    // survive a crash is made durable where it is published: the unpacked
+    // release (its files and directory fsynced before the rename), the
+    // cached package (fsynced before its rename), a loaded image (the
+    // engine's own store). An artifact read back wrong after a failed
+    // write-back is caught there too: gzip's CRC, dpkg-deb, the image ID.
+    file.flush()
         .await
         .map_err(|e| StepError::internal(format!("{}: {e}", path.display())))?;
+    drop(file);
     if got != r.size {
         return Err(StepError::new(
             FailureCode::FetchFailed,
