@@ -16,8 +16,19 @@ use crate::state::AgentState;
 
 /// How long to wait for the load balancer to ask agent-check after a change.
 const LB_ACK_WAIT: Duration = Duration::from_secs(10);
-/// How often the connection count is read.
+/// How often the connection count is read: the pause after the first read
+/// doubles from `FIRST_POLL` up to `POLL`. Connections that close soon after
+/// the drain (most, once the load balancer stops sending) are seen within
+/// milliseconds instead of a whole `POLL` later, and a host with long-lived
+/// connections has its table read no more than every `POLL` (a busy host's
+/// /proc/net/tcp takes tens of milliseconds to read).
+const FIRST_POLL: Duration = Duration::from_millis(5);
 const POLL: Duration = Duration::from_millis(100);
+
+/// The pauses between reads of the connection count.
+fn pauses() -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(FIRST_POLL), |p| Some((*p * 2).min(POLL)))
+}
 
 pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -> StepRun {
     let cfg = &state.config.drain;
@@ -54,8 +65,10 @@ pub async fn drain(state: &AgentState, ctx: &OpCtx, timeout: Option<Duration>) -
     );
     let deadline = start + timeout;
     let mut remaining = count(&cfg.gateway_ports).await;
+    let mut pauses = pauses();
     while remaining > 0 && Instant::now() < deadline {
-        tokio::time::sleep(POLL).await;
+        let pause = pauses.next().unwrap_or(POLL);
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         remaining = count(&cfg.gateway_ports).await;
     }
     if remaining > 0 {
@@ -224,5 +237,54 @@ mod tests {
         let r = drain_on(&state).await;
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(state.drain.get(), Drain::Draining);
+    }
+
+    #[test]
+    fn the_connection_count_is_read_again_soon_then_every_poll() {
+        let ms: Vec<u128> = pauses().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [5, 10, 20, 40, 80, 100, 100, 100]);
+    }
+
+    /// A drain waits for the gateway port's established connections to
+    /// close, and ends once they have, well before its deadline.
+    #[tokio::test]
+    async fn a_drain_waits_for_open_connections_to_close() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}[drain]\ndrain_command = [\"true\"]\nundrain_command = [\"true\"]\ngateway_ports = [{port}]\n",
+            crate::config::tests::minimal()
+        );
+        let config = crate::config::parse(&text, dir.path()).unwrap();
+        std::fs::create_dir_all(&config.agent.state_dir).unwrap();
+        let state = Arc::new(AgentState::open(config).unwrap());
+        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        assert_eq!(count(&[port]).await, 1, "the connection is seen");
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(client);
+            drop(served);
+        });
+        let s = state.clone();
+        let started = state.ops.start(
+            "t/dp-1/drain",
+            Intent::Drain { timeout_ms: 10_000 },
+            move |ctx| async move {
+                let r = drain(&s, &ctx, Some(Duration::from_secs(10))).await;
+                crate::steps::conclude(&s, &ctx, r).await
+            },
+        );
+        let r = result_of(started).await;
+        closer.await.unwrap();
+        match r {
+            Ok(rollgate::outcome::StepOutput::Drain(d)) => {
+                assert_eq!(d.remaining_connections, 0, "{d:?}");
+                assert!(d.waited_ms >= 30, "ended before the close: {d:?}");
+                assert!(d.waited_ms < 10_000, "ran into its deadline: {d:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
