@@ -201,12 +201,21 @@ mod tests {
     }
 
     async fn drain_on(state: &Arc<AgentState>) -> rollgate::outcome::StepResult {
+        drain_within(state, Duration::from_secs(1)).await
+    }
+
+    async fn drain_within(
+        state: &Arc<AgentState>,
+        timeout: Duration,
+    ) -> rollgate::outcome::StepResult {
         let s = state.clone();
         let started = state.ops.start(
             "t/dp-1/drain",
-            Intent::Drain { timeout_ms: 1000 },
+            Intent::Drain {
+                timeout_ms: timeout.as_millis() as u64,
+            },
             move |ctx| async move {
-                let r = drain(&s, &ctx, Some(Duration::from_secs(1))).await;
+                let r = drain(&s, &ctx, Some(timeout)).await;
                 crate::steps::conclude(&s, &ctx, r).await
             },
         );
@@ -267,16 +276,7 @@ mod tests {
             drop(client);
             drop(served);
         });
-        let s = state.clone();
-        let started = state.ops.start(
-            "t/dp-1/drain",
-            Intent::Drain { timeout_ms: 10_000 },
-            move |ctx| async move {
-                let r = drain(&s, &ctx, Some(Duration::from_secs(10))).await;
-                crate::steps::conclude(&s, &ctx, r).await
-            },
-        );
-        let r = result_of(started).await;
+        let r = drain_within(&state, Duration::from_secs(10)).await;
         closer.await.unwrap();
         match r {
             Ok(rollgate::outcome::StepOutput::Drain(d)) => {
