@@ -3,7 +3,9 @@
 //! Refused: absolute paths, `..`, entries placed through a symbolic link,
 //! symbolic links that point outside the release (absolute, or climbing above
 //! it), hard links, device files and FIFOs. setuid/setgid bits are dropped.
-//! Every file is fsynced; free disk is watched while writing.
+//! Every file is fsynced as it is written; the directories are fsynced by
+//! `seal`, once the caller has added what else the release holds (its
+//! marker), so they are synced once. Free disk is watched while writing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -78,8 +80,9 @@ impl<R> Bounded<R> {
     }
 }
 
-/// Unpacks `archive` into the (new, empty) directory `dest` within `limits`.
-/// Returns the bytes written.
+/// Unpacks `archive` into the (new, empty) directory `dest` within `limits`,
+/// each file fsynced; `seal` then fsyncs the directories. Returns the bytes
+/// written.
 pub fn unpack(
     archive: &Path,
     dest: &Path,
@@ -188,8 +191,13 @@ pub fn unpack(
     }
     check_free(dest, min_free, free)?;
     links_stay_inside(dest)?;
-    sync_tree(dest).map_err(|e| io_err(dest, e))?;
     Ok(written)
+}
+
+/// fsyncs every directory of an unpacked tree (its files were synced as
+/// written), so the rename that publishes it cannot outrun its content.
+pub fn seal(dest: &Path) -> Result<(), ArchiveError> {
+    sync_tree(dest).map_err(|e| io_err(dest, e))
 }
 
 /// Every symbolic link, followed as the kernel follows it (through other
@@ -337,8 +345,6 @@ fn check_link(at: &Path, target: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// fsyncs every directory of a tree (files were synced as written), so the
-/// rename that publishes the release cannot outrun its content.
 fn sync_tree(dir: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;

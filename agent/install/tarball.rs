@@ -278,8 +278,9 @@ fn publish(
             ),
         ));
     }
-    rollgate::fsx::write_atomic(&tmp.join(MARKER), marker)
+    put_marker(tmp, marker)
         .map_err(|e| StepError::internal(format!("cannot write the release marker: {e}")))?;
+    archive::seal(tmp).map_err(|e| StepError::internal(e.to_string()))?;
     std::fs::rename(tmp, dest)
         .and_then(|()| rollgate::fsx::sync_dir(releases))
         .map_err(|e| {
@@ -291,12 +292,58 @@ fn publish(
     Ok(written)
 }
 
+/// Writes the marker into the unpacked, unpublished release: a plain file,
+/// fsynced, whose directory entry `archive::seal` then syncs with the rest
+/// (the rename of the whole directory is what publishes it, so the marker
+/// needs no rename of its own). An entry of the same name from the archive
+/// is removed first, never written through (it may be a link).
+fn put_marker(dir: &Path, marker: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(MARKER);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path)?,
+        Ok(_) => std::fs::remove_file(&path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, marker)?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn vs(list: &[&str]) -> Vec<Version> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// The marker replaces whatever the archive put under its name, and
+    /// never writes through it: a link to a release file leaves that file
+    /// as it was.
+    #[test]
+    fn the_marker_replaces_an_entry_of_its_name_without_following_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = dir.path();
+        std::fs::create_dir(rel.join("bin")).unwrap();
+        std::fs::write(rel.join("bin/gw"), b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink("bin/gw", rel.join(MARKER)).unwrap();
+        put_marker(rel, b"{\"version\":\"1.0.1\"}").unwrap();
+        let m = std::fs::symlink_metadata(rel.join(MARKER)).unwrap();
+        assert!(m.file_type().is_file(), "{m:?}");
+        assert_eq!(
+            std::fs::read(rel.join(MARKER)).unwrap(),
+            b"{\"version\":\"1.0.1\"}"
+        );
+        assert_eq!(std::fs::read(rel.join("bin/gw")).unwrap(), b"#!/bin/sh\n");
+
+        std::fs::remove_file(rel.join(MARKER)).unwrap();
+        std::fs::create_dir_all(rel.join(MARKER).join("inner")).unwrap();
+        put_marker(rel, b"m").unwrap();
+        assert_eq!(std::fs::read(rel.join(MARKER)).unwrap(), b"m");
     }
 
     #[test]
