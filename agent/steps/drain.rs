@@ -255,7 +255,9 @@ mod tests {
     }
 
     /// A drain waits for the gateway port's established connections to
-    /// close, and ends once they have, well before its deadline.
+    /// close: with one held open it runs to its deadline and says one is
+    /// left; with it closed once the drain waits, it ends soon after, with
+    /// none left, long before its deadline.
     #[tokio::test]
     async fn a_drain_waits_for_open_connections_to_close() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -271,17 +273,46 @@ mod tests {
         let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         let (served, _) = listener.accept().unwrap();
         assert_eq!(count(&[port]).await, 1, "the connection is seen");
-        let closer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            drop(client);
-            drop(served);
-        });
-        let r = drain_within(&state, Duration::from_secs(10)).await;
-        closer.await.unwrap();
-        match r {
+
+        let held = drain_within(&state, Duration::from_millis(300)).await;
+        match held {
+            Ok(rollgate::outcome::StepOutput::Drain(d)) => {
+                assert_eq!(d.remaining_connections, 1, "{d:?}");
+                assert!(d.waited_ms >= 300, "did not wait for it: {d:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let s = state.clone();
+        let started = state.ops.start(
+            "t/dp-1/drain-again",
+            Intent::Drain { timeout_ms: 10_000 },
+            move |ctx| async move {
+                let r = drain(&s, &ctx, Some(Duration::from_secs(10))).await;
+                crate::steps::conclude(&s, &ctx, r).await
+            },
+        );
+        let crate::op::Started::Events(mut events) = started else {
+            panic!("the drain did not start");
+        };
+        let mut open = Some((client, served));
+        let mut closed_at = None;
+        let (result, ended_at) = loop {
+            match futures::StreamExt::next(&mut events).await {
+                Some(crate::op::OpEvent::Progress(p)) if p.phase == "connections" => {
+                    drop(open.take());
+                    closed_at = Some(Instant::now());
+                }
+                Some(crate::op::OpEvent::Done { result, .. }) => break (result, Instant::now()),
+                Some(_) => {}
+                None => panic!("the drain's events ended without a result"),
+            }
+        };
+        let closed_at = closed_at.expect("the drain never waited for connections");
+        assert!(ended_at >= closed_at);
+        match result {
             Ok(rollgate::outcome::StepOutput::Drain(d)) => {
                 assert_eq!(d.remaining_connections, 0, "{d:?}");
-                assert!(d.waited_ms >= 30, "ended before the close: {d:?}");
                 assert!(d.waited_ms < 10_000, "ran into its deadline: {d:?}");
             }
             other => panic!("{other:?}"),

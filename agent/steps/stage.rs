@@ -424,18 +424,17 @@ async fn receive(
             }
         }
     }
-    // Written out, not fsynced: the artifact is a scratch copy that lives
-    // only until this step puts the release in place, and recovery deletes
-    // the staging directory of a stage cut off before then. What must
-    // survive a crash is made durable where it is published: the unpacked
-    // release (its files and directory fsynced before the rename), the
-    // cached package (fsynced before its rename), a loaded image (the
-    // engine's own store). An artifact read back wrong after a failed
-    // write-back is caught there too: gzip's CRC, dpkg-deb, the image ID.
-    file.flush()
+    // Synced before anything reads it back: the SHA-256 was taken from the
+    // stream, not from the disk, and a write-back error is reported only
+    // to an fsync; after it the page cache may give back what was on disk
+    // before. Nothing later re-checks the whole file (the tar reader stops
+    // at its end marker, short of gzip's CRC; dpkg-deb -f reads only the
+    // control part), so without this a damaged artifact could be published
+    // under a marker whose sha256 vouches for it. Data only: the file's
+    // name does not need to survive a crash (recovery clears staging).
+    file.sync_data()
         .await
         .map_err(|e| StepError::internal(format!("{}: {e}", path.display())))?;
-    drop(file);
     if got != r.size {
         return Err(StepError::new(
             FailureCode::FetchFailed,
