@@ -24,7 +24,7 @@ use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
-use rollgate::journal_writer::Writer;
+use rollgate::journal_writer::{AfterFailure, Writer};
 use rollgate::outcome::StepResult;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -137,7 +137,7 @@ impl Journal {
         } else {
             file
         };
-        let writer = Writer::start(file, "agent-journal")?;
+        let writer = Writer::start(file, "agent-journal", AfterFailure::Continue)?;
         Ok((Journal { writer }, ops))
     }
 
@@ -145,7 +145,7 @@ impl Journal {
     #[cfg(test)]
     pub fn with_sink(sink: impl rollgate::journal_writer::Sink) -> io::Result<Journal> {
         Ok(Journal {
-            writer: Writer::start_sink(sink, "agent-journal")?,
+            writer: Writer::start_sink(sink, "agent-journal", AfterFailure::Continue)?,
         })
     }
 

@@ -59,7 +59,7 @@ pub trait Sink: Send + 'static {
 }
 
 /// An append-only file: the records written in turn, then one fsync.
-struct FileSink(File);
+pub struct FileSink(pub File);
 
 impl Sink for FileSink {
     fn write(&mut self, records: &[&[u8]]) -> io::Result<()> {
@@ -81,7 +81,7 @@ impl Sink for FileSink {
 
 /// What a writer does after a write failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterFailure {
+pub enum AfterFailure {
     /// Goes on with the next records (the agent's journal: a disk that
     /// was full takes records again once space is freed).
     Continue,
@@ -93,27 +93,12 @@ enum AfterFailure {
 
 impl Writer {
     /// Starts the thread that owns `file` (opened for appending).
-    pub fn start(file: File, name: &str) -> io::Result<Writer> {
-        Writer::start_sink(FileSink(file), name)
+    pub fn start(file: File, name: &str, after: AfterFailure) -> io::Result<Writer> {
+        Writer::start_sink(FileSink(file), name, after)
     }
 
     /// Starts the thread that owns `sink`.
-    pub fn start_sink(sink: impl Sink, name: &str) -> io::Result<Writer> {
-        Writer::spawn(sink, name, AfterFailure::Continue)
-    }
-
-    /// As `start`, but after a write fails no later record is written: each
-    /// is answered with that failure.
-    pub fn start_fail_stop(file: File, name: &str) -> io::Result<Writer> {
-        Writer::start_sink_fail_stop(FileSink(file), name)
-    }
-
-    /// As `start_sink`, but after a write fails no later record is written.
-    pub fn start_sink_fail_stop(sink: impl Sink, name: &str) -> io::Result<Writer> {
-        Writer::spawn(sink, name, AfterFailure::RefuseAll)
-    }
-
-    fn spawn(sink: impl Sink, name: &str, after: AfterFailure) -> io::Result<Writer> {
+    pub fn start_sink(sink: impl Sink, name: &str, after: AfterFailure) -> io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
@@ -198,7 +183,9 @@ mod tests {
     async fn concurrent_records_all_land_whole_and_in_order_per_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let w = std::sync::Arc::new(Writer::start(File::create(&path).unwrap(), "test").unwrap());
+        let w = std::sync::Arc::new(
+            Writer::start(File::create(&path).unwrap(), "test", AfterFailure::Continue).unwrap(),
+        );
         let mut tasks = Vec::new();
         for t in 0..8 {
             let w = w.clone();
@@ -255,7 +242,12 @@ mod tests {
     #[tokio::test]
     async fn a_fail_stop_writer_writes_nothing_after_a_failure() {
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = Writer::start_sink_fail_stop(FailsOnce(kept.clone(), false), "test").unwrap();
+        let w = Writer::start_sink(
+            FailsOnce(kept.clone(), false),
+            "test",
+            AfterFailure::RefuseAll,
+        )
+        .unwrap();
         let first = w.submit_all(vec![b"end a\n".to_vec(), b"begin b\n".to_vec()]);
         assert!(first.await.unwrap().is_err());
         let later = w.submit(b"begin a\n".to_vec()).await.unwrap();
@@ -269,7 +261,12 @@ mod tests {
         );
 
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let w = Writer::start_sink(FailsOnce(kept.clone(), false), "test").unwrap();
+        let w = Writer::start_sink(
+            FailsOnce(kept.clone(), false),
+            "test",
+            AfterFailure::Continue,
+        )
+        .unwrap();
         assert!(w.submit(b"lost\n".to_vec()).await.unwrap().is_err());
         w.submit(b"kept\n".to_vec()).await.unwrap().unwrap();
         assert_eq!(*kept.lock().unwrap(), vec!["kept\n".to_string()]);

@@ -208,9 +208,14 @@ mod tests {
         state: &Arc<AgentState>,
         timeout: Duration,
     ) -> rollgate::outcome::StepResult {
+        result_of(start_drain(state, "t/dp-1/drain", timeout)).await
+    }
+
+    /// Starts drain operation `op`, as the rpc layer would.
+    fn start_drain(state: &Arc<AgentState>, op: &str, timeout: Duration) -> crate::op::Started {
         let s = state.clone();
-        let started = state.ops.start(
-            "t/dp-1/drain",
+        state.ops.start(
+            op,
             Intent::Drain {
                 timeout_ms: timeout.as_millis() as u64,
             },
@@ -218,8 +223,7 @@ mod tests {
                 let r = drain(&s, &ctx, Some(timeout)).await;
                 crate::steps::conclude(&s, &ctx, r).await
             },
-        );
-        result_of(started).await
+        )
     }
 
     #[tokio::test]
@@ -283,15 +287,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
 
-        let s = state.clone();
-        let started = state.ops.start(
-            "t/dp-1/drain-again",
-            Intent::Drain { timeout_ms: 10_000 },
-            move |ctx| async move {
-                let r = drain(&s, &ctx, Some(Duration::from_secs(10))).await;
-                crate::steps::conclude(&s, &ctx, r).await
-            },
-        );
+        let started = start_drain(&state, "t/dp-1/drain-again", Duration::from_secs(10));
         let crate::op::Started::Events(mut events) = started else {
             panic!("the drain did not start");
         };

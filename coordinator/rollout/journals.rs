@@ -5,8 +5,6 @@
 
 use std::path::PathBuf;
 
-use rollgate::journal_writer::Writer;
-
 use crate::inventory::{Inventory, StateBackend};
 use crate::state_db;
 
@@ -137,11 +135,8 @@ impl Journals {
                 // The tables exist before the first write.
                 self.client(url).await.map_err(|e| e.to_string())?;
                 let id = spec.id.clone();
-                let writer = Writer::start_sink_fail_stop(
-                    PgSink::new(url, fleet, &id, *token, true),
-                    "rollout-journal",
-                )
-                .map_err(|e| e.to_string())?;
+                let writer = log::writer(PgSink::new(url, fleet, &id, *token, true))
+                    .map_err(|e| e.to_string())?;
                 let origin = row_origin(url, &id);
                 tokio::task::spawn_blocking(move || RolloutLog::start(origin, writer, spec))
                     .await
@@ -158,11 +153,8 @@ impl Journals {
             (Journals::Files(_), Origin::File(p)) => RolloutLog::open(p),
             (Journals::Postgres { url, fleet, token }, Origin::Postgres { rollout, .. }) => {
                 let log = self.read_by_id(rollout).await.map_err(|e| e.to_string())?;
-                let writer = Writer::start_sink_fail_stop(
-                    PgSink::new(url, fleet, rollout, *token, false),
-                    "rollout-journal",
-                )
-                .map_err(|e| e.to_string())?;
+                let writer = log::writer(PgSink::new(url, fleet, rollout, *token, false))
+                    .map_err(|e| e.to_string())?;
                 Ok(log.continued(writer))
             }
             (_, origin) => Err(format!("{origin} is not in {}", self.place())),

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use rollgate::fingerprint::Fingerprint;
-use rollgate::journal_writer::Writer;
+use rollgate::journal_writer::{AfterFailure, FileSink, Sink, Writer};
 use rollgate::outcome::StepResult;
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +152,17 @@ pub struct RolloutLog {
     pub outcome: Option<(Outcome, String)>,
 }
 
+fn read_only() -> std::io::Error {
+    std::io::Error::other("the rollout journal was opened to read only")
+}
+
+/// The writer of a rollout journal, wherever it writes: fail-stop, so that
+/// no record is durable without the records held before it (`hold`) when
+/// the commit that carried them failed.
+pub fn writer(sink: impl Sink) -> std::io::Result<Writer> {
+    Writer::start_sink(sink, "rollout-journal", AfterFailure::RefuseAll)
+}
+
 pub fn rollouts_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("rollouts")
 }
@@ -175,11 +186,7 @@ impl RolloutLog {
             .append(true)
             .open(&path)?;
         rollgate::fsx::sync_dir(&dir)?;
-        RolloutLog::start(
-            Origin::File(path),
-            Writer::start_fail_stop(file, "rollout-journal")?,
-            spec,
-        )
+        RolloutLog::start(Origin::File(path), writer(FileSink(file))?, spec)
     }
 
     /// A new rollout's journal written through `writer`, its spec first.
@@ -240,7 +247,7 @@ impl RolloutLog {
         if torn {
             file.set_len(good).map_err(err)?;
         }
-        log.writer = Some(Writer::start_fail_stop(file, "rollout-journal").map_err(err)?);
+        log.writer = Some(writer(FileSink(file)).map_err(err)?);
         Ok(log)
     }
 
@@ -313,8 +320,8 @@ impl RolloutLog {
     /// rare records written from synchronous code. Records held before it
     /// go first, in the same commit.
     pub fn append(&mut self, rec: Record) -> std::io::Result<()> {
-        let lines = self.with_held(&rec)?;
-        self.writer()?.write_blocking(lines)?;
+        let (writer, lines) = self.with_held(&rec)?;
+        writer.write_blocking(lines)?;
         self.apply(rec);
         Ok(())
     }
@@ -326,8 +333,8 @@ impl RolloutLog {
         &mut self,
         rec: Record,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>> {
-        let lines = self.with_held(&rec)?;
-        let rx = self.writer()?.submit_all(lines);
+        let (writer, lines) = self.with_held(&rec)?;
+        let rx = writer.submit_all(lines);
         self.apply(rec);
         Ok(rx)
     }
@@ -347,20 +354,19 @@ impl RolloutLog {
         Ok(())
     }
 
-    /// The held lines, then `rec`'s; the held ones are taken only when
-    /// `rec` can be written (a record that cannot be encoded keeps them).
-    fn with_held(&mut self, rec: &Record) -> std::io::Result<Vec<Vec<u8>>> {
+    /// The writer, and the held lines followed by `rec`'s; the held ones
+    /// are taken only when `rec` can be written (a record that cannot be
+    /// encoded, or a journal opened to read, keeps them).
+    fn with_held(&mut self, rec: &Record) -> std::io::Result<(&Writer, Vec<Vec<u8>>)> {
         let line = line_of(rec)?;
-        self.writer()?;
+        let writer = self.writer.as_ref().ok_or_else(read_only)?;
         let mut lines = std::mem::take(&mut self.held);
         lines.push(line);
-        Ok(lines)
+        Ok((writer, lines))
     }
 
     fn writer(&self) -> std::io::Result<&Writer> {
-        self.writer
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("the rollout journal was opened to read only"))
+        self.writer.as_ref().ok_or_else(read_only)
     }
 
     /// The hosts quarantined so far, sorted.
@@ -516,7 +522,7 @@ mod tests {
     /// shared a commit.
     struct Commits(std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>);
 
-    impl rollgate::journal_writer::Sink for Commits {
+    impl Sink for Commits {
         fn write(&mut self, records: &[&[u8]]) -> std::io::Result<()> {
             let lines = records
                 .iter()
@@ -544,8 +550,7 @@ mod tests {
     #[tokio::test]
     async fn a_held_record_goes_to_disk_first_in_the_next_commit() {
         let commits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer =
-            Writer::start_sink_fail_stop(Commits(commits.clone()), "test-journal").unwrap();
+        let writer = writer(Commits(commits.clone())).unwrap();
         let spec = crate::rollout::state::tests::spec();
         let mut log = RolloutLog::start(Origin::File("/j".into()), writer, spec).unwrap();
         assert_eq!(commits.lock().unwrap().len(), 1, "the spec, committed");
